@@ -1,0 +1,102 @@
+"""Answer extraction and math-verify equivalence on literal inputs, from any thread and under a time limit."""
+
+import logging
+import threading
+
+import pytest
+
+from benchmarks.grading import extract_answer, extract_boxed, is_equivalent
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"The answer is \boxed{25}.", "25"),
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),  # nested braces
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),  # escaped braces do not close the box
+        (r"first \boxed{3}, then \boxed{ 7 }", "7"),  # the last box wins, stripped
+        (r"\boxed {42}", "42"),
+        (r"\fbox{9}", "9"),
+        (r"so the answer is \boxed{12", None),  # truncated generation
+        (r"\boxed{5} ... on second thought \boxed{1\frac{2}", None),  # the final box was cut off
+        (r"\boxed{}", None),
+        ("The answer is 25.", None),  # no answer at all
+        ("", None),
+    ],
+)
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+def test_extract_answer_reads_only_after_the_thinking():
+    assert extract_answer(r"<think>maybe \boxed{3}</think>So \boxed{4}.") == "4"
+    assert extract_answer(r"<think>maybe \boxed{3}</think>I am not sure.") is None
+    assert extract_answer(r"no thinking here, \boxed{8}") == "8"
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer"),
+    [
+        ("25", "25"),
+        ("25", "025"),
+        ("336", r"336^\circ"),
+        ("33124147", "33,124,147"),
+        (r"\frac{1}{2}", "0.5"),
+        ("0.5", r"\frac{1}{2}"),
+        (r"\frac{1}{2}", r"\dfrac12"),
+        ("5", "x=5"),
+        (r"2\sqrt{3}", r"\sqrt{12}"),
+        (r"\left( 3, \frac{\pi}{2} \right)", r"(3, \pi/2)"),
+        (r"\text{Evelyn}", "Evelyn"),
+        ("}{", "}{"),  # identical strings, even ones math-verify cannot parse
+    ],
+)
+def test_equivalent(gold, answer):
+    assert is_equivalent(gold, answer)
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer"),
+    [
+        ("25", "26"),
+        ("25", "250"),
+        ("100000000000000000001", "100000000000000000000"),  # exact for integers, no float rounding
+        (r"\frac{1}{2}", "0.6"),
+        (r"\frac{14}{3}", "4.67"),
+        ("2", r"2\sqrt{3}"),  # the whole answer counts, not its first number
+        (r"\text{Evelyn}", "Bob"),
+        ("25", None),
+        ("25", ""),
+        ("25", "   "),
+    ],
+)
+def test_not_equivalent(gold, answer):
+    assert not is_equivalent(gold, answer)
+
+
+def test_empty_gold_is_an_error():
+    with pytest.raises(ValueError, match="gold answer"):
+        is_equivalent(" ", "1")
+
+
+def test_works_off_the_main_thread():
+    # math-verify's own timeouts use signal.alarm, which raises outside the main thread.
+    results = {}
+
+    def grade():
+        results["half"] = is_equivalent(r"\frac{1}{2}", "0.5")
+        results["wrong"] = is_equivalent(r"\frac{1}{2}", r"\frac{1}{3}")
+
+    thread = threading.Thread(target=grade)
+    thread.start()
+    thread.join(60)
+    assert results == {"half": True, "wrong": False}
+
+
+def test_timeout_counts_as_not_equivalent_and_the_worker_recovers(caplog):
+    # No worker parses LaTeX and answers within 0.1 ms, so this comparison must time out.
+    with caplog.at_level(logging.WARNING, logger="benchmarks.grading"):
+        assert not is_equivalent(r"\frac{3}{11}", r"\frac{6}{22}", timeout_s=1e-4)
+    assert "took longer than 0.0001 s" in caplog.text
+    # The killed worker is replaced and the same pair now gets its real verdict.
+    assert is_equivalent(r"\frac{3}{11}", r"\frac{6}{22}")

@@ -1,0 +1,205 @@
+"""Cost by the paper's formula: Table 4 reproduced from its own token counts, prices, records and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.cost import (
+    DEFAULT_PRICES,
+    Cost,
+    Price,
+    Tokens,
+    estimate_cost,
+    load_prices,
+    main,
+    mean_cost,
+    model_key,
+    price_of,
+    record_cost,
+)
+
+# Paper appendix A.1, Table 4 (all 20 rows): explorer model, tokens in/out per path, synthesizer model (8B(Opt) is an 8B,
+# priced as one), tokens in/out, and the "Cost/1K" column. A2R rows use N=4; baseline rows are one sample.
+TABLE_4 = [
+    ("aime24 4B->4B", "qwen3-4b", (105, 15768), "qwen3-4b", (4577, 4796), 0.201),
+    ("aime24 4B->8B", "qwen3-4b", (105, 15768), "qwen3-8b", (4577, 4879), 0.212),
+    ("aime24 4B->8B(Opt)", "qwen3-4b", (105, 15768), "qwen3-8b", (4577, 4428), 0.211),
+    ("aime24 8B", "qwen3-8b", (105, 15895), None, None, 0.078),
+    ("aime24 32B", "qwen3-32b", (105, 13783), None, None, 0.271),
+    ("aime25 4B->4B", "qwen3-4b", (159, 19205), "qwen3-4b", (4610, 5808), 0.245),
+    ("aime25 4B->8B", "qwen3-4b", (159, 19205), "qwen3-8b", (4610, 5807), 0.257),
+    ("aime25 4B->8B(Opt)", "qwen3-4b", (159, 19205), "qwen3-8b", (4610, 4574), 0.251),
+    ("aime25 8B", "qwen3-8b", (159, 19744), None, None, 0.097),
+    ("aime25 32B", "qwen3-32b", (159, 17286), None, None, 0.341),
+    ("beyond_aime 4B->4B", "qwen3-4b", (129, 19263), "qwen3-4b", (4293, 4622), 0.242),
+    ("beyond_aime 4B->8B", "qwen3-4b", (129, 19263), "qwen3-8b", (4293, 4766), 0.253),
+    ("beyond_aime 4B->8B(Opt)", "qwen3-4b", (129, 19263), "qwen3-8b", (4293, 5032), 0.254),
+    ("beyond_aime 8B", "qwen3-8b", (129, 20553), None, None, 0.101),
+    ("beyond_aime 32B", "qwen3-32b", (129, 18554), None, None, 0.365),
+    ("average 4B->4B", "qwen3-4b", (130, 18597), "qwen3-4b", (4406, 4884), 0.235),
+    ("average 4B->8B", "qwen3-4b", (130, 18597), "qwen3-8b", (4406, 4982), 0.246),
+    ("average 4B->8B(Opt)", "qwen3-4b", (130, 18597), "qwen3-8b", (4406, 4832), 0.245),
+    ("average 8B", "qwen3-8b", (130, 18731), None, None, 0.092),
+    ("average 32B", "qwen3-32b", (130, 17422), None, None, 0.343),
+]
+
+
+@pytest.mark.parametrize("row", TABLE_4, ids=[row[0] for row in TABLE_4])
+def test_reproduces_table_4_cost_column_within_3_percent(row):
+    _, explorer, explorer_tokens, synthesizer, synthesizer_tokens, paper = row
+    cost = estimate_cost(
+        DEFAULT_PRICES,
+        explorer,
+        4 if synthesizer else 1,
+        Tokens(*explorer_tokens),
+        synthesizer,
+        Tokens(*synthesizer_tokens) if synthesizer_tokens else None,
+    )
+    assert cost.total == pytest.approx(paper, rel=0.03)
+
+
+def test_formula_stages():
+    cost = estimate_cost(DEFAULT_PRICES, "qwen3-4b", 4, Tokens(130, 18597), "qwen3-8b", Tokens(4406, 4982))
+    assert cost.explorer == pytest.approx(4 * (130 * 0.0003 + 18597 * 0.003) / 1000)
+    assert cost.synthesizer == pytest.approx((4406 * 0.0005 + 4982 * 0.005) / 1000)
+    assert cost.as_dict() == {"explorer": cost.explorer, "synthesizer": cost.synthesizer, "total": cost.total}
+    assert round(cost.total, 4) == 0.2504
+    plain = estimate_cost(DEFAULT_PRICES, "qwen3-4b", 4, Tokens(130, 18597))
+    assert plain == Cost(explorer=cost.explorer, synthesizer=0.0)
+
+
+def test_hub_ids_and_paths_alias_price_keys():
+    assert model_key("Qwen/Qwen3-4B") == "qwen3-4b"
+    assert model_key("/models/QWEN3-32B/") == "qwen3-32b"
+    assert price_of("Qwen/Qwen3-8B", DEFAULT_PRICES) == Price(0.0005, 0.005)
+    by_hub = estimate_cost(DEFAULT_PRICES, "Qwen/Qwen3-4B", 4, Tokens(1, 2), "Qwen/Qwen3-8B", Tokens(3, 4))
+    assert by_hub == estimate_cost(DEFAULT_PRICES, "qwen3-4b", 4, Tokens(1, 2), "qwen3-8b", Tokens(3, 4))
+
+
+def test_unknown_model_lists_known_keys():
+    with pytest.raises(
+        ValueError, match="no price for model 'meta/Llama-3-8B'.*qwen3-32b, qwen3-4b, qwen3-8b"
+    ):
+        price_of("meta/Llama-3-8B", DEFAULT_PRICES)
+
+
+def test_price_overrides_from_file_then_command_line(tmp_path):
+    file = tmp_path / "prices.json"
+    file.write_text(
+        json.dumps({"Qwen/Qwen3-4B": {"input": 1, "output": 2}, "tiny": {"input": 0, "output": 0}})
+    )
+    prices = load_prices(file, ["qwen3-8b=0.1,0.2", "TINY=3,4"])
+    assert prices["qwen3-4b"] == Price(1, 2)
+    assert prices["qwen3-8b"] == Price(0.1, 0.2)
+    assert prices["tiny"] == Price(3, 4)
+    assert prices["qwen3-32b"] == DEFAULT_PRICES["qwen3-32b"]
+    assert DEFAULT_PRICES["qwen3-4b"] == Price(0.0003, 0.003)  # the defaults are not mutated
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [(["qwen3-4b"], "MODEL=IN,OUT"), (["qwen3-4b=1"], "two numbers"), (["x=-1,2"], "non-negative")],
+)
+def test_bad_price_override(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_prices(overrides=overrides)
+
+
+def test_bad_price_file(tmp_path):
+    file = tmp_path / "prices.json"
+    file.write_text(json.dumps({"qwen3-4b": [1, 2]}))
+    with pytest.raises(ValueError, match="price of 'qwen3-4b' must be"):
+        load_prices(file)
+
+
+def test_bad_estimate_arguments():
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        estimate_cost(DEFAULT_PRICES, "qwen3-4b", 0, Tokens(1, 1))
+    with pytest.raises(ValueError, match="both its model and its token counts"):
+        estimate_cost(DEFAULT_PRICES, "qwen3-4b", 4, Tokens(1, 1), "qwen3-8b")
+
+
+def path(prompt: int, completion: int) -> dict:
+    return {"text": "...", "prompt_tokens": prompt, "completion_tokens": completion, "cached_tokens": 0}
+
+
+RECORDS = [
+    {
+        "id": "a",
+        "config": {"explorer_model": "Qwen/Qwen3-4B", "synthesizer_model": "Qwen/Qwen3-8B"},
+        "paths": [path(100, 1000), path(100, 2000)],
+        "synthesizer": {"prompt_tokens": 500, "completion_tokens": 400},
+    },
+    {
+        "id": "b",
+        "config": {"explorer_model": "Qwen/Qwen3-4B", "synthesizer_model": "Qwen/Qwen3-8B"},
+        "paths": [path(100, 0), path(100, 0)],
+        "synthesizer": {"prompt_tokens": 1000, "completion_tokens": 0},
+    },
+]
+
+
+def test_record_cost_sums_paths_and_adds_the_synthesizer():
+    first = record_cost(RECORDS[0], DEFAULT_PRICES)
+    assert first.explorer == pytest.approx((100 * 0.0003 + 1000 * 0.003 + 100 * 0.0003 + 2000 * 0.003) / 1000)
+    assert first.synthesizer == pytest.approx((500 * 0.0005 + 400 * 0.005) / 1000)
+    run = mean_cost([record_cost(r, DEFAULT_PRICES) for r in RECORDS])
+    assert run.explorer == pytest.approx((0.00906 + 0.00006) / 2)
+    assert run.synthesizer == pytest.approx((0.00225 + 0.0005) / 2)
+
+
+def test_record_cost_models_from_arguments_or_symmetric_config():
+    at_32b = record_cost(
+        RECORDS[1], DEFAULT_PRICES, explorer_model="qwen3-32b", synthesizer_model="qwen3-32b"
+    )
+    assert (at_32b.explorer, at_32b.synthesizer) == pytest.approx(
+        (2 * 100 * 0.002 / 1000, 1000 * 0.002 / 1000)
+    )
+    symmetric = dict(RECORDS[1], config={"explorer_model": "Qwen/Qwen3-4B"})
+    assert record_cost(symmetric, DEFAULT_PRICES).synthesizer == pytest.approx(1000 * 0.0003 / 1000)
+
+
+def test_record_missing_token_counts_is_named():
+    broken = dict(RECORDS[0], paths=[{"text": "...", "prompt_tokens": 3}])
+    with pytest.raises(ValueError, match="record 'a' path 0: missing completion_tokens"):
+        record_cost(broken, DEFAULT_PRICES)
+    with pytest.raises(ValueError, match="record 'a': no 'synthesizer'"):
+        record_cost(dict(RECORDS[0], synthesizer=None), DEFAULT_PRICES)
+
+
+def test_cli_tokens_json(capsys):
+    argv = ["--explorer-model", "Qwen/Qwen3-32B", "--n", "1", "--explorer-tokens", "130,17422", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total"] == pytest.approx(0.343, rel=0.03)
+    assert (out["explorer"], out["synthesizer"]) == (out["total"], 0.0)
+
+
+def test_cli_table_and_price_flag(capsys):
+    argv = ["--explorer-model", "tiny", "--explorer-tokens", "1000,1000", "--n", "2", "--price", "tiny=1,2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "explorer" in out and "total" in out and "6" in out  # 2 x (1 + 2)
+
+
+def test_cli_records(tmp_path, capsys):
+    file = tmp_path / "records.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    assert main(["--records", str(file), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["problems"] == 2
+    assert out["cons"]["total"] == pytest.approx(0.00456)
+    assert out["a2r"]["total"] == pytest.approx(0.00456 + 0.001375)
+
+
+def test_cli_errors(capsys):
+    assert main(["--explorer-model", "llama", "--explorer-tokens", "1,1"]) == 2
+    assert "no price for model 'llama'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--explorer-model", "qwen3-4b", "--synthesizer-model", "qwen3-8b", "--explorer-tokens", "1,1"])
+    assert "go together" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--records", "r.jsonl", "--n", "4"])
+    assert "--records takes its token counts" in capsys.readouterr().err

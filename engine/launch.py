@@ -1,0 +1,148 @@
+"""Start SGLang servers, wait until they answer, and always stop what was started.
+
+`serve(engines, log_dir)` is the one entry point: it checks ports and model paths before launching,
+streams each server's log to `log_dir/<role>.log`, raises with the log's tail when a server dies or
+times out, and kills every process group it started on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from engine.layout import Engines
+from engine.spec import EngineSpec, launch_command, launch_env
+
+READY_TIMEOUT_S = 600.0  # a large model's first load (and CUDA graph capture) can take minutes
+REMOTE_TIMEOUT_S = 10.0
+LOG_TAIL_LINES = 40
+
+
+class EngineError(RuntimeError):
+    """An engine could not be started or reached; the message says which and why."""
+
+
+def get_json(url: str, timeout: float = REMOTE_TIMEOUT_S) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def server_info(spec: EngineSpec) -> dict[str, Any]:
+    """SGLang's own description of a running server (`max_total_num_tokens`, limits, flags)."""
+    return get_json(f"{spec.base_url}/get_server_info")
+
+
+def model_info(spec: EngineSpec) -> dict[str, Any]:
+    return get_json(f"{spec.base_url}/get_model_info")
+
+
+def check_model(model: str) -> None:
+    """A model is a local directory or a hub id `org/name`; anything else that looks like a path is a typo."""
+    if Path(model).expanduser().is_dir():
+        return
+    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") != 1
+    if looks_like_path:
+        raise EngineError(f"model path does not exist: {model}")
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise EngineError(
+                f"port {port} on {host} is in use ({exc.strerror}); pick another --port"
+            ) from None
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_ready(spec: EngineSpec, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Poll the server's health route until it answers, the process dies, or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise EngineError(
+                f"engine for {spec.model} exited with code {process.returncode} before it was ready; "
+                f"last lines of {log}:\n{log_tail(log)}"
+            )
+        with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+            with urllib.request.urlopen(f"{spec.base_url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.5)
+    raise EngineError(
+        f"engine for {spec.model} was not ready after {timeout:.0f} s; last lines of {log}:\n{log_tail(log)}"
+    )
+
+
+def check_remote(spec: EngineSpec) -> None:
+    try:
+        model_info(spec)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise EngineError(f"no SGLang server answers at {spec.base_url} ({reason})") from None
+
+
+def stop(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Terminate the server's whole process group (SGLang forks scheduler and detokenizer workers)."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def start(spec: EngineSpec, log: Path) -> subprocess.Popen:
+    check_model(spec.model)
+    check_port_free(spec.host, spec.port)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            launch_command(spec),
+            env=launch_env(spec),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so stop() reaches every worker
+        )
+
+
+@contextlib.contextmanager
+def serve(engines: Engines, log_dir: Path, timeout: float = READY_TIMEOUT_S) -> Iterator[Engines]:
+    """Make every engine in `engines` answer for the duration of the block."""
+    for spec in (engines.explorer, engines.synthesizer):
+        if not spec.launched:
+            check_remote(spec)
+    roles = {id(engines.synthesizer): "synthesizer", id(engines.explorer): "explorer"}
+    started: list[tuple[EngineSpec, subprocess.Popen, Path]] = []
+    try:
+        for spec in engines.to_launch:
+            log = log_dir / f"{roles[id(spec)]}.log"
+            started.append((spec, start(spec, log), log))
+            if engines.sequential:
+                wait_ready(*started[-1], timeout)
+        for spec, process, log in started:
+            wait_ready(spec, process, log, timeout)
+        yield engines
+    finally:
+        for _, process, _ in reversed(started):
+            stop(process)

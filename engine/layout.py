@@ -1,0 +1,129 @@
+"""Where the explorer and synthesizer engines run: one config, planned into one or two `EngineSpec`s.
+
+Layouts:
+- same model: symmetric A2R serves both roles from one engine, never two copies of the weights;
+- remote: a URL (an SGLang server or sglang-router) for either role; launched by somebody else;
+- split: two engines on disjoint GPUs (each its own TP group) when there are enough GPUs;
+- co-located: both engines on one GPU. `--mem-fraction-static` is a share of the memory *free when the
+  process starts*, so the explorer launches first and the synthesizer's fraction is taken of what is left;
+- cpu: SGLang's CPU engine, each engine pinned to its own cores so two engines do not thrash.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+from engine.spec import EngineSpec
+
+DEFAULT_EXPLORER = "Qwen/Qwen3-4B"  # A2R-Efficient: small explorer ...
+DEFAULT_SYNTHESIZER = "Qwen/Qwen3-8B"  # ... large synthesizer
+CPU_KV_TOKENS = 65536  # without a bound SGLang sizes the CPU KV pool from system memory (~15 GB, 30 s)
+
+
+@dataclass
+class EngineConfig:
+    """Everything a user says about engines; `plan` turns it into specs."""
+
+    explorer_model: str | None = field(default=None, metadata={"help": "explorer model path or hub id"})
+    synthesizer_model: str | None = field(
+        default=None, metadata={"help": "synthesizer model path or hub id (same as explorer: one engine)"}
+    )
+    explorer_url: str | None = field(
+        default=None, metadata={"help": "use a running SGLang server as explorer"}
+    )
+    synthesizer_url: str | None = field(
+        default=None,
+        metadata={"help": "use a running SGLang server as synthesizer (default: the explorer's)"},
+    )
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
+    tp: int = field(default=1, metadata={"help": "tensor-parallel GPUs per engine"})
+    dp: int = field(default=1, metadata={"help": "data-parallel replicas per engine"})
+    gpu_shares: tuple[float, float] = field(
+        default=(0.40, 0.45),
+        metadata={"help": "co-located: GPU memory shares (explorer, synthesizer) for weights + KV"},
+    )
+    max_total_tokens: int | None = field(
+        default=None, metadata={"help": "bound each engine's KV pool (tokens)"}
+    )
+    context_length: int | None = field(default=None, metadata={"help": "override the models' context length"})
+    load_format: str | None = field(
+        default=None, metadata={"help": "'dummy' serves random weights from config"}
+    )
+    deterministic: bool = field(default=False, metadata={"help": "engines honour per-path sampling seeds"})
+    port: int = field(default=30000, metadata={"help": "first port; the synthesizer takes the next"})
+
+    def __post_init__(self) -> None:
+        explorer_share, synthesizer_share = self.gpu_shares
+        if explorer_share <= 0 or synthesizer_share <= 0 or explorer_share + synthesizer_share >= 1:
+            raise ValueError(f"gpu_shares must be positive and sum below 1, got {self.gpu_shares}")
+
+
+@dataclass(frozen=True)
+class Engines:
+    """The planned engines; `explorer is synthesizer` when one engine serves both roles."""
+
+    explorer: EngineSpec
+    synthesizer: EngineSpec
+    layout: str
+    sequential: bool = False  # start the synthesizer only once the explorer is up (co-located GPU)
+
+    @property
+    def to_launch(self) -> list[EngineSpec]:
+        specs = [self.explorer] if self.explorer is self.synthesizer else [self.explorer, self.synthesizer]
+        return [s for s in specs if s.launched]
+
+
+def plan(config: EngineConfig, *, device: str, gpus: int = 0, cpu_count: int | None = None) -> Engines:
+    """Plan engines for `config` on a machine with `gpus` GPUs (cuda) or `cpu_count` cores (cpu)."""
+    explorer_model = config.explorer_model or (DEFAULT_EXPLORER if device == "cuda" else None)
+    synthesizer_model = config.synthesizer_model or (
+        DEFAULT_SYNTHESIZER if device == "cuda" else explorer_model
+    )
+    if explorer_model is None and config.explorer_url is None:
+        raise ValueError("no explorer model: give --explorer-model or --explorer-url")
+    base = EngineSpec(
+        model=explorer_model or "",
+        device=device,
+        tp=config.tp,
+        dp=config.dp,
+        max_total_tokens=config.max_total_tokens or (CPU_KV_TOKENS if device == "cpu" else None),
+        context_length=config.context_length,
+        attention_backend="torch_native" if device == "cpu" else None,
+        load_format=config.load_format,
+        deterministic=config.deterministic,
+        port=config.port,
+    )
+    explorer = replace(base, url=config.explorer_url)
+    # An explorer URL alone serves both roles, as one model named twice does.
+    synthesizer_url = config.synthesizer_url or (None if config.synthesizer_model else config.explorer_url)
+    same = config.explorer_url == synthesizer_url and (
+        config.explorer_url is not None or synthesizer_model == explorer_model
+    )
+    if same:
+        return Engines(explorer, explorer, layout="same-model")
+    synthesizer = replace(
+        base, model=synthesizer_model or "", port=config.port + 1, url=config.synthesizer_url
+    )
+    if not (explorer.launched and synthesizer.launched):
+        return Engines(explorer, synthesizer, layout="remote")
+    if device == "cpu":
+        cores = list(range(cpu_count or os.cpu_count() or 1))
+        half = max(1, len(cores) // 2)
+        explorer_cores, synthesizer_cores = tuple(cores[:half]), tuple(cores[half:] or cores[:half])
+        return Engines(
+            replace(explorer, cpu_cores=explorer_cores),
+            replace(synthesizer, cpu_cores=synthesizer_cores),
+            layout="cpu",
+        )
+    per_engine = config.tp * config.dp
+    if gpus >= 2 * per_engine:
+        return Engines(explorer, replace(synthesizer, base_gpu_id=per_engine), layout="split")
+    explorer_share, synthesizer_share = config.gpu_shares
+    return Engines(
+        replace(explorer, mem_fraction_static=explorer_share),
+        # What the explorer took is gone when the synthesizer measures free memory.
+        replace(synthesizer, mem_fraction_static=round(synthesizer_share / (1 - explorer_share), 4)),
+        layout="co-located",
+        sequential=True,
+    )

@@ -1,0 +1,100 @@
+"""What an SGLang server is (`EngineSpec`) and the one function that turns it into a launch command.
+
+GPU and CPU launches are built by the same code, so the GPU arguments that cannot run on these CPU
+machines are still produced, and tested, by the function the CPU path exercises.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# A pure-PyTorch stand-in for SGLang's CUDA-only kernel wheel; put on the CPU server's path only.
+CPU_KERNEL_DIR = Path(__file__).resolve().parent / "cpu_kernel"
+
+DEVICES = ("cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One SGLang server: launched here, or already running at `url` (then nothing else is used)."""
+
+    model: str  # local path or hub id
+    device: str = "cuda"  # "cuda" or "cpu"
+    tp: int = 1  # tensor-parallel GPUs per replica
+    dp: int = 1  # data-parallel replicas
+    base_gpu_id: int = 0  # first GPU this server uses
+    mem_fraction_static: float | None = None  # share of the GPU memory free at launch for weights + KV
+    max_total_tokens: int | None = None  # bound on the KV pool, in tokens
+    context_length: int | None = None  # override the model's context length
+    attention_backend: str | None = None  # None: SGLang's choice (flashinfer/fa3 on GPU)
+    load_format: str | None = None  # "dummy": random weights from config.json alone
+    host: str = "127.0.0.1"
+    port: int = 30000
+    cpu_cores: tuple[int, ...] = ()  # CPU: the cores this server is pinned to (empty: all)
+    deterministic: bool = False  # honour per-request sampling seeds (SGLang's deterministic mode)
+    extra_args: tuple[str, ...] = ()  # any further `sglang.launch_server` flags, passed through
+    url: str | None = None  # an existing server or sglang-router: launch nothing
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the server process
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.tp < 1 or self.dp < 1:
+            raise ValueError(f"tp and dp must be >= 1, got tp={self.tp} dp={self.dp}")
+        if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
+            raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.device == "cpu" and (self.tp > 1 or self.dp > 1):
+            raise ValueError("tensor/data parallel needs GPUs; on cpu use tp=1 dp=1")
+
+    @property
+    def base_url(self) -> str:
+        return (self.url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def launched(self) -> bool:
+        return self.url is None
+
+
+def launch_command(spec: EngineSpec, python: str = sys.executable) -> list[str]:
+    """The argv that starts `spec` as an SGLang HTTP server."""
+    if not spec.launched:
+        raise ValueError(f"{spec.base_url} is a remote engine; nothing to launch")
+    args = [python, "-m", "sglang.launch_server", "--model-path", spec.model]
+    args += ["--host", spec.host, "--port", str(spec.port), "--device", spec.device]
+    optional = {
+        "--tp-size": spec.tp if spec.tp > 1 else None,
+        "--dp-size": spec.dp if spec.dp > 1 else None,
+        "--base-gpu-id": spec.base_gpu_id if spec.device == "cuda" and spec.base_gpu_id else None,
+        "--mem-fraction-static": spec.mem_fraction_static,
+        "--max-total-tokens": spec.max_total_tokens,
+        "--context-length": spec.context_length,
+        "--attention-backend": spec.attention_backend,
+        "--load-format": spec.load_format,
+    }
+    args += [a for flag, value in optional.items() if value is not None for a in (flag, str(value))]
+    if spec.deterministic:
+        args.append("--enable-deterministic-inference")
+    if spec.device == "cpu":
+        # An idle CPU scheduler otherwise spins a whole core that the other engine needs.
+        args.append("--sleep-on-idle")
+    args += list(spec.extra_args)
+    if spec.device == "cpu" and spec.cpu_cores:
+        args = ["taskset", "-c", ",".join(map(str, spec.cpu_cores)), *args]
+    return args
+
+
+def launch_env(spec: EngineSpec, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: on CPU, SGLang's CPU engine and the kernel stand-in first on its path."""
+    env = dict(os.environ if base is None else base)
+    if spec.device == "cpu":
+        env["SGLANG_USE_CPU_ENGINE"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CPU_KERNEL_DIR), env.get("PYTHONPATH")]))
+        threads = len(spec.cpu_cores) or os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(threads)
+    env.update(spec.env)
+    return env

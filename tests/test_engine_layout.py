@@ -1,0 +1,112 @@
+"""Engine planning and launch commands: the GPU layouts cannot run here, so their arguments are checked."""
+
+import pytest
+
+from engine.layout import EngineConfig, plan
+from engine.spec import CPU_KERNEL_DIR, EngineSpec, launch_command, launch_env
+
+
+def flags(cmd: list[str]) -> dict[str, str | None]:
+    """`--flag value` pairs of a command line (a bare flag maps to None)."""
+    out: dict[str, str | None] = {}
+    for i, arg in enumerate(cmd):
+        if arg.startswith("--"):
+            nxt = cmd[i + 1] if i + 1 < len(cmd) else None
+            out[arg] = None if nxt is None or nxt.startswith("--") else nxt
+    return out
+
+
+def test_same_model_is_one_engine():
+    engines = plan(
+        EngineConfig(explorer_model="Qwen/Qwen3-8B", synthesizer_model="Qwen/Qwen3-8B"), device="cuda", gpus=1
+    )
+    assert engines.explorer is engines.synthesizer
+    assert engines.layout == "same-model"
+    assert len(engines.to_launch) == 1
+
+
+def test_default_gpu_layout_is_a2r_efficient_colocated():
+    engines = plan(EngineConfig(), device="cuda", gpus=1)
+    assert (engines.explorer.model, engines.synthesizer.model) == ("Qwen/Qwen3-4B", "Qwen/Qwen3-8B")
+    assert engines.layout == "co-located" and engines.sequential
+    explorer, synthesizer = (flags(launch_command(s)) for s in engines.to_launch)
+    assert explorer["--mem-fraction-static"] == "0.4"
+    # 0.45 of the whole GPU, taken from the 0.60 left free once the explorer holds its share
+    assert float(synthesizer["--mem-fraction-static"]) == pytest.approx(0.75)
+    assert explorer["--port"] != synthesizer["--port"]
+    assert "--base-gpu-id" not in synthesizer
+
+
+def test_split_layout_gives_each_engine_its_own_gpus():
+    engines = plan(EngineConfig(tp=2), device="cuda", gpus=4)
+    assert engines.layout == "split" and not engines.sequential
+    explorer, synthesizer = (flags(launch_command(s)) for s in engines.to_launch)
+    assert explorer["--tp-size"] == synthesizer["--tp-size"] == "2"
+    assert "--base-gpu-id" not in explorer and synthesizer["--base-gpu-id"] == "2"
+    assert "--mem-fraction-static" not in explorer
+
+
+def test_remote_engines_launch_nothing():
+    config = EngineConfig(explorer_url="http://10.0.0.5:30000", synthesizer_url="http://10.0.0.6:30000/")
+    engines = plan(config, device="cuda", gpus=0)
+    assert engines.to_launch == []
+    assert engines.synthesizer.base_url == "http://10.0.0.6:30000"
+    with pytest.raises(ValueError, match="remote"):
+        launch_command(engines.explorer)
+
+
+def test_one_remote_url_for_both_roles_is_one_engine():
+    url = "http://127.0.0.1:31000"
+    engines = plan(EngineConfig(explorer_url=url, synthesizer_url=url), device="cuda")
+    assert engines.explorer is engines.synthesizer
+
+
+def test_cpu_engines_are_pinned_to_disjoint_cores():
+    engines = plan(EngineConfig(explorer_model="/m/a", synthesizer_model="/m/b"), device="cpu", cpu_count=2)
+    explorer, synthesizer = engines.to_launch
+    assert (explorer.cpu_cores, synthesizer.cpu_cores) == ((0,), (1,))
+    cmd = launch_command(explorer)
+    assert cmd[:3] == ["taskset", "-c", "0"]
+    f = flags(cmd)
+    assert f["--device"] == "cpu" and f["--attention-backend"] == "torch_native"
+    assert f["--max-total-tokens"] is not None and "--sleep-on-idle" in f
+    env = launch_env(explorer, base={"PYTHONPATH": "/x"})
+    assert env["SGLANG_USE_CPU_ENGINE"] == "1" and env["OMP_NUM_THREADS"] == "1"
+    assert env["PYTHONPATH"].split(":") == [str(CPU_KERNEL_DIR), "/x"]
+
+
+def test_gpu_env_never_gets_the_cpu_kernel_stand_in():
+    env = launch_env(EngineSpec(model="Qwen/Qwen3-4B"), base={})
+    assert "PYTHONPATH" not in env and "SGLANG_USE_CPU_ENGINE" not in env
+
+
+def test_pass_through_flags_and_dummy_weights():
+    spec = EngineSpec(
+        model="Qwen/Qwen3-8B",
+        load_format="dummy",
+        deterministic=True,
+        extra_args=("--kv-cache-dtype", "fp8_e4m3"),
+    )
+    f = flags(launch_command(spec))
+    assert f["--load-format"] == "dummy" and f["--kv-cache-dtype"] == "fp8_e4m3"
+    assert "--enable-deterministic-inference" in f
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tp": 0}, "tp and dp"),
+        ({"device": "tpu"}, "device must be"),
+        ({"mem_fraction_static": 1.5}, "mem_fraction_static"),
+        ({"port": 70000}, "port"),
+        ({"device": "cpu", "tp": 2}, "tensor/data parallel"),
+    ],
+)
+def test_bad_specs_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EngineSpec(model="m", **kwargs)
+
+
+def test_bad_gpu_shares_are_refused():
+    with pytest.raises(ValueError, match="gpu_shares"):
+        EngineConfig(gpu_shares=(0.6, 0.5))

@@ -1,0 +1,118 @@
+"""The offline tiny model's builder: seeded, cached, atomic, with a tokenizer and chat template shaped like Qwen3's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from engine import tiny_model
+from engine.tiny_model import build_tiny_model, tiny_model_path
+
+QUESTION = [{"role": "user", "content": "What is 1+1?"}]
+CHATML_PROMPT = "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model_path(0, root=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir: Path):
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def test_same_seed_builds_identical_files_in_separate_caches(model_dir: Path, tmp_path: Path) -> None:
+    again = tiny_model_path(0, root=tmp_path)
+    assert again != model_dir and again.name == model_dir.name
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "generation_config.json"):
+        assert sha256(again / name) == sha256(model_dir / name), name
+
+
+def test_other_seed_gives_other_weights_and_directory(model_dir: Path, tmp_path: Path) -> None:
+    other = tiny_model_path(1, root=tmp_path)
+    assert other.name != model_dir.name
+    assert sha256(other / "model.safetensors") != sha256(model_dir / "model.safetensors")
+    assert sha256(other / "tokenizer.json") == sha256(model_dir / "tokenizer.json")
+
+
+def test_config_is_the_tiny_qwen3_with_chatml_stop_tokens(model_dir: Path, tokenizer) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"]
+    assert (config["num_hidden_layers"], config["hidden_size"], config["head_dim"]) == (2, 128, 32)
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (4, 2)
+    assert config["max_position_embeddings"] == 4096
+    assert config["vocab_size"] == len(tokenizer)
+    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert tokenizer.eos_token == "<|im_end|>" and config["eos_token_id"] == im_end
+    generation = json.loads((model_dir / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [im_end, endoftext]
+
+
+def test_tokenizer_round_trips_text_with_single_think_tokens(tokenizer) -> None:
+    text = "<think>\nLet $x^2=4$, so x = 2 — ünïcode 数学 ✓\n</think>\n\nThe answer is \\boxed{2}."
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text
+    for tag in ("<think>", "</think>"):
+        assert len(tokenizer.encode(tag, add_special_tokens=False)) == 1
+        assert tokenizer.convert_tokens_to_ids(tag) in ids
+
+
+def test_skipping_special_tokens_drops_chatml_markers_but_keeps_think_tags(tokenizer) -> None:
+    ids = tokenizer.encode("<think>\nhmm\n</think>\n42<|im_end|>", add_special_tokens=False)
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "<think>\nhmm\n</think>\n42"
+
+
+def test_chat_template_thinks_by_default(tokenizer) -> None:
+    prompt = tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    assert prompt == CHATML_PROMPT
+    explicit = tokenizer.apply_chat_template(
+        QUESTION, tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
+    assert explicit == prompt
+
+
+def test_chat_template_without_thinking_prefills_an_empty_think_block(tokenizer) -> None:
+    prompt = tokenizer.apply_chat_template(
+        QUESTION, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    assert prompt == CHATML_PROMPT + "<think>\n\n</think>\n\n"
+
+
+def test_cached_model_is_reused_without_rebuilding(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_rebuild(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("the cached model was rebuilt")
+
+    monkeypatch.setattr(tiny_model, "build_tiny_model", no_rebuild)
+    monkeypatch.setenv(tiny_model.CACHE_ENV, str(model_dir.parent))
+    assert tiny_model_path(0) == model_dir
+
+
+def test_concurrent_builds_leave_one_complete_model_and_no_staging(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(build_tiny_model(target, 0))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [target, target]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
+
+
+def test_bad_seed_and_missing_corpus_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        tiny_model_path(-1, root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no \\*.jsonl files"):
+        build_tiny_model(tmp_path / "model", 0, corpus_dir=tmp_path / "empty")
+    assert list(tmp_path.iterdir()) == []

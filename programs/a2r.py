@@ -1,0 +1,186 @@
+"""A2R end to end: explore N paths per problem, synthesize a final answer, compare with self-consistency.
+
+    python -m programs.a2r --n 4                                   # GPU: Qwen3-4B -> Qwen3-8B on aime24
+    python -m programs.a2r --n 4 --dataset aime25 --limit 5
+    python -m programs.a2r --n 8 --question "What is 17 * 23?"
+
+With no GPU it runs on the CPU with the project's offline tiny model. Results go to
+`OUTPUT/records.jsonl`, one line per problem as soon as it is done; rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from benchmarks.datasets import DatasetError, load_problems, question_problem
+from benchmarks.report import accuracy_table, run_summary
+from engine.launch import EngineError, serve
+from engine.layout import EngineConfig, plan
+from programs.cli import add_engine_args, add_sampling_args, dataclass_from_args
+from programs.config import BUDGETS, RunConfig, SamplingConfig
+from programs.pipeline import Pipeline, Stage
+from programs.records import RecordFile, RecordsError
+
+console = Console()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m programs.a2r", description=__doc__.split("\n\n")[0])
+    run = parser.add_argument_group("run")
+    run.add_argument("--n", type=int, default=4, help="explorer paths per problem")
+    source = run.add_mutually_exclusive_group()
+    source.add_argument(
+        "--dataset", default="aime24", help="shipped name, a .jsonl/.parquet file, or hf:REPO"
+    )
+    source.add_argument("--question", help="one question instead of a dataset")
+    run.add_argument("--limit", type=int, help="only the first LIMIT problems")
+    run.add_argument("--shuffle-references", action="store_true", help="shuffle reference order (seeded)")
+    run.add_argument("--no-synthesis", action="store_true", help="explore and vote only (self-consistency)")
+    run.add_argument("--output", type=Path, help="run folder (default: runs/<dataset>-n<N>)")
+    add_engine_args(parser)
+    add_sampling_args(parser)
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error(f"--n must be at least 1, got {args.n}")
+    return args
+
+
+def detect_device(requested: str | None) -> str:
+    if requested:
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_models(config: EngineConfig, device: str) -> EngineConfig:
+    """On CPU with no model named, both roles use the offline tiny model, built on first use."""
+    if device != "cpu" or config.explorer_model or config.explorer_url:
+        return config
+    from engine.tiny_model import tiny_model_path
+
+    path = str(tiny_model_path())
+    console.print(
+        f"[bold yellow]No GPU: running on the CPU with the project's offline tiny model ({path}).[/] "
+        "Its answers show the pipeline working, not accuracy."
+    )
+    config.explorer_model = path
+    config.synthesizer_model = config.synthesizer_model or path
+    return config
+
+
+def run_config(args: argparse.Namespace, engines: Any, device: str) -> RunConfig:
+    budgets = BUDGETS[device]
+
+    def sampling(max_tokens: int | None, role: str) -> SamplingConfig:
+        return SamplingConfig(max_tokens or budgets[role], args.temperature, args.top_p, args.top_k)
+
+    return RunConfig(
+        n=args.n,
+        explorer=sampling(args.explorer_max_tokens, "explorer"),
+        synthesizer=sampling(args.synthesizer_max_tokens, "synthesizer"),
+        explorer_model=engines.explorer.model or engines.explorer.base_url,
+        synthesizer_model=engines.synthesizer.model or engines.synthesizer.base_url,
+        seed=args.seed,
+        shuffle_references=args.shuffle_references,
+        thinking=not args.no_thinking,
+        synthesize=not args.no_synthesis,
+    )
+
+
+def progress_line(records: list[dict[str, Any]], elapsed: float) -> str:
+    """Throughput and prefix-cache reuse from the engines' own token counts."""
+    paths = [p for r in records for p in r["paths"]]
+    synth = [r["synthesizer"] for r in records if r["synthesizer"]]
+    explored = sum(p["completion_tokens"] for p in paths)
+    prompted = sum(p["prompt_tokens"] for p in paths)
+    hit = sum(p["cached_tokens"] for p in paths) / prompted if prompted else 0.0
+    synthesized = sum(s["completion_tokens"] for s in synth)
+    return (
+        f"explorer {explored / elapsed:,.0f} tok/s · synthesizer {synthesized / elapsed:,.0f} tok/s · "
+        f"prefix cache {hit:.0%}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # A polite kill (SIGTERM) stops the engines and keeps the records, like Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        problems = (
+            [question_problem(args.question)] if args.question else load_problems(args.dataset, args.limit)
+        )
+        device = detect_device(args.device)
+        engine_config = resolve_models(dataclass_from_args(EngineConfig, args, device=device), device)
+        engines = plan(engine_config, device=device, gpus=gpu_count(device))
+        config = run_config(args, engines, device)
+        name = "question" if args.question else Path(args.dataset).stem.removeprefix("hf:").replace("/", "_")
+        output = args.output or Path("runs") / f"{name}-n{args.n}"
+        records = RecordFile(output, config.to_dict(), console)
+    except (DatasetError, RecordsError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    todo = [p for p in problems if p.id not in records]
+    console.print(
+        f"{len(problems)} problems, {len(problems) - len(todo)} already in {records.path}; engines "
+        f"({engines.layout}): explorer {config.explorer_model}, synthesizer {config.synthesizer_model}"
+    )
+    try:
+        if todo:
+            solve(todo, engines, config, records, output)
+    except EngineError as exc:
+        console.print(f"[red]engine error:[/] {exc}")
+        return 1
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted:[/] {len(records.records)} records kept in {records.path}; rerun to resume"
+        )
+        return 130
+    finished = [records.records[p.id] for p in problems if p.id in records]
+    summary = run_summary(finished, config.to_dict())
+    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(accuracy_table(summary))
+    console.print(f"records: {records.path}\nsummary: {output / 'summary.json'}")
+    return 0
+
+
+def gpu_count(device: str) -> int:
+    if device != "cuda":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def solve(todo: list, engines: Any, config: RunConfig, records: RecordFile, output: Path) -> None:
+    with serve(engines, output / "logs") as running:
+        explorer = Stage.attach(running.explorer)
+        same = running.synthesizer is running.explorer
+        synthesizer = explorer if same else Stage.attach(running.synthesizer)
+        pipeline = Pipeline(config, explorer, synthesizer if config.synthesize else None)
+        done: list[dict[str, Any]] = []
+        start = time.perf_counter()
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, TextColumn("{task.fields[rates]}"), console=console) as progress:
+            task = progress.add_task("problems", total=len(todo), rates="")
+
+            def on_record(record: dict[str, Any]) -> None:
+                records.append(record)
+                done.append(record)
+                rates = progress_line(done, time.perf_counter() - start)
+                progress.update(task, advance=1, rates=rates)
+
+            pipeline.run(todo, on_record)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

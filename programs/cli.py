@@ -1,0 +1,65 @@
+"""Argument groups every entry point shares (engines, sampling, output), built from the config dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+from engine.layout import EngineConfig
+from programs.config import QWEN3_THINKING
+
+T = TypeVar("T")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_args(group: argparse._ArgumentGroup, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of `cls`, typed from its annotation and helped by its `metadata["help"]`."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        kind = hints[field.name]
+        options: dict[str, Any] = {"help": field.metadata.get("help"), "default": field.default}
+        args = typing.get_args(kind)
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            options.update(type=args[0], nargs=len(args))
+        else:
+            if typing.get_origin(kind) in (typing.Union, types.UnionType):
+                kind = next(a for a in args if a is not type(None))
+            options["type"] = kind
+        group.add_argument(flag(field.name), **options)
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**{**values, **overrides})
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_args(parser.add_argument_group("engines"), EngineConfig)
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling (both roles; Qwen3 thinking-mode defaults)")
+    group.add_argument(
+        "--temperature", type=float, default=QWEN3_THINKING["temperature"], help="sampling temperature"
+    )
+    group.add_argument("--top-p", type=float, default=QWEN3_THINKING["top_p"], help="nucleus sampling mass")
+    group.add_argument(
+        "--top-k", type=int, default=QWEN3_THINKING["top_k"], help="sample from the k likeliest tokens"
+    )
+    group.add_argument("--explorer-max-tokens", type=int, help="token budget per path (default: by device)")
+    group.add_argument(
+        "--synthesizer-max-tokens", type=int, help="synthesizer token budget (default: by device)"
+    )
+    group.add_argument("--no-thinking", action="store_true", help="render chat prompts with thinking off")
+    group.add_argument("--seed", type=int, default=0, help="seeds every path and the reference shuffle")

@@ -1,0 +1,67 @@
+"""A run folder's `records.jsonl`: one line per finished problem, appended at once, read back to resume.
+
+A rerun into the same folder skips the problems already there, and refuses to mix in records made with a
+different configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+
+class RecordsError(ValueError):
+    """The run folder cannot be resumed as asked; the message says why."""
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+class RecordFile:
+    def __init__(self, run_dir: Path, config: dict[str, Any], console: Console | None = None) -> None:
+        self.path = run_dir / "records.jsonl"
+        self.config = config
+        self.console = console or Console(stderr=True)
+        self.records: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        raw = self.path.read_bytes()
+        lines = raw.split(b"\n")
+        if lines and lines[-1]:
+            # A run killed mid-write leaves a partial last line: that problem is simply redone.
+            self.console.print(f"[yellow]dropping an unfinished last line of {self.path}[/]")
+            with self.path.open("r+b") as f:
+                f.truncate(len(raw) - len(lines[-1]))
+        for number, line in enumerate(lines[:-1], start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordsError(f"{self.path}:{number}: not valid JSON ({exc.msg})") from None
+            diff = config_diff(record.get("config", {}), self.config)
+            if diff:
+                raise RecordsError(
+                    f"{self.path} holds records made with another configuration ({'; '.join(diff)}); "
+                    "use another --output, or the same settings to resume"
+                )
+            self.records[record["id"]] = record
+
+    def __contains__(self, problem_id: str) -> bool:
+        return problem_id in self.records
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records[record["id"]] = record

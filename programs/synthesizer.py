@@ -1,0 +1,133 @@
+"""Stage 2, the synthesizer: re-reason over the query and the explorer's answer parts to one final answer.
+
+References that would overflow the synthesizer's context are trimmed from the front, keeping each one's
+end (where its conclusion and boxed answer are), and the trimming is recorded. A prompt the engine would
+reject is never sent.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import sglang as sgl
+
+from engine.endpoint import SEED_VAR
+from programs.config import SamplingConfig
+from programs.explorer import finish_reason
+from programs.prompts import chat_prompt, synthesizer_query
+
+
+@sgl.function
+def synthesize(s, prompt: str, sampling: dict, seed: int):
+    s.set_var(SEED_VAR, seed)
+    s += prompt
+    s += sgl.gen("synthesis", **sampling)
+
+
+@dataclass
+class Synthesis:
+    prompt: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    finish_reason: str | None
+    reference_order: list[int]  # explorer path index of each reference, in prompt order
+    trimmed_references: list[int] = field(default_factory=list)  # prompt positions (1-based) that were cut
+
+
+def reference_order(n: int, shuffle: bool, seed: int) -> list[int]:
+    order = list(range(n))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    return order
+
+
+def fit_references(
+    tokenizer: Any, query: str, references: list[str], budget: int, thinking: bool = True
+) -> tuple[str, list[int]]:
+    """Render the synthesizer prompt within `budget` tokens; returns it and the 1-based trimmed positions.
+
+    Each reference keeps min(its length, a fair share) of tokens, the share growing as shorter references
+    leave room (water-filling), so one long reference never crowds out the others.
+    """
+
+    def render(refs: list[str]) -> str:
+        return chat_prompt(tokenizer, synthesizer_query(query, refs), thinking)
+
+    def length(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    prompt = render(references)
+    if length(prompt) <= budget:
+        return prompt, []
+    ids = [tokenizer.encode(r, add_special_tokens=False) for r in references]
+    room = budget - length(render([""] * len(references)))
+    while room > 0:
+        keep = water_fill([len(i) for i in ids], room)
+        trimmed = [
+            tokenizer.decode(i[len(i) - k :]) if k < len(i) else r
+            for i, k, r in zip(ids, keep, references, strict=True)
+        ]
+        prompt = render(trimmed)
+        overflow = length(prompt) - budget
+        if overflow <= 0:
+            return prompt, [p for p, (i, k) in enumerate(zip(ids, keep, strict=True), start=1) if k < len(i)]
+        room -= max(overflow, len(references))  # token merges at the seams: tighten and retry
+    raise ValueError(
+        f"the synthesizer prompt does not fit its context: the query and template alone take "
+        f"{length(render([''] * len(references)))} of {budget} tokens"
+    )
+
+
+def water_fill(lengths: list[int], room: int) -> list[int]:
+    """Tokens to keep per item so the total fits `room`, giving short items all they need first.
+
+    >>> water_fill([10, 100, 100], 110)
+    [10, 50, 50]
+    """
+    keep = [0] * len(lengths)
+    left, pending = room, sorted(range(len(lengths)), key=lengths.__getitem__)
+    while pending:
+        share = left // len(pending)
+        i = pending[0]
+        if lengths[i] > share:
+            for j in pending:
+                keep[j] = share
+            return keep
+        keep[i] = lengths[i]
+        left -= lengths[i]
+        pending.pop(0)
+    return keep
+
+
+def run_synthesizer(
+    backend: Any,
+    tokenizer: Any,
+    query: str,
+    answer_parts: list[str],
+    sampling: SamplingConfig,
+    context_length: int,
+    seed: int,
+    shuffle: bool = False,
+    thinking: bool = True,
+) -> Synthesis:
+    order = reference_order(len(answer_parts), shuffle, seed)
+    budget = context_length - sampling.max_tokens - 1
+    prompt, trimmed = fit_references(tokenizer, query, [answer_parts[i] for i in order], budget, thinking)
+    state = synthesize.run(prompt=prompt, sampling=sampling.gen_kwargs(), seed=seed, backend=backend)
+    if state.error() is not None:
+        raise RuntimeError(f"the synthesizer failed: {state.error()}")
+    meta = state.get_meta_info("synthesis")
+    return Synthesis(
+        prompt=prompt,
+        text=state["synthesis"],
+        prompt_tokens=meta["prompt_tokens"],
+        completion_tokens=meta["completion_tokens"],
+        cached_tokens=meta.get("cached_tokens", 0),
+        finish_reason=finish_reason(meta),
+        reference_order=order,
+        trimmed_references=trimmed,
+    )

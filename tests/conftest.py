@@ -1,0 +1,33 @@
+"""One real SGLang engine on the CPU, with the tiny model, shared by every test that needs an engine."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.launch import serve
+from engine.layout import EngineConfig, Engines, plan
+from engine.tiny_model import tiny_model_path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    return tiny_model_path(seed=0)
+
+
+@pytest.fixture(scope="session")
+def cpu_engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
+    """The tiny model serving both roles (symmetric A2R), on all cores."""
+    config = EngineConfig(explorer_model=str(tiny_model), port=free_port())
+    engines = plan(config, device="cpu")
+    with serve(engines, tmp_path_factory.mktemp("engine-logs")) as running:
+        yield running

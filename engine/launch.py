@@ -46,6 +46,11 @@ def model_info(spec: EngineSpec) -> dict[str, Any]:
     return get_json(f"{spec.base_url}/get_model_info")
 
 
+def context_length(spec: EngineSpec) -> int:
+    """The context the server enforces (prompt + new tokens), from its OpenAI-style model list."""
+    return int(get_json(f"{spec.base_url}/v1/models")["data"][0]["max_model_len"])
+
+
 def check_model(model: str) -> None:
     """A model is a local directory or a hub id `org/name`; anything else that looks like a path is a typo."""
     if Path(model).expanduser().is_dir():
@@ -56,7 +61,9 @@ def check_model(model: str) -> None:
 
 
 def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another server listens on; like uvicorn, ignore connections lingering in TIME_WAIT."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

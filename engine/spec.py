@@ -50,6 +50,9 @@ class EngineSpec:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         if self.device == "cpu" and (self.tp > 1 or self.dp > 1):
             raise ValueError("tensor/data parallel needs GPUs; on cpu use tp=1 dp=1")
+        if self.device == "cpu" and self.deterministic:
+            # SGLang 0.5.23 allows deterministic inference only with GPU attention backends.
+            raise ValueError("deterministic sampling (per-path seeds) needs a GPU attention backend, not cpu")
 
     @property
     def base_url(self) -> str:

@@ -11,10 +11,12 @@ config are built apart from the weights, so a later step can save trained weight
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from importlib import metadata
@@ -177,7 +179,7 @@ def build_key(seed: int, corpus_dir: Path = CORPUS_DIR) -> str:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "a2r")
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "a2r").expanduser()
 
 
 def tiny_model_path(seed: int = 0, root: Path | None = None) -> Path:
@@ -199,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.out and args.out.exists():
         parser.error(f"--out {args.out} already exists; give a new directory")
-    print(build_tiny_model(args.out, args.seed) if args.out else tiny_model_path(args.seed))
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the path alone: M=$(python -m ...)
+        path = build_tiny_model(args.out, args.seed) if args.out else tiny_model_path(args.seed)
+    print(path)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from benchmarks.datasets import Problem
 from benchmarks.grading import extract_answer, extract_boxed, is_equivalent
 from benchmarks.metrics import majority_vote
 from engine.endpoint import SeededEndpoint, connect
-from engine.launch import model_info, server_info
+from engine.launch import context_length, model_info, server_info
 from engine.spec import EngineSpec
 from programs.config import RunConfig
 from programs.explorer import Path, run_explorer
@@ -48,8 +48,7 @@ class Stage:
         except OSError:
             server = {}
         tokenizer = AutoTokenizer.from_pretrained(info.get("tokenizer_path") or info["model_path"])
-        context = server.get("context_length") or info.get("context_length") or tokenizer.model_max_length
-        return cls(connect(spec), tokenizer, int(context), server.get("max_total_num_tokens"))
+        return cls(connect(spec), tokenizer, context_length(spec), server.get("max_total_num_tokens"))
 
     def in_flight(self, tokens_per_problem: int, fallback: int = 8) -> int:
         if not self.kv_tokens:

@@ -100,6 +100,7 @@ def test_pass_through_flags_and_dummy_weights():
         ({"mem_fraction_static": 1.5}, "mem_fraction_static"),
         ({"port": 70000}, "port"),
         ({"device": "cpu", "tp": 2}, "tensor/data parallel"),
+        ({"device": "cpu", "deterministic": True}, "deterministic"),
     ],
 )
 def test_bad_specs_are_refused(kwargs, message):

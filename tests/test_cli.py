@@ -1,0 +1,167 @@
+"""`python -m programs.a2r` end to end on a real CPU engine: records, resume, Ctrl-C, and bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from programs.a2r import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_problems(path: Path, count: int) -> Path:
+    rows = [
+        {"id": f"p{i}", "problem": f"Compute {i} + {i}. Put it in \\boxed{{}}.", "answer": str(2 * i)}
+        for i in range(count)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def read_records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+
+
+def args_for(url: str, dataset: Path, output: Path, *extra: str) -> list[str]:
+    return ["--n", "4", "--dataset", str(dataset), "--explorer-url", url, "--output", str(output),
+            "--explorer-max-tokens", "24", "--synthesizer-max-tokens", "24", *extra]  # fmt: skip
+
+
+def test_run_writes_complete_records_then_resumes(cpu_engine, tmp_path):
+    url, run = cpu_engine.explorer.base_url, tmp_path / "run"
+    assert main(args_for(url, write_problems(tmp_path / "p.jsonl", 3), run)) == 0
+    first = read_records(run)
+    assert [r["id"] for r in first] != [] and len(first) == 3
+    for record in first:
+        assert record["gold"] and record["config"]["n"] == 4
+        assert len(record["paths"]) == 4
+        cached = [p["cached_tokens"] >= p["prompt_tokens"] - 1 for p in record["paths"]]
+        assert sum(cached) >= 3, record["paths"]
+        for path in record["paths"]:
+            assert {"text", "answer_part", "answer", "correct", "prompt_tokens", "completion_tokens",
+                    "cached_tokens", "finish_reason"} <= set(path)  # fmt: skip
+        assert set(record["self_consistency"]) == {"answer", "correct"}
+        assert {"prompt", "text", "answer", "correct", "prompt_tokens", "completion_tokens"} <= set(
+            record["synthesizer"]
+        )
+        assert record["synthesizer"]["prompt"].count("<reference") == 4
+        assert {"explore_s", "synthesize_s", "total_s"} <= set(record["timings"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["problems"] == 3 and summary["config"]["n"] == 4
+    assert summary["accuracy"]["problems"] == 3 and "a2r@4" in summary["accuracy"]
+
+    # A larger run into the same folder only does the new problems and keeps the old lines as they were.
+    assert main(args_for(url, write_problems(tmp_path / "p.jsonl", 5), run)) == 0
+    after = read_records(run)
+    assert after[:3] == first
+    assert sorted(r["id"] for r in after) == ["p0", "p1", "p2", "p3", "p4"]
+
+
+def test_another_configuration_in_the_same_folder_is_refused(cpu_engine, tmp_path, capsys):
+    url, run, data = cpu_engine.explorer.base_url, tmp_path / "run", write_problems(tmp_path / "p.jsonl", 1)
+    assert main(args_for(url, data, run)) == 0
+    before = (run / "records.jsonl").read_text()
+    assert main(args_for(url, data, run, "--seed", "5")) == 2
+    assert "another configuration" in capsys.readouterr().out
+    assert (run / "records.jsonl").read_text() == before
+
+
+def test_ctrl_c_keeps_finished_records_and_the_rerun_completes(cpu_engine, tmp_path):
+    url, run = cpu_engine.explorer.base_url, tmp_path / "run"
+    data = write_problems(tmp_path / "p.jsonl", 40)
+    cmd = [sys.executable, "-m", "programs.a2r", *args_for(url, data, run, "--explorer-max-tokens", "64")]
+    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    records = run / "records.jsonl"
+    deadline = time.monotonic() + 300
+    while not (records.exists() and records.read_text().count("\n") >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    kept = read_records(run)
+    assert process.returncode == 130, output
+    assert "rerun to resume" in output and 2 <= len(kept) < 40
+    assert main(args_for(url, data, run, "--explorer-max-tokens", "64")) == 0
+    ids = [r["id"] for r in read_records(run)]
+    assert sorted(ids) == sorted(f"p{i}" for i in range(40)) and len(ids) == len(set(ids))
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_unknown_dataset(capsys, tmp_path):
+    code, out = run_cli(["--dataset", "aime2099", "--output", str(tmp_path)], capsys)
+    assert code == 2 and "aime2099" in out and "aime24" in out
+
+
+def test_malformed_jsonl_names_file_and_line(capsys, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": oops}\n')
+    code, out = run_cli(["--dataset", str(bad), "--output", str(tmp_path / "r")], capsys)
+    assert code == 2 and "bad.jsonl:2" in out.replace("\n", "")
+
+
+def test_row_without_answer(capsys, tmp_path):
+    bad = tmp_path / "noanswer.jsonl"
+    bad.write_text('{"problem": "1+1"}\n')
+    code, out = run_cli(["--dataset", str(bad), "--output", str(tmp_path / "r")], capsys)
+    assert code == 2 and "answer" in out
+
+
+def test_n_below_one():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--n", "0"])
+    assert exit_info.value.code == 2
+
+
+def test_model_path_that_does_not_exist(capsys, tmp_path):
+    code, out = run_cli(
+        ["--device", "cpu", "--explorer-model", str(tmp_path / "nope"), "--dataset", "aime24", "--limit", "1",
+         "--output", str(tmp_path / "r")], capsys)  # fmt: skip
+    assert code == 1 and "model path does not exist" in out
+
+
+def test_port_in_use(capsys, tmp_path, tiny_model):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        code, out = run_cli(
+            ["--device", "cpu", "--explorer-model", str(tiny_model), "--port", str(port), "--limit", "1",
+             "--output", str(tmp_path / "r")], capsys)  # fmt: skip
+    assert code == 1 and f"port {port}" in out and "in use" in out
+
+
+def test_remote_url_that_does_not_answer(capsys, tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    code, out = run_cli(
+        ["--explorer-url", f"http://127.0.0.1:{port}", "--limit", "1", "--output", str(tmp_path / "r")],
+        capsys,
+    )
+    assert code == 1 and "no SGLang server answers" in out
+
+
+def test_engine_that_fails_to_start_shows_its_log(capsys, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    code, out = run_cli(
+        ["--device", "cpu", "--explorer-model", str(broken), "--port", str(port), "--limit", "1",
+         "--output", str(tmp_path / "r")], capsys)  # fmt: skip
+    assert code == 1 and "exited with code" in out and "last lines of" in out
+    assert not list((tmp_path / "r").glob("records.jsonl"))

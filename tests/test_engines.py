@@ -1,0 +1,37 @@
+"""Real CPU engines: two when the models differ (each pinned to its own core), stopped on the way out."""
+
+from __future__ import annotations
+
+from benchmarks.datasets import Problem
+from engine.launch import check_port_free, model_info, serve
+from engine.layout import EngineConfig, plan
+from engine.tiny_model import tiny_model_path
+from programs.config import RunConfig, SamplingConfig
+from programs.pipeline import Pipeline, Stage
+from tests.conftest import free_port
+
+
+def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model, tmp_path):
+    other = tiny_model_path(seed=1)
+    config = EngineConfig(explorer_model=str(tiny_model), synthesizer_model=str(other), port=free_port())
+    engines = plan(config, device="cpu", cpu_count=2)
+    assert engines.layout == "cpu" and len(engines.to_launch) == 2
+    with serve(engines, tmp_path / "logs") as running:
+        assert model_info(running.explorer)["model_path"] == str(tiny_model)
+        assert model_info(running.synthesizer)["model_path"] == str(other)
+        sampling = SamplingConfig(max_tokens=16)
+        run = RunConfig(
+            n=2, explorer=sampling, synthesizer=sampling, explorer_model="a", synthesizer_model="b"
+        )
+        records = []
+        stages = Stage.attach(running.explorer), Stage.attach(running.synthesizer)
+        Pipeline(run, *stages).run([Problem("x", "What is 2 + 2?", "4")], records.append)
+        assert len(records) == 1 and records[0]["synthesizer"]["completion_tokens"] > 0
+    assert {p.name for p in (tmp_path / "logs").iterdir()} == {"explorer.log", "synthesizer.log"}
+    for spec in engines.to_launch:  # nothing listens any more: raises if a server survived
+        check_port_free(spec.host, spec.port)
+
+
+def test_same_model_serves_both_roles_from_one_engine(cpu_engine):
+    assert cpu_engine.explorer is cpu_engine.synthesizer
+    assert len(cpu_engine.to_launch) == 1

@@ -114,7 +114,14 @@ def progress_line(records: list[dict[str, Any]], elapsed: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # A polite kill (SIGTERM) stops the engines and keeps the records, like Ctrl-C.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         problems = (
             [question_problem(args.question)] if args.question else load_problems(args.dataset, args.limit)
@@ -137,18 +144,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if todo:
             solve(todo, engines, config, records, output)
-    except EngineError as exc:
-        console.print(f"[red]engine error:[/] {exc}")
-        return 1
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted:[/] {len(records.records)} records kept in {records.path}; rerun to resume"
         )
         return 130
+    except (EngineError, RuntimeError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}\n{len(records.records)} records kept in {records.path}")
+        return 1
     finished = [records.records[p.id] for p in problems if p.id in records]
     summary = run_summary(finished, config.to_dict())
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(accuracy_table(summary))
+    if args.question:
+        record = finished[0]
+        synthesized = record["synthesizer"]["answer"] if record["synthesizer"] else None
+        console.print(
+            f"self-consistency answer: {record['self_consistency']['answer']}\nA2R answer: {synthesized}"
+        )
     console.print(f"records: {records.path}\nsummary: {output / 'summary.json'}")
     return 0
 

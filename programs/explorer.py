@@ -35,7 +35,7 @@ def explore(s, prompt: str, sampling: dict, seeds: list[int]):
 
 
 @dataclass
-class Path:
+class ExplorerPath:
     """One explorer path with the engine's own account of it."""
 
     text: str
@@ -53,7 +53,7 @@ def finish_reason(meta: dict[str, Any]) -> str | None:
     return reason.get("type") if isinstance(reason, dict) else reason
 
 
-def run_explorer(backend: Any, prompt: str, sampling: SamplingConfig, seeds: list[int]) -> list[Path]:
+def run_explorer(backend: Any, prompt: str, sampling: SamplingConfig, seeds: list[int]) -> list[ExplorerPath]:
     # (`n` would be taken by `run` itself as a sampling parameter, so the path count is len(seeds).)
     state = explore.run(prompt=prompt, sampling=sampling.gen_kwargs(), seeds=seeds, backend=backend)
     if state.error() is not None:
@@ -63,7 +63,7 @@ def run_explorer(backend: Any, prompt: str, sampling: SamplingConfig, seeds: lis
     for text, meta, seed in zip(texts, metas, seeds, strict=True):
         part = answer_part(text)
         paths.append(
-            Path(
+            ExplorerPath(
                 text=text,
                 answer_part=part.text,
                 answer_part_fallback=part.fallback,

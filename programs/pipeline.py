@@ -23,7 +23,7 @@ from engine.endpoint import SeededEndpoint, connect
 from engine.launch import context_length, model_info, server_info
 from engine.spec import EngineSpec
 from programs.config import RunConfig
-from programs.explorer import Path, run_explorer
+from programs.explorer import ExplorerPath, run_explorer
 from programs.prompts import chat_prompt
 from programs.synthesizer import Synthesis, run_synthesizer
 
@@ -61,7 +61,7 @@ def grade(gold: str, answer: str | None) -> bool | None:
     return is_equivalent(gold, answer) if gold else None
 
 
-def path_record(path: Path, gold: str) -> dict[str, Any]:
+def path_record(path: ExplorerPath, gold: str) -> dict[str, Any]:
     answer = extract_boxed(path.answer_part)
     return {**asdict(path), "answer": answer, "correct": grade(gold, answer)}
 
@@ -74,7 +74,7 @@ def synthesis_record(synthesis: Synthesis, gold: str) -> dict[str, Any]:
 def problem_record(
     problem: Problem,
     config: RunConfig,
-    paths: list[Path],
+    paths: list[ExplorerPath],
     synthesis: Synthesis | None,
     timings: dict[str, float],
 ) -> dict[str, Any]:
@@ -101,7 +101,7 @@ class Pipeline:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    def explore(self, problem: Problem, clock: dict[str, float]) -> list[Path]:
+    def explore(self, problem: Problem, clock: dict[str, float]) -> list[ExplorerPath]:
         cfg = self.config
         prompt = chat_prompt(self.explorer.tokenizer, problem.problem, cfg.thinking)
         prompt_tokens = len(self.explorer.tokenizer.encode(prompt, add_special_tokens=False))
@@ -116,7 +116,7 @@ class Pipeline:
         clock["explored_at"] = self.now()
         return paths
 
-    def synthesize(self, problem: Problem, paths: list[Path], clock: dict[str, float]) -> Synthesis:
+    def synthesize(self, problem: Problem, paths: list[ExplorerPath], clock: dict[str, float]) -> Synthesis:
         assert self.synthesizer is not None
         cfg = self.config
         clock["synthesis_started_at"] = self.now()
@@ -150,7 +150,7 @@ class Pipeline:
         explore_pool = ThreadPoolExecutor(explore_slots, "explore")
         synth_pool = ThreadPoolExecutor(synth_slots, "synthesize")
         # future -> (problem, its clock, its paths once explored)
-        running: dict[Future, tuple[Problem, dict[str, float], list[Path] | None]] = {}
+        running: dict[Future, tuple[Problem, dict[str, float], list[ExplorerPath] | None]] = {}
 
         def explore_next() -> None:
             problem = next(pending, None)

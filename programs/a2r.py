@@ -46,11 +46,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--shuffle-references", action="store_true", help="shuffle reference order (seeded)")
     run.add_argument("--no-synthesis", action="store_true", help="explore and vote only (self-consistency)")
     run.add_argument("--output", type=Path, help="run folder (default: runs/<dataset>-n<N>)")
+    run.add_argument(
+        "--max-in-flight", type=int, help="cap on problems explored at once (default: from KV pool)"
+    )
     add_engine_args(parser)
     add_sampling_args(parser)
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
+    if args.max_in_flight is not None and args.max_in_flight < 1:
+        parser.error(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
     return args
 
 
@@ -143,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         if todo:
-            solve(todo, engines, config, records, output)
+            solve(todo, engines, config, records, output, args.max_in_flight)
+        finished = [records.records[p.id] for p in problems if p.id in records]
+        summary = run_summary(finished, config.to_dict())
+        (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted:[/] {len(records.records)} records kept in {records.path}; rerun to resume"
@@ -152,9 +160,6 @@ def run(args: argparse.Namespace) -> int:
     except (EngineError, RuntimeError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}\n{len(records.records)} records kept in {records.path}")
         return 1
-    finished = [records.records[p.id] for p in problems if p.id in records]
-    summary = run_summary(finished, config.to_dict())
-    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(accuracy_table(summary))
     if args.question:
         record = finished[0]
@@ -174,7 +179,14 @@ def gpu_count(device: str) -> int:
     return torch.cuda.device_count()
 
 
-def solve(todo: list, engines: Any, config: RunConfig, records: RecordFile, output: Path) -> None:
+def solve(
+    todo: list,
+    engines: Any,
+    config: RunConfig,
+    records: RecordFile,
+    output: Path,
+    max_in_flight: int | None,
+) -> None:
     with serve(engines, output / "logs") as running:
         explorer = Stage.attach(running.explorer)
         same = running.synthesizer is running.explorer
@@ -192,7 +204,7 @@ def solve(todo: list, engines: Any, config: RunConfig, records: RecordFile, outp
                 rates = progress_line(done, time.perf_counter() - start)
                 progress.update(task, advance=1, rates=rates)
 
-            pipeline.run(todo, on_record)
+            pipeline.run(todo, on_record, max_in_flight)
 
 
 if __name__ == "__main__":

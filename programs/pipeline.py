@@ -134,9 +134,15 @@ class Pipeline:
         clock["synthesized_at"] = self.now()
         return synthesis
 
-    def run(self, problems: Iterable[Problem], on_record: Callable[[dict[str, Any]], None]) -> None:
+    def run(
+        self,
+        problems: Iterable[Problem],
+        on_record: Callable[[dict[str, Any]], None],
+        max_in_flight: int | None = None,
+    ) -> None:
         """Solve every problem, handing each finished record to `on_record` as soon as it is done.
 
+        `max_in_flight` caps the problems explored at once below what the KV pool would allow.
         Each record's `timings` hold its stage marks in seconds since the run started, and durations.
         An engine error ends the run: records already handed over stay, unfinished problems are redone by
         the next run.
@@ -144,7 +150,7 @@ class Pipeline:
         cfg = self.config
         self.t0 = time.perf_counter()
         expected = cfg.n * EXPECTED_LENGTH_SHARE * cfg.explorer.max_tokens
-        explore_slots = self.explorer.in_flight(math.ceil(expected))
+        explore_slots = min(self.explorer.in_flight(math.ceil(expected)), max_in_flight or MAX_IN_FLIGHT)
         synth_slots = self.synthesizer.in_flight(cfg.synthesizer.max_tokens) if self.synthesizer else 1
         pending = iter(problems)
         explore_pool = ThreadPoolExecutor(explore_slots, "explore")

@@ -19,6 +19,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture
+def port() -> int:
+    """A port nothing listens on (the next one up is almost always free too, for a second engine)."""
+    return free_port()
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     return tiny_model_path(seed=0)

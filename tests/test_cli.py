@@ -76,8 +76,10 @@ def test_another_configuration_in_the_same_folder_is_refused(cpu_engine, tmp_pat
 
 def test_ctrl_c_keeps_finished_records_and_the_rerun_completes(cpu_engine, tmp_path):
     url, run = cpu_engine.explorer.base_url, tmp_path / "run"
-    data = write_problems(tmp_path / "p.jsonl", 40)
-    cmd = [sys.executable, "-m", "programs.a2r", *args_for(url, data, run, "--explorer-max-tokens", "64")]
+    data = write_problems(tmp_path / "p.jsonl", 12)
+    # One problem at a time, so records arrive one by one and the interrupt lands mid-run.
+    slow = ("--explorer-max-tokens", "64", "--max-in-flight", "1")
+    cmd = [sys.executable, "-m", "programs.a2r", *args_for(url, data, run, *slow)]
     process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     records = run / "records.jsonl"
     deadline = time.monotonic() + 300
@@ -88,10 +90,10 @@ def test_ctrl_c_keeps_finished_records_and_the_rerun_completes(cpu_engine, tmp_p
     output, _ = process.communicate(timeout=120)
     kept = read_records(run)
     assert process.returncode == 130, output
-    assert "rerun to resume" in output and 2 <= len(kept) < 40
-    assert main(args_for(url, data, run, "--explorer-max-tokens", "64")) == 0
+    assert "rerun to resume" in output and 2 <= len(kept) < 12
+    assert main(args_for(url, data, run)) == 0  # the cap is not part of the configuration
     ids = [r["id"] for r in read_records(run)]
-    assert sorted(ids) == sorted(f"p{i}" for i in range(40)) and len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(f"p{i}" for i in range(12)) and len(ids) == len(set(ids))
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -142,10 +144,7 @@ def test_port_in_use(capsys, tmp_path, tiny_model):
     assert code == 1 and f"port {port}" in out and "in use" in out
 
 
-def test_remote_url_that_does_not_answer(capsys, tmp_path):
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+def test_remote_url_that_does_not_answer(capsys, tmp_path, port):
     code, out = run_cli(
         ["--explorer-url", f"http://127.0.0.1:{port}", "--limit", "1", "--output", str(tmp_path / "r")],
         capsys,
@@ -153,13 +152,10 @@ def test_remote_url_that_does_not_answer(capsys, tmp_path):
     assert code == 1 and "no SGLang server answers" in out
 
 
-def test_engine_that_fails_to_start_shows_its_log(capsys, tmp_path):
+def test_engine_that_fails_to_start_shows_its_log(capsys, tmp_path, port):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     code, out = run_cli(
         ["--device", "cpu", "--explorer-model", str(broken), "--port", str(port), "--limit", "1",
          "--output", str(tmp_path / "r")], capsys)  # fmt: skip

@@ -8,12 +8,11 @@ from engine.layout import EngineConfig, plan
 from engine.tiny_model import tiny_model_path
 from programs.config import RunConfig, SamplingConfig
 from programs.pipeline import Pipeline, Stage
-from tests.conftest import free_port
 
 
-def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model, tmp_path):
+def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model, tmp_path, port):
     other = tiny_model_path(seed=1)
-    config = EngineConfig(explorer_model=str(tiny_model), synthesizer_model=str(other), port=free_port())
+    config = EngineConfig(explorer_model=str(tiny_model), synthesizer_model=str(other), port=port)
     engines = plan(config, device="cpu", cpu_count=2)
     assert engines.layout == "cpu" and len(engines.to_launch) == 2
     with serve(engines, tmp_path / "logs") as running:

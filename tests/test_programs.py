@@ -97,7 +97,7 @@ def test_pipeline_streams_synthesis_while_later_problems_explore(stage, monkeypa
     )
     problems = [Problem(str(i), fresh_question(), "42") for i in range(3)]
     records = []
-    Pipeline(config, stage, stage).run(problems, records.append)
+    Pipeline(config, stage, stage).run(problems, records.append, max_in_flight=1)  # one explored at a time
     assert sorted(r["id"] for r in records) == ["0", "1", "2"]
     by_id = {r["id"]: r["timings"] for r in records}
     # Problem 0 was synthesized before problem 2 had finished exploring: no stage waits for the dataset.

@@ -50,6 +50,17 @@ class Stage:
         tokenizer = AutoTokenizer.from_pretrained(info.get("tokenizer_path") or info["model_path"])
         return cls(connect(spec), tokenizer, context_length(spec), server.get("max_total_num_tokens"))
 
+    def prompt(self, text: str, budget: int, thinking: bool, label: str) -> str:
+        """`text` as a chat prompt, refused before sending if it and `budget` new tokens overflow the context."""
+        prompt = chat_prompt(self.tokenizer, text, thinking)
+        tokens = len(self.tokenizer.encode(prompt, add_special_tokens=False))
+        if tokens + budget > self.context_length:
+            raise ValueError(
+                f"{label}: its prompt ({tokens} tokens) plus the budget ({budget}) exceed the context "
+                f"({self.context_length})"
+            )
+        return prompt
+
     def in_flight(self, tokens_per_problem: int, fallback: int = 8) -> int:
         if not self.kv_tokens:
             return fallback
@@ -103,13 +114,9 @@ class Pipeline:
 
     def explore(self, problem: Problem, clock: dict[str, float]) -> list[ExplorerPath]:
         cfg = self.config
-        prompt = chat_prompt(self.explorer.tokenizer, problem.problem, cfg.thinking)
-        prompt_tokens = len(self.explorer.tokenizer.encode(prompt, add_special_tokens=False))
-        if prompt_tokens + cfg.explorer.max_tokens > self.explorer.context_length:
-            raise ValueError(
-                f"problem {problem.id}: its prompt ({prompt_tokens} tokens) plus the explorer budget "
-                f"({cfg.explorer.max_tokens}) exceed the explorer's context ({self.explorer.context_length})"
-            )
+        prompt = self.explorer.prompt(
+            problem.problem, cfg.explorer.max_tokens, cfg.thinking, f"problem {problem.id}"
+        )
         seeds = [cfg.path_seed(problem.id, i) for i in range(cfg.n)]
         clock["explore_started_at"] = self.now()
         paths = run_explorer(self.explorer.backend, prompt, cfg.explorer, seeds)

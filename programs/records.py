@@ -1,7 +1,8 @@
 """A run folder's `records.jsonl`: one line per finished problem, appended at once, read back to resume.
 
 A rerun into the same folder skips the problems already there, and refuses to mix in records made with a
-different configuration.
+different configuration. Other entry points keep other files of records the same way (`name`), each
+record keyed by its own `id` (e.g. `benchmarks.accuracy`'s one line per problem and run).
 """
 
 from __future__ import annotations
@@ -24,8 +25,14 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 class RecordFile:
-    def __init__(self, run_dir: Path, config: dict[str, Any], console: Console | None = None) -> None:
-        self.path = run_dir / "records.jsonl"
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        console: Console | None = None,
+        name: str = "records.jsonl",
+    ) -> None:
+        self.path = run_dir / name
         self.config = config
         self.console = console or Console(stderr=True)
         self.records: dict[str, dict[str, Any]] = {}

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 import time
@@ -46,12 +45,11 @@ from benchmarks.cost import CURRENCY, Cost, load_prices, mean_cost, model_key, p
 from benchmarks.datasets import DatasetError, Problem, load_problems
 from benchmarks.metrics import ProblemScore, aggregate, cons_at_n, pass_at_k, score_problem
 from engine.launch import serve
-from engine.layout import EngineConfig, plan
-from programs.a2r import detect_device, gpu_count, resolve_models, run_config
-from programs.cli import add_engine_args, add_sampling_args, dataclass_from_args
+from programs.a2r import run_config
+from programs.cli import add_engine_args, add_sampling_args, plan_engines
 from programs.config import RunConfig
 from programs.explorer import run_explorer
-from programs.pipeline import EXPECTED_LENGTH_SHARE, Stage, problem_record, synthesis_record
+from programs.pipeline import Stage, problem_record, stage_slots, synthesis_record
 from programs.records import RecordFile, RecordsError
 from programs.synthesizer import run_synthesizer
 
@@ -212,9 +210,9 @@ class Protocol:
         An error ends the run; what is written stays, and the next run does the rest.
         """
         cfg, results = self.config, self.results
-        expected = math.ceil(cfg.n * EXPECTED_LENGTH_SHARE * cfg.explorer.max_tokens)
-        explore_pool = ThreadPoolExecutor(self.explorer.in_flight(expected), "explore")
-        synth_pool = ThreadPoolExecutor(self.synthesizer.in_flight(cfg.synthesizer.max_tokens), "synthesize")
+        explore_slots, synth_slots = stage_slots(cfg, self.explorer, self.synthesizer)
+        explore_pool = ThreadPoolExecutor(explore_slots, "explore")
+        synth_pool = ThreadPoolExecutor(synth_slots, "synthesize")
         running: dict[Future, Unit] = {}
 
         def synthesize_missing(unit: Unit) -> None:
@@ -350,9 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a polite kill keeps the records, like Ctrl-C
     try:
         problems = {name: load_problems(name, args.limit) for name in args.datasets}
-        device = detect_device(args.device)
-        engine_config = resolve_models(dataclass_from_args(EngineConfig, args, device=device), device)
-        engines = plan(engine_config, device=device, gpus=gpu_count(device))
+        engines, device = plan_engines(args, console)
         # One RunConfig, at the largest N, stamps both files: resuming with other models, sampling or
         # largest N is refused, while runs, problems, datasets and smaller N may change.
         config = run_config(

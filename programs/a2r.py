@@ -24,8 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from benchmarks.datasets import DatasetError, load_problems, question_problem
 from benchmarks.report import accuracy_table, run_summary
 from engine.launch import EngineError, serve
-from engine.layout import EngineConfig, plan
-from programs.cli import add_engine_args, add_sampling_args, dataclass_from_args
+from programs.cli import add_engine_args, add_sampling_args, plan_engines
 from programs.config import BUDGETS, RunConfig, SamplingConfig
 from programs.pipeline import Pipeline, Stage
 from programs.records import RecordFile, RecordsError
@@ -57,30 +56,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.max_in_flight is not None and args.max_in_flight < 1:
         parser.error(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
     return args
-
-
-def detect_device(requested: str | None) -> str:
-    if requested:
-        return requested
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_models(config: EngineConfig, device: str) -> EngineConfig:
-    """On CPU with no model named, both roles use the offline tiny model, built on first use."""
-    if device != "cpu" or config.explorer_model or config.explorer_url:
-        return config
-    from engine.tiny_model import tiny_model_path
-
-    path = str(tiny_model_path())
-    console.print(
-        f"[bold yellow]No GPU: running on the CPU with the project's offline tiny model ({path}).[/] "
-        "Its answers show the pipeline working, not accuracy."
-    )
-    config.explorer_model = path
-    config.synthesizer_model = config.synthesizer_model or path
-    return config
 
 
 def run_config(args: argparse.Namespace, engines: Any, device: str) -> RunConfig:
@@ -131,9 +106,7 @@ def run(args: argparse.Namespace) -> int:
         problems = (
             [question_problem(args.question)] if args.question else load_problems(args.dataset, args.limit)
         )
-        device = detect_device(args.device)
-        engine_config = resolve_models(dataclass_from_args(EngineConfig, args, device=device), device)
-        engines = plan(engine_config, device=device, gpus=gpu_count(device))
+        engines, device = plan_engines(args, console)
         config = run_config(args, engines, device)
         name = "question" if args.question else Path(args.dataset).stem.removeprefix("hf:").replace("/", "_")
         output = args.output or Path("runs") / f"{name}-n{args.n}"
@@ -169,14 +142,6 @@ def run(args: argparse.Namespace) -> int:
         )
     console.print(f"records: {records.path}\nsummary: {output / 'summary.json'}")
     return 0
-
-
-def gpu_count(device: str) -> int:
-    if device != "cuda":
-        return 0
-    import torch
-
-    return torch.cuda.device_count()
 
 
 def solve(

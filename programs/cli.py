@@ -8,7 +8,9 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from engine.layout import EngineConfig
+from rich.console import Console
+
+from engine.layout import EngineConfig, Engines, plan
 from programs.config import QWEN3_THINKING
 
 T = TypeVar("T")
@@ -63,3 +65,36 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--no-thinking", action="store_true", help="render chat prompts with thinking off")
     group.add_argument("--seed", type=int, default=0, help="seeds every path and the reference shuffle")
+
+
+def detect_device(requested: str | None) -> str:
+    if requested:
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def gpu_count(device: str) -> int:
+    if device != "cuda":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def plan_engines(args: argparse.Namespace, console: Console) -> tuple[Engines, str]:
+    """Device, models and layout from the engine flags; with no GPU and no model, the offline tiny model."""
+    device = detect_device(args.device)
+    config = dataclass_from_args(EngineConfig, args, device=device)
+    if device == "cpu" and not (config.explorer_model or config.explorer_url):
+        from engine.tiny_model import tiny_model_path
+
+        path = str(tiny_model_path())
+        console.print(
+            f"[bold yellow]No GPU: running on the CPU with the project's offline tiny model ({path}).[/] "
+            "Its answers show the pipeline working, not accuracy."
+        )
+        config.explorer_model = path
+        config.synthesizer_model = config.synthesizer_model or path
+    return plan(config, device=device, gpus=gpu_count(device)), device

@@ -24,6 +24,7 @@ class SamplingConfig:
     temperature: float = QWEN3_THINKING["temperature"]
     top_p: float = QWEN3_THINKING["top_p"]
     top_k: int = QWEN3_THINKING["top_k"]
+    ignore_eos: bool = False  # decode exactly max_tokens (fixed-length throughput runs, random weights)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

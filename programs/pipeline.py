@@ -103,6 +103,15 @@ def problem_record(
     }
 
 
+def stage_slots(
+    config: RunConfig, explorer: Stage, synthesizer: Stage | None, max_in_flight: int | None = None
+) -> tuple[int, int]:
+    """Problems explored and synthesized at once: what each engine's KV pool holds at the expected length."""
+    expected = math.ceil(config.n * EXPECTED_LENGTH_SHARE * config.explorer.max_tokens)
+    explore = min(explorer.in_flight(expected), max_in_flight or MAX_IN_FLIGHT)
+    return explore, synthesizer.in_flight(config.synthesizer.max_tokens) if synthesizer else 1
+
+
 class Pipeline:
     def __init__(self, config: RunConfig, explorer: Stage, synthesizer: Stage | None) -> None:
         if config.synthesize and synthesizer is None:
@@ -156,9 +165,7 @@ class Pipeline:
         """
         cfg = self.config
         self.t0 = time.perf_counter()
-        expected = cfg.n * EXPECTED_LENGTH_SHARE * cfg.explorer.max_tokens
-        explore_slots = min(self.explorer.in_flight(math.ceil(expected)), max_in_flight or MAX_IN_FLIGHT)
-        synth_slots = self.synthesizer.in_flight(cfg.synthesizer.max_tokens) if self.synthesizer else 1
+        explore_slots, synth_slots = stage_slots(cfg, self.explorer, self.synthesizer, max_in_flight)
         pending = iter(problems)
         explore_pool = ThreadPoolExecutor(explore_slots, "explore")
         synth_pool = ThreadPoolExecutor(synth_slots, "synthesize")

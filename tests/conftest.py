@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,12 @@ import pytest
 from engine.launch import serve
 from engine.layout import EngineConfig, Engines, plan
 from engine.tiny_model import tiny_model_path
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A killed test run (CI's time limit, `timeout`) must still stop its engines: SIGTERM takes the
+    # Ctrl-C path, which runs fixture teardown.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def free_port() -> int:

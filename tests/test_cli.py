@@ -78,8 +78,8 @@ def test_ctrl_c_keeps_finished_records_and_the_rerun_completes(cpu_engine, tmp_p
     url, run = cpu_engine.explorer.base_url, tmp_path / "run"
     data = write_problems(tmp_path / "p.jsonl", 12)
     # One problem at a time, so records arrive one by one and the interrupt lands mid-run.
-    slow = ("--explorer-max-tokens", "64", "--max-in-flight", "1")
-    cmd = [sys.executable, "-m", "programs.a2r", *args_for(url, data, run, *slow)]
+    budget = ("--explorer-max-tokens", "64")
+    cmd = [sys.executable, "-m", "programs.a2r", *args_for(url, data, run, *budget, "--max-in-flight", "1")]
     process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     records = run / "records.jsonl"
     deadline = time.monotonic() + 300
@@ -91,7 +91,7 @@ def test_ctrl_c_keeps_finished_records_and_the_rerun_completes(cpu_engine, tmp_p
     kept = read_records(run)
     assert process.returncode == 130, output
     assert "rerun to resume" in output and 2 <= len(kept) < 12
-    assert main(args_for(url, data, run)) == 0  # the cap is not part of the configuration
+    assert main(args_for(url, data, run, *budget)) == 0  # the in-flight cap is not part of the configuration
     ids = [r["id"] for r in read_records(run)]
     assert sorted(ids) == sorted(f"p{i}" for i in range(12)) and len(ids) == len(set(ids))
 

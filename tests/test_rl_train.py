@@ -201,7 +201,6 @@ def test_a_run_records_the_recipe_and_launches_the_printed_command(tmp_path, mon
         return SimpleNamespace(returncode=3)
 
     monkeypatch.setattr(train.subprocess, "run", launch)
-    monkeypatch.setitem(train.BACKEND_NEEDS, "sglang", ("rl.recipe", ""))  # until rl/sglang_rollout.py exists
 
     assert train.main(argv) == 3  # the trainer's exit code
     [(cmd, env)] = launched

@@ -1,0 +1,569 @@
+"""SGLang rollout engines for OpenRLHF 0.11.2, driven through OpenRLHF's own CLI.
+
+    python -m rl.sglang_rollout <openrlhf.cli.train_ppo_ray flags>     # what `python rl/train.py` runs
+
+OpenRLHF ships vLLM rollout actors only. This launcher swaps one piece and runs OpenRLHF's CLI module as
+`__main__`, so every upstream flag keeps its meaning: `openrlhf.trainer.ray.create_vllm_engines` becomes
+`create_sglang_engines`, whose Ray actors (`SGLangRollout`) each launch one SGLang server with this project's
+engine code (`engine.spec`) and answer the calls the trainer makes on a rollout actor: token-level
+`generate` returning vLLM-shaped outputs, `generate_responses` through OpenRLHF's own agent executor (and so
+its reward function), weight sync, sleep/wake for colocation and prefix-cache flushes.
+
+Weight sync, two paths as in OpenRLHF: colocated, the trainer sends CUDA IPC handles and the server rebuilds
+the tensors itself (`update_weights_from_tensor`); otherwise trainer rank 0 and the engines form a torch
+process group that SGLang joins with `init_weights_update_group` and loads from with
+`update_weights_from_distributed`. SGLang loads weights only inside a weight-update session, which opens at
+a sync's first tensor and closes at its last (OpenRLHF flags the last one `empty_cache=True`), flushing the
+prefix cache so nothing computed with the old weights is reused.
+
+OpenRLHF's modules import `vllm` at top level; a small stand-in (`standin_modules`) provides the names they
+use, installed here in the driver and in every Ray worker (`worker_process_setup_hook`). Its process-group
+classes are the trainer's end of the weight-sync group, built the way SGLang builds its own end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import ctypes
+import functools
+import json
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from engine.launch import READY_TIMEOUT_S, check_model, check_port_free, stop, wait_ready
+from engine.layout import CPU_KV_TOKENS
+from engine.spec import EngineSpec, launch_command, launch_env
+
+OPENRLHF_CLI = "openrlhf.cli.train_ppo_ray"
+OPENRLHF_GROUP = (
+    "openrlhf"  # the weight-sync group name OpenRLHF's actor gives (ppo_actor._init_vllm_sync_group)
+)
+# Read by OpenRLHF only: below 0.16 it sets NCCL_CUMEM_ENABLE=0 in the trainer, which is SGLang's own default.
+STANDIN_VERSION = "0.0.0+sglang"
+STANDIN_HOOK = f"{__name__}.install_vllm_standin"
+MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph")  # what SGLang's release/resume_memory_occupation manage
+IPC_DEVICE_ARG = 6  # position of the device index in torch's rebuild_cuda_tensor arguments
+
+
+# -- what the trainer hands to an engine and reads back, shaped like vLLM's objects ----------------------------
+
+
+@dataclass
+class SamplingParams:
+    """The fields of vLLM's SamplingParams that OpenRLHF sets (samples_generator._dispatch_prompts_to_vllm)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int | None = None
+    min_tokens: int = 0
+    skip_special_tokens: bool = True
+    logprobs: int | None = None
+
+
+def sglang_sampling(params: Any) -> dict[str, Any]:
+    """SGLang's sampling parameters for a vLLM-style `params` (ours or vLLM's own: read by attribute)."""
+    out = {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "min_new_tokens": params.min_tokens,
+        "skip_special_tokens": params.skip_special_tokens,
+    }
+    if params.max_tokens is not None:
+        out["max_new_tokens"] = params.max_tokens
+    return out
+
+
+@dataclass(frozen=True)
+class Logprob:
+    logprob: float
+
+
+@dataclass
+class CompletionOutput:
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None  # "length" (budget reached) or "stop", as vLLM reports them
+    logprobs: list[dict[int, Logprob]] | None  # per generated token: {token id: its log-probability}
+
+
+@dataclass
+class RequestOutput:
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    num_cached_tokens: int  # prompt tokens the engine took from its prefix cache
+
+
+def request_output(prompt_token_ids: list[int], response: dict[str, Any]) -> RequestOutput:
+    """A vLLM-shaped result from one SGLang `/generate` response."""
+    meta = response["meta_info"]
+    reason = meta.get("finish_reason") or {}
+    if reason.get("type") == "abort":
+        raise RuntimeError(f"SGLang aborted the request: {reason.get('message')}")
+    logprobs = None
+    if "output_token_logprobs" in meta:
+        logprobs = [{token: Logprob(value)} for value, token, _ in meta["output_token_logprobs"]]
+    completion = CompletionOutput(
+        list(response["output_ids"]), response["text"], reason.get("type"), logprobs
+    )
+    return RequestOutput(list(prompt_token_ids), [completion], meta.get("cached_tokens", 0))
+
+
+# -- the trainer's end of the weight-sync group, and the vllm stand-in that carries it ---------------------------
+
+
+@dataclass(frozen=True)
+class StatelessProcessGroup:
+    """Where the weight-sync group meets; the group itself is made by `PyNcclCommunicator`."""
+
+    host: str
+    port: int
+    rank: int
+    world_size: int
+
+    @classmethod
+    def create(cls, host: str, port: int, rank: int, world_size: int) -> StatelessProcessGroup:
+        return cls(host, port, rank, world_size)
+
+
+class PyNcclCommunicator:
+    """Trainer rank 0 in the torch process group the SGLang engines join through `init_weights_update_group`
+    (NCCL on GPUs, gloo on the CPU), made by SGLang's own helper so both ends rendezvous alike."""
+
+    def __init__(self, group: StatelessProcessGroup, device: Any) -> None:
+        import torch
+        from sglang.srt.utils import init_custom_process_group
+
+        backend = "gloo" if torch.device(device).type == "cpu" else "nccl"
+        self.group = init_custom_process_group(
+            backend=backend,
+            init_method=f"tcp://{group.host}:{group.port}",
+            world_size=group.world_size,
+            rank=group.rank,
+            group_name=OPENRLHF_GROUP,
+        )
+
+    def broadcast(self, tensor: Any, src: int, stream: Any = None) -> None:
+        import torch
+
+        torch.distributed.broadcast(tensor, src=src, group=self.group)
+
+
+class TokensPrompt(dict):
+    """vLLM's tokenized-prompt dict; imported by OpenRLHF's vLLM actor, which this backend does not use."""
+
+
+def random_uuid() -> str:
+    return uuid.uuid4().hex
+
+
+def standin_modules() -> dict[str, ModuleType]:
+    """`vllm` and the submodules OpenRLHF 0.11.2 imports from it, holding only the names it uses."""
+    names = {
+        "vllm": {"SamplingParams": SamplingParams, "__version__": STANDIN_VERSION},
+        "vllm.inputs": {"TokensPrompt": TokensPrompt},
+        "vllm.utils": {"random_uuid": random_uuid},
+        "vllm.distributed": {},
+        "vllm.distributed.utils": {"StatelessProcessGroup": StatelessProcessGroup},
+        "vllm.distributed.device_communicators": {},
+        "vllm.distributed.device_communicators.pynccl": {"PyNcclCommunicator": PyNcclCommunicator},
+    }
+    modules = {}
+    for name, attrs in names.items():
+        module = ModuleType(name, f"Stand-in installed by {__name__}: SGLang serves the rollouts.")
+        module.__path__ = []  # a package, so its submodules import
+        module.__dict__.update(attrs)
+        modules[name] = module
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(modules[parent], child, module)
+    return modules
+
+
+def install_vllm_standin() -> None:
+    """Make `import vllm` give the stand-in in this process (the driver; Ray workers run it as their setup hook)."""
+    sys.modules.update(standin_modules())
+
+
+# -- the rollout engine ------------------------------------------------------------------------------------------
+
+
+def tags_to_wake(asleep: set[str], tags: list[str] | None) -> list[str]:
+    """SGLang memory types to resume for OpenRLHF's `wake_up(tags)`: all when None; the KV cache brings its
+    CUDA graphs along; anything already awake is skipped (SGLang refuses to resume it twice)."""
+    unknown = set(tags or ()) - set(MEMORY_TAGS)
+    if unknown:
+        raise ValueError(f"unknown memory tags {sorted(unknown)}; expected some of {MEMORY_TAGS}")
+    wanted = (
+        set(MEMORY_TAGS) if tags is None else set(tags) | ({"cuda_graph"} if "kv_cache" in tags else set())
+    )
+    return [t for t in MEMORY_TAGS if t in wanted & asleep]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def rollout_spec(
+    model: str,
+    *,
+    port: int,
+    device: str = "cuda",
+    seed: int = 0,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    enable_prefix_caching: bool = True,
+    enable_sleep: bool = False,
+    deterministic: bool = False,
+    enforce_eager: bool = False,
+) -> EngineSpec:
+    """The SGLang server for one rollout engine, from the settings OpenRLHF gives its vLLM engines."""
+    if enable_sleep and device != "cuda":
+        raise ValueError(
+            "sleep/wake needs SGLang's memory saver, which needs CUDA; on the CPU run without sleep"
+        )
+    extra = ["--random-seed", str(seed)]
+    extra += ["--disable-radix-cache"] if not enable_prefix_caching else []
+    extra += ["--disable-cuda-graph"] if enforce_eager else []
+    # The first rollout runs before any weight sync, so weights released by sleep() must come back.
+    extra += ["--enable-memory-saver", "--enable-weights-cpu-backup"] if enable_sleep else []
+    return EngineSpec(
+        model=model,
+        device=device,
+        mem_fraction_static=gpu_memory_utilization if device == "cuda" else None,
+        max_total_tokens=CPU_KV_TOKENS if device == "cpu" else None,
+        context_length=max_model_len,
+        attention_backend="torch_native" if device == "cpu" else None,
+        deterministic=deterministic,
+        port=port,
+        extra_args=tuple(extra),
+    )
+
+
+def launch_tied(spec: EngineSpec, log: Path) -> subprocess.Popen:
+    """Start the server so that it dies with this process even when Ray SIGKILLs the actor.
+
+    PR_SET_PDEATHSIG fires when the *thread* that started the child ends, so the child is started from a
+    thread that lives as long as the process. SGLang's own workers already die with the server.
+    """
+    check_model(spec.model)
+    check_port_free(spec.host, spec.port)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    ready: Future[subprocess.Popen] = Future()
+
+    def die_with_parent() -> None:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+    def keeper() -> None:
+        try:
+            with log.open("ab") as sink:
+                process = subprocess.Popen(
+                    launch_command(spec),
+                    env=launch_env(spec),
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent,
+                )
+        except OSError as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(process)
+        threading.Event().wait()  # never set: this thread lives as long as the process, and so does the child
+
+    threading.Thread(target=keeper, name="sglang-server-keeper", daemon=True).start()
+    return ready.result()
+
+
+class SGLangRollout:
+    """One SGLang server answering OpenRLHF's rollout-actor calls.
+
+    A plain class: `create_sglang_engines` wraps it with `ray.remote` (an async actor, since the trainer's
+    calls are coroutines), and tests drive it directly.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        agent_func_path: str | None = None,
+        remote_rm_url: str | None = None,
+        log_dir: str | None = None,
+        ready_timeout: float = READY_TIMEOUT_S,
+        **engine: Any,
+    ) -> None:
+        self.spec = rollout_spec(model, port=free_port(), **engine)
+        self.enable_sleep = bool(engine.get("enable_sleep"))
+        self.executor = agent_executor(agent_func_path, remote_rm_url)
+        self.log = (
+            Path(log_dir or Path(tempfile.gettempdir()) / "sglang-rollout") / f"engine-{self.spec.port}.log"
+        )
+        self.asleep: set[str] = set()
+        self.unfinished = 0
+        self.group: str | None = None  # the weight-sync group, once joined
+        self.in_update = False  # inside an SGLang weight-update session
+        self._http: tuple[Any, Any] | None = None  # (aiohttp session, the event loop it belongs to)
+        self.process = launch_tied(self.spec, self.log)
+        atexit.register(self.shutdown)
+        try:
+            wait_ready(self.spec, self.process, self.log, ready_timeout)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def shutdown(self) -> None:
+        stop(self.process)
+        if self._http is not None and not self._http[1].is_closed() and not self._http[1].is_running():
+            self._http[1].run_until_complete(self._http[0].close())
+        self._http = None
+
+    async def _post(self, route: str, body: dict[str, Any]) -> Any:
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http[1] is not loop:
+            timeout = aiohttp.ClientTimeout(total=None)  # a rollout may decode for many minutes
+            self._http = (
+                aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)),
+                loop,
+            )
+        async with self._http[0].post(f"{self.spec.base_url}{route}", json=body) as response:
+            text = await response.text()
+            if response.status != 200:
+                raise RuntimeError(f"SGLang {route} failed (HTTP {response.status}): {text[:500]}")
+            return json.loads(text) if response.content_type == "application/json" else text
+
+    async def _control(self, route: str, body: dict[str, Any]) -> None:
+        """A weight or memory operation; SGLang answers these with success and a message."""
+        result = await self._post(route, body)
+        if isinstance(result, dict) and result.get("success") is False:
+            raise RuntimeError(f"SGLang {route} failed: {result.get('message')}")
+
+    # -- generation
+    async def generate(
+        self, prompt_token_ids: list[int], sampling_params: Any, multi_modal_data: Any = None
+    ) -> RequestOutput:
+        if multi_modal_data:
+            raise NotImplementedError("the SGLang rollout engine serves text prompts only")
+        body = {
+            "input_ids": list(prompt_token_ids),
+            "sampling_params": sglang_sampling(sampling_params),
+            "return_logprob": sampling_params.logprobs is not None,
+        }
+        self.unfinished += 1
+        try:
+            response = await self._post("/generate", body)
+        finally:
+            self.unfinished -= 1
+        return request_output(prompt_token_ids, response)
+
+    async def generate_responses(
+        self, prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=1, images=None
+    ) -> list[dict]:
+        """N samples of one prompt, each through OpenRLHF's agent executor (tokenizing, reward, ranges)."""
+        kwargs = dict(
+            prompt=prompt, label=label, max_length=max_length, hf_tokenizer=hf_tokenizer, images=images
+        )
+        runs = [
+            self.executor.execute(sampling_params=sampling_params, llm_engine=self, **kwargs)
+            for _ in range(num_samples)
+        ]
+        return await asyncio.gather(*runs)
+
+    def get_num_unfinished_requests(self) -> int:
+        return self.unfinished
+
+    # -- weight sync
+    async def _load(self, route: str, body: dict[str, Any], last: bool) -> None:
+        if not self.in_update:
+            await self._control("/begin_weight_update", {})
+            self.in_update = True
+        await self._control(route, {**body, "flush_cache": last})
+        if last:  # OpenRLHF marks a sync's last tensor with empty_cache=True
+            await self._control("/end_weight_update", {})
+            self.in_update = False
+
+    async def init_process_group(
+        self, master_address, master_port, rank_offset, world_size, group_name, backend, use_ray
+    ):
+        if use_ray:
+            raise NotImplementedError(
+                "--vllm.sync_with_ray is not supported with SGLang rollouts; leave it off"
+            )
+        body = dict(master_address=master_address, master_port=master_port, rank_offset=rank_offset,
+                    world_size=world_size, group_name=group_name, backend=backend)  # fmt: skip
+        await self._control("/init_weights_update_group", body)
+        self.group = group_name
+
+    async def update_weight(self, name, dtype, shape, empty_cache=False) -> None:
+        if self.group is None:
+            raise RuntimeError(
+                "update_weight before init_process_group: no weight-sync group to receive from"
+            )
+        body = {"names": [name], "dtypes": [str(dtype).removeprefix("torch.")], "shapes": [list(shape)]}
+        await self._load("/update_weights_from_distributed", {**body, "group_name": self.group}, empty_cache)
+
+    async def update_weight_cuda_ipc(self, name, dtype, shape, ipc_handles, empty_cache=False) -> None:
+        from openrlhf.trainer.ray.utils import get_physical_gpu_id
+
+        payload = ipc_payload(name, ipc_handles[get_physical_gpu_id()], self.spec.base_gpu_id)
+        body = {"serialized_named_tensors": [payload] * self.spec.tp}
+        await self._load("/update_weights_from_tensor", body, empty_cache)
+
+    async def reset_prefix_cache(self) -> None:
+        await self._post("/flush_cache", {})
+
+    # -- colocation
+    async def sleep(self, level: int = 1) -> None:
+        if not self.enable_sleep:
+            raise RuntimeError("this engine was started without sleep support (enable_sleep)")
+        await self._control("/release_memory_occupation", {"tags": list(MEMORY_TAGS)})
+        self.asleep = set(MEMORY_TAGS)
+
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        resume = tags_to_wake(self.asleep, tags)
+        if resume:
+            await self._control("/resume_memory_occupation", {"tags": resume})
+            self.asleep -= set(resume)
+
+
+class _Rebuild:
+    """Pickles as the call that rebuilds a CUDA tensor from its IPC handle, for the server to make."""
+
+    def __init__(self, func: Any, args: tuple) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple:
+        return self.func, self.args
+
+
+def ipc_payload(name: str, handle: tuple[Any, tuple], device_index: int) -> str:
+    """`update_weights_from_tensor`'s payload for one tensor the trainer shared by CUDA IPC.
+
+    `handle` is torch's `reduce_tensor` output, made on the trainer's device; the server opens it on its own
+    device, `device_index` (what OpenRLHF's vLLM worker does by patching the same argument).
+    """
+    from sglang.srt.utils import MultiprocessingSerializer
+
+    func, args = handle
+    args = (*args[:IPC_DEVICE_ARG], device_index, *args[IPC_DEVICE_ARG + 1 :])
+    return MultiprocessingSerializer.serialize([(name, _Rebuild(func, args))], output_str=True)
+
+
+def agent_executor(agent_func_path: str | None, remote_rm_url: str | None) -> Any:
+    """OpenRLHF's own executor, exactly as its vLLM actor picks one: a custom agent, or single turn + reward."""
+    if agent_func_path:
+        from openrlhf.trainer.ray.vllm_engine import _load_agent_executor  # needs the vllm stand-in
+
+        return _load_agent_executor(agent_func_path)
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    return SingleTurnAgentExecutor(remote_rm_url)
+
+
+# -- the factory OpenRLHF calls, and the launcher ------------------------------------------------------------------
+
+
+def create_sglang_engines(
+    num_engines: int,
+    tensor_parallel_size: int,
+    pretrain: str,
+    seed: int,
+    full_determinism: bool,
+    enable_prefix_caching: bool,
+    enforce_eager: bool,
+    max_model_len: int,
+    shared_pg: Any = None,
+    gpu_memory_utilization: float | None = None,
+    vllm_enable_sleep: bool = False,
+    logprobs_mode: str | None = None,
+    agent_func_path: str | None = None,
+    remote_rm_url: str | None = None,
+    max_images_per_prompt: int = 0,
+) -> list[Any]:
+    """OpenRLHF 0.11.2's `create_vllm_engines`, positionally, returning SGLang rollout actors."""
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    if tensor_parallel_size != 1:
+        raise ValueError("SGLang rollout engines use one GPU each: set --vllm.tensor_parallel_size 1")
+    if logprobs_mode or max_images_per_prompt:
+        raise ValueError("SGLang rollout engines do not serve vLLM's processed logprobs or images")
+    hybrid = shared_pg is not None  # colocated: the engines share the actor's GPUs
+    if not hybrid:
+        shared_pg = placement_group([{"GPU": 1, "CPU": 1}] * num_engines, strategy="PACK")
+        ray.get(shared_pg.ready())
+    gpus = 0.2 if hybrid else 1  # as OpenRLHF's vLLM engines, so the actor still fits beside one
+    engines = [
+        ray.remote(SGLangRollout)
+        .options(
+            num_cpus=gpus,
+            num_gpus=gpus,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=shared_pg,
+                placement_group_capture_child_tasks=True,
+                placement_group_bundle_index=i,
+            ),
+        )
+        .remote(
+            pretrain,
+            agent_func_path=agent_func_path,
+            remote_rm_url=remote_rm_url,
+            seed=seed + i,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=enable_prefix_caching,
+            enable_sleep=vllm_enable_sleep,
+            deterministic=full_determinism,
+            enforce_eager=enforce_eager,
+        )
+        for i in range(num_engines)
+    ]
+    if vllm_enable_sleep:
+        ray.get([engine.sleep.remote() for engine in engines])
+    return engines
+
+
+def with_standin_hook(init: Any) -> Any:
+    """`ray.init` that also installs the vllm stand-in in every worker, whatever runtime_env it is given."""
+
+    @functools.wraps(init)
+    def wrapped(*args: Any, runtime_env: dict | None = None, **kwargs: Any) -> Any:
+        return init(
+            *args, runtime_env={"worker_process_setup_hook": STANDIN_HOOK, **(runtime_env or {})}, **kwargs
+        )
+
+    return wrapped
+
+
+def main(argv: list[str] | None = None) -> int:
+    install_vllm_standin()
+    import openrlhf.trainer.ray
+    import ray
+
+    openrlhf.trainer.ray.create_vllm_engines = create_sglang_engines
+    ray.init = with_standin_hook(ray.init)
+    sys.argv = [OPENRLHF_CLI, *(sys.argv[1:] if argv is None else argv)]
+    runpy.run_module(OPENRLHF_CLI, run_name="__main__", alter_sys=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

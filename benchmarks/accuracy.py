@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from benchmarks.datasets import DatasetError, Problem, load_problems
 from benchmarks.metrics import ProblemScore, aggregate, cons_at_n, pass_at_k, score_problem
 from engine.launch import serve
 from programs.a2r import run_config
-from programs.cli import add_engine_args, add_sampling_args, plan_engines
+from programs.cli import add_engine_args, add_sampling_args, plan_engines, sigterm_as_ctrl_c
 from programs.config import RunConfig
 from programs.explorer import run_explorer
 from programs.pipeline import Stage, problem_record, stage_slots, synthesis_record
@@ -345,7 +344,11 @@ def summarize(results: Results, config: RunConfig, prices: dict[str, Any], outpu
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a polite kill keeps the records, like Ctrl-C
+    with sigterm_as_ctrl_c():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         problems = {name: load_problems(name, args.limit) for name in args.datasets}
         engines, device = plan_engines(args, console)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from benchmarks.datasets import DatasetError, load_problems, question_problem
 from benchmarks.report import accuracy_table, run_summary
 from engine.launch import EngineError, serve
-from programs.cli import add_engine_args, add_sampling_args, plan_engines
+from programs.cli import add_engine_args, add_sampling_args, plan_engines, sigterm_as_ctrl_c
 from programs.config import BUDGETS, RunConfig, SamplingConfig
 from programs.pipeline import Pipeline, Stage
 from programs.records import RecordFile, RecordsError
@@ -93,12 +92,8 @@ def progress_line(records: list[dict[str, Any]], elapsed: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # A polite kill (SIGTERM) stops the engines and keeps the records, like Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
+    with sigterm_as_ctrl_c():
         return run(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import signal
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -98,3 +101,13 @@ def plan_engines(args: argparse.Namespace, console: Console) -> tuple[Engines, s
         config.explorer_model = path
         config.synthesizer_model = config.synthesizer_model or path
     return plan(config, device=device, gpus=gpu_count(device)), device
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """A polite kill (SIGTERM) takes the Ctrl-C path: engines stop and finished records stay."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

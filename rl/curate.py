@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,14 @@ from rich.console import Console
 from benchmarks.datasets import DatasetError, Problem, load_problems
 from engine.launch import EngineError, serve
 from engine.layout import EngineConfig, Engines, plan
-from programs.cli import add_dataclass_args, add_sampling_args, dataclass_from_args, gpu_count, plan_engines
+from programs.cli import (
+    add_dataclass_args,
+    add_sampling_args,
+    dataclass_from_args,
+    gpu_count,
+    plan_engines,
+    sigterm_as_ctrl_c,
+)
 from programs.config import BUDGETS, RunConfig, SamplingConfig
 from programs.pipeline import Pipeline, Stage
 from programs.records import RecordFile, RecordsError
@@ -203,12 +209,8 @@ def run_config(args: argparse.Namespace, engines: Engines, rule: KeepRule, devic
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # A polite kill (SIGTERM) stops the engine and keeps the records, like Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
+    with sigterm_as_ctrl_c():
         return run(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:

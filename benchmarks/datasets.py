@@ -3,6 +3,7 @@
     load_problems("aime24")                           # shipped, see benchmarks/data/SOURCES.md
     load_problems("mine.jsonl", limit=10)             # a local .jsonl / .json / .parquet file
     load_problems("hf:HuggingFaceH4/MATH-500:test")   # hf:REPO[:SPLIT] or hf:REPO:CONFIG:SPLIT (needs network)
+    load_problems("synthetic:7:500")                  # generated arithmetic, see benchmarks/synthetic.py
 
 Sources name their fields differently (problem / question / Question, answer / Answer, id / unique_id); they
 are mapped here once so nothing downstream has to know. GSM8K-style answers ("... #### 1,234") keep only
@@ -15,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks import synthetic
 
 DATA_DIR = Path(__file__).parent / "data"
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -44,8 +47,9 @@ class Problem:
 
 
 def shipped_names() -> list[str]:
-    """The problem sets shipped with the project (the files in benchmarks/data/ are the list)."""
-    return sorted(path.stem for path in DATA_DIR.glob("*.jsonl"))
+    """The problem sets shipped with the project: the files in benchmarks/data/, and the generated
+    `synthetic` set (`synthetic:SEED:COUNT` for another draw)."""
+    return sorted([*(path.stem for path in DATA_DIR.glob("*.jsonl")), synthetic.NAME])
 
 
 def load_problems(spec: str, limit: int | None = None) -> list[Problem]:
@@ -92,6 +96,14 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
 def _read_rows(spec: str) -> list[Located]:
     if spec.startswith(HUB_PREFIX):
         return _read_hub(spec[len(HUB_PREFIX) :])
+    try:
+        generated = synthetic.parse_spec(spec)
+        if generated is not None:
+            return [
+                (f"{spec} row {index}", row) for index, row in enumerate(synthetic.problem_rows(*generated))
+            ]
+    except ValueError as err:
+        raise DatasetError(str(err)) from err
     if spec in shipped_names():
         path = DATA_DIR / f"{spec}.jsonl"
         return [(f"{path}:{lineno}", row) for lineno, row in read_jsonl(path)]

@@ -9,7 +9,14 @@ import pytest
 
 from benchmarks.datasets import DatasetError, Problem, load_problems, question_problem, shipped_names
 
-SHIPPED_ROWS = {"aime24": 30, "aime25": 30, "beyond_aime": 100, "math500": 500, "gsm8k": 1319}
+SHIPPED_ROWS = {
+    "aime24": 30,
+    "aime25": 30,
+    "beyond_aime": 100,
+    "math500": 500,
+    "gsm8k": 1319,
+    "synthetic": 100,
+}
 
 
 def write_jsonl(path, rows) -> str:

@@ -11,7 +11,7 @@ from programs.pipeline import Pipeline, Stage
 
 
 def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model, tmp_path, port):
-    other = tiny_model_path(seed=1)
+    other = tiny_model_path(seed=1, trained=False)  # any second model will do: random weights build fast
     config = EngineConfig(explorer_model=str(tiny_model), synthesizer_model=str(other), port=port)
     engines = plan(config, device="cpu", cpu_count=2)
     assert engines.layout == "cpu" and len(engines.to_launch) == 2

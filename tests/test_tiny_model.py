@@ -1,17 +1,31 @@
-"""The offline tiny model's builder: seeded, cached, atomic, with a tokenizer and chat template shaped like Qwen3's."""
+"""The offline tiny model's builder: seeded, cached, atomic, with a tokenizer and chat template shaped like
+Qwen3's, and a seeded training step whose recipe names the cache entry.
+
+Random-weight builds (seconds) stand in wherever the weights do not matter; the trained default is the
+session's `tiny_model`, built once per cache."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
 from engine import tiny_model
-from engine.tiny_model import build_tiny_model, tiny_model_path
+from engine.tiny_model import (
+    RECIPE,
+    TrainRecipe,
+    build_config,
+    build_key,
+    build_tiny_model,
+    init_weights,
+    tiny_model_path,
+    train,
+)
 
 QUESTION = [{"role": "user", "content": "What is 1+1?"}]
 CHATML_PROMPT = "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n"
@@ -23,7 +37,7 @@ def sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model_path(0, root=tmp_path_factory.mktemp("cache"))
+    return tiny_model_path(0, root=tmp_path_factory.mktemp("cache"), trained=False)
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +46,14 @@ def tokenizer(model_dir: Path):
 
 
 def test_same_seed_builds_identical_files_in_separate_caches(model_dir: Path, tmp_path: Path) -> None:
-    again = tiny_model_path(0, root=tmp_path)
+    again = tiny_model_path(0, root=tmp_path, trained=False)
     assert again != model_dir and again.name == model_dir.name
     for name in ("model.safetensors", "tokenizer.json", "config.json", "generation_config.json"):
         assert sha256(again / name) == sha256(model_dir / name), name
 
 
 def test_other_seed_gives_other_weights_and_directory(model_dir: Path, tmp_path: Path) -> None:
-    other = tiny_model_path(1, root=tmp_path)
+    other = tiny_model_path(1, root=tmp_path, trained=False)
     assert other.name != model_dir.name
     assert sha256(other / "model.safetensors") != sha256(model_dir / "model.safetensors")
     assert sha256(other / "tokenizer.json") == sha256(model_dir / "tokenizer.json")
@@ -94,13 +108,16 @@ def test_cached_model_is_reused_without_rebuilding(model_dir: Path, monkeypatch:
 
     monkeypatch.setattr(tiny_model, "build_tiny_model", no_rebuild)
     monkeypatch.setenv(tiny_model.CACHE_ENV, str(model_dir.parent))
-    assert tiny_model_path(0) == model_dir
+    assert tiny_model_path(0, trained=False) == model_dir
 
 
 def test_concurrent_builds_leave_one_complete_model_and_no_staging(tmp_path: Path) -> None:
     target = tmp_path / "model"
     results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(build_tiny_model(target, 0))) for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(build_tiny_model(target, 0, recipe=None)))
+        for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -116,3 +133,33 @@ def test_bad_seed_and_missing_corpus_are_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no \\*.jsonl files"):
         build_tiny_model(tmp_path / "model", 0, corpus_dir=tmp_path / "empty")
     assert list(tmp_path.iterdir()) == []
+
+
+SHORT = TrainRecipe(steps=4, batch_tokens=512, warmup_steps=0, length_pool=32)
+
+
+def test_training_is_seeded_and_lowers_the_loss(tokenizer) -> None:
+    config = build_config(tokenizer)
+    first, losses = train(init_weights(config, 0), tokenizer, 0, SHORT)
+    again, same_losses = train(init_weights(config, 0), tokenizer, 0, SHORT)
+    _, other_losses = train(init_weights(config, 1), tokenizer, 1, SHORT)
+    assert losses == same_losses != other_losses and len(losses) == SHORT.steps
+    for (name, weight), (_, same) in zip(first.state_dict().items(), again.state_dict().items(), strict=True):
+        assert weight.dtype == same.dtype and weight.equal(same), name
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_the_recipe_names_the_cache_entry() -> None:
+    trained, untrained = build_key(0), build_key(0, recipe=None)
+    assert trained.startswith("qwen3-tiny-arith-seed0-") and untrained.startswith("qwen3-tiny-random-seed0-")
+    assert len({trained, untrained, build_key(0, replace(RECIPE, steps=RECIPE.steps + 1)), build_key(1)}) == 4
+    with pytest.raises(ValueError, match="must be positive"):
+        TrainRecipe(steps=0)
+
+
+def test_the_default_model_is_the_trained_one(tiny_model: Path) -> None:
+    assert tiny_model.name == build_key(0)
+    record = json.loads((tiny_model / "training.json").read_text())
+    assert record["seed"] == 0 and record["recipe"] == json.loads(json.dumps(asdict(RECIPE)))
+    losses = record["losses"]
+    assert len(losses) == RECIPE.steps and sum(losses[-50:]) / 50 < 0.5 < losses[0]

@@ -2,7 +2,7 @@
 
     python -m benchmarks.accuracy                       # GPU: Qwen3-4B -> Qwen3-8B, 16 runs, N = 4 8 12
     python -m benchmarks.accuracy --synthesizer-model Qwen/Qwen3-32B --ns 4 8 --prices prices.json
-    python -m benchmarks.accuracy --runs 2 --ns 2 4 --limit 3 --datasets aime24      # CPU: a few minutes
+    python -m benchmarks.accuracy --runs 4 --ns 2 4 8 --limit 30      # CPU: the tiny model on `synthetic`
 
 Protocol, with the choices the paper leaves open made explicit:
 - Explore once, at the largest N (maxN). Path i of run r is the problem's path r*maxN + i, seeded with
@@ -40,12 +40,13 @@ from rich.console import Console
 from rich.progress import Progress, TimeElapsedColumn
 from rich.table import Table
 
+from benchmarks import synthetic
 from benchmarks.cost import CURRENCY, Cost, load_prices, mean_cost, model_key, price_of, record_cost
 from benchmarks.datasets import DatasetError, Problem, load_problems
 from benchmarks.metrics import ProblemScore, aggregate, cons_at_n, pass_at_k, score_problem
 from engine.launch import serve
 from programs.a2r import run_config
-from programs.cli import add_engine_args, add_sampling_args, plan_engines, sigterm_as_ctrl_c
+from programs.cli import add_engine_args, add_sampling_args, offline, plan_engines, sigterm_as_ctrl_c
 from programs.config import RunConfig
 from programs.explorer import run_explorer
 from programs.pipeline import Stage, problem_record, stage_slots, synthesis_record
@@ -301,7 +302,12 @@ def plot(summary: dict[str, Any], output: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n")[0])
     run = parser.add_argument_group("protocol")
-    run.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS), help="sets load_problems takes")
+    run.add_argument(
+        "--datasets",
+        nargs="+",
+        help=f"sets load_problems takes (default: {' '.join(DEFAULT_DATASETS)}; "
+        f"{synthetic.NAME} with the offline tiny model)",
+    )
     run.add_argument("--ns", type=int, nargs="+", default=[4, 8, 12], help="explorer paths per synthesis")
     run.add_argument("--runs", type=int, default=16, help="independent runs averaged per problem")
     run.add_argument("--limit", type=int, help="only the first LIMIT problems of each dataset")
@@ -317,6 +323,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--ns must be distinct numbers of at least 1, got {args.ns}")
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
+    args.datasets = args.datasets or ([synthetic.NAME] if offline(args) else list(DEFAULT_DATASETS))
     if len(set(args.datasets)) != len(args.datasets):
         parser.error(f"--datasets names a dataset twice: {args.datasets}")
     args.ns = sorted(args.ns)

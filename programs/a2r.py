@@ -4,7 +4,8 @@
     python -m programs.a2r --n 4 --dataset aime25 --limit 5
     python -m programs.a2r --n 8 --question "What is 17 * 23?"
 
-With no GPU it runs on the CPU with the project's offline tiny model. Results go to
+With no GPU it runs on the CPU with the project's offline tiny model, on the synthetic arithmetic set it
+was trained on (benchmarks/synthetic.py) unless `--dataset` names another. Results go to
 `OUTPUT/records.jsonl`, one line per problem as soon as it is done; rerunning the same command resumes.
 """
 
@@ -20,15 +21,17 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from benchmarks import synthetic
 from benchmarks.datasets import DatasetError, load_problems, question_problem
 from benchmarks.report import accuracy_table, run_summary
 from engine.launch import EngineError, serve
-from programs.cli import add_engine_args, add_sampling_args, plan_engines, sigterm_as_ctrl_c
+from programs.cli import add_engine_args, add_sampling_args, offline, plan_engines, sigterm_as_ctrl_c
 from programs.config import BUDGETS, RunConfig, SamplingConfig
 from programs.pipeline import Pipeline, Stage
 from programs.records import RecordFile, RecordsError
 
 console = Console()
+DEFAULT_DATASET = "aime24"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,7 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--n", type=int, default=4, help="explorer paths per problem")
     source = run.add_mutually_exclusive_group()
     source.add_argument(
-        "--dataset", default="aime24", help="shipped name, a .jsonl/.parquet file, or hf:REPO"
+        "--dataset",
+        help=f"shipped name, a .jsonl/.parquet file, or hf:REPO (default: {DEFAULT_DATASET}; "
+        f"{synthetic.NAME} with the offline tiny model)",
     )
     source.add_argument("--question", help="one question instead of a dataset")
     run.add_argument("--limit", type=int, help="only the first LIMIT problems")
@@ -54,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--n must be at least 1, got {args.n}")
     if args.max_in_flight is not None and args.max_in_flight < 1:
         parser.error(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
+    if not (args.dataset or args.question):
+        args.dataset = synthetic.NAME if offline(args) else DEFAULT_DATASET
     return args
 
 

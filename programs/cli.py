@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
+from benchmarks import synthetic
 from engine.layout import EngineConfig, Engines, plan
 from programs.config import QWEN3_THINKING
 
@@ -86,17 +87,24 @@ def gpu_count(device: str) -> int:
     return torch.cuda.device_count()
 
 
+def offline(args: argparse.Namespace) -> bool:
+    """No GPU and no model named: the CPU serves the offline tiny model, which knows the synthetic task
+    alone, so that task is then the default problem set too."""
+    return detect_device(args.device) == "cpu" and not (args.explorer_model or args.explorer_url)
+
+
 def plan_engines(args: argparse.Namespace, console: Console) -> tuple[Engines, str]:
     """Device, models and layout from the engine flags; with no GPU and no model, the offline tiny model."""
     device = detect_device(args.device)
     config = dataclass_from_args(EngineConfig, args, device=device)
-    if device == "cpu" and not (config.explorer_model or config.explorer_url):
+    if offline(args):
         from engine.tiny_model import tiny_model_path
 
         path = str(tiny_model_path())
         console.print(
             f"[bold yellow]No GPU: running on the CPU with the project's offline tiny model ({path}).[/] "
-            "Its answers show the pipeline working, not accuracy."
+            f"It was trained here on small arithmetic (`--dataset {synthetic.NAME}`); on other problems its "
+            "answers show the pipeline working, not accuracy."
         )
         config.explorer_model = path
         config.synthesizer_model = config.synthesizer_model or path

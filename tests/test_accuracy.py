@@ -82,6 +82,12 @@ def test_bad_protocol_flags_are_refused(bad, capsys):
     assert "must be" in capsys.readouterr().err
 
 
+def test_default_datasets_follow_the_model():
+    assert parse_args([]).datasets == ["synthetic"]  # no GPU here, no model: the offline tiny model's task
+    assert parse_args(["--explorer-model", "Qwen/Qwen3-4B"]).datasets == ["aime24", "aime25", "beyond_aime"]
+    assert parse_args(["--datasets", "gsm8k"]).datasets == ["gsm8k"]
+
+
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

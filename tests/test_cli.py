@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from programs.a2r import main
+from programs.a2r import main, parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,6 +100,21 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     code = main(argv)
     captured = capsys.readouterr()
     return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "dataset"),
+    [
+        ([], "synthetic"),  # no GPU, no model: the offline tiny model, on the task it was trained on
+        (["--explorer-model", "Qwen/Qwen3-4B"], "aime24"),
+        (["--explorer-url", "http://127.0.0.1:1"], "aime24"),
+        (["--device", "cuda"], "aime24"),
+        (["--dataset", "aime25"], "aime25"),
+        (["--question", "What is 2 + 2?"], None),
+    ],
+)
+def test_default_dataset_follows_the_model(argv, dataset):
+    assert parse_args(argv).dataset == dataset
 
 
 def test_unknown_dataset(capsys, tmp_path):

@@ -94,6 +94,12 @@ def is_equivalent(gold: str, answer: str | None, *, timeout_s: float = VERIFY_TI
     return _verify_cached(gold, answer, timeout_s)
 
 
+def start_verifier() -> None:
+    """Start the math-verify worker now instead of at the first comparison that needs one, which would
+    otherwise pay for its start (seconds on a busy machine): for timings that should not include it."""
+    _VERIFIER.ensure_started()
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _verify_cached(gold: str, answer: str, timeout_s: float) -> bool:
     """Cached so that majority votes, which compare the same answers again and again, stay cheap.
@@ -136,10 +142,13 @@ class _VerifierProcess:
         self._proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
 
+    def ensure_started(self) -> None:
+        with self._lock:
+            self._ensure_started()
+
     def verify(self, gold: str, answer: str, timeout_s: float) -> bool:
         with self._lock:
-            if self._proc is None or not self._proc.is_alive():
-                self._start()
+            self._ensure_started()
             assert self._conn is not None and self._proc is not None
             self._conn.send((gold, answer))
             try:
@@ -154,6 +163,10 @@ class _VerifierProcess:
             "Comparing gold %.200r with answer %.200r %s; counted as not equivalent", gold, answer, problem
         )
         return False
+
+    def _ensure_started(self) -> None:
+        if self._proc is None or not self._proc.is_alive():
+            self._start()
 
     def _start(self) -> None:
         self._stop()

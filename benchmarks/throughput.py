@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.datasets import DatasetError, Problem, load_problems
+from benchmarks.grading import start_verifier
 from engine.launch import EngineError, serve
 from engine.layout import Engines
 from programs.cli import add_engine_args, add_sampling_args, plan_engines
@@ -210,8 +211,6 @@ def measure(
         same = running.synthesizer is running.explorer
         synthesizer = explorer if same else Stage.attach(running.synthesizer)
         urls = list(dict.fromkeys(getattr(running, role).base_url for role in ROLES))
-        for url in urls:  # first requests pay one-off costs (allocation, kernel selection): not measured
-            post(url, "/generate", {"text": problems[0].problem, "sampling_params": {"max_new_tokens": 8}})
         # The same bound as the pipeline's explorer stage, so raw runs exactly as many problems at once.
         slots, _ = stage_slots(config, explorer, None)
         pipelines = {"sc": Pipeline(replace(config, synthesize=False), explorer, None)}
@@ -220,6 +219,10 @@ def measure(
             if reference_tokens
             else Pipeline(config, explorer, synthesizer)
         )
+        # One-off costs (the engines' first batches, the grading worker's start) are paid here, before any
+        # mode is timed, and not by whichever mode happens to run first.
+        start_verifier()
+        pipelines["a2r"].run(problems[:1], lambda record: None)
         results = {}
         for mode in MODES:
             for url in urls:

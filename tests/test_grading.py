@@ -1,12 +1,13 @@
 """Answer extraction and math-verify equivalence on literal inputs, from any thread and under a time limit."""
 
 import logging
+import multiprocessing as mp
 import threading
 import uuid
 
 import pytest
 
-from benchmarks.grading import extract_answer, extract_boxed, is_equivalent
+from benchmarks.grading import extract_answer, extract_boxed, is_equivalent, start_verifier
 
 
 @pytest.mark.parametrize(
@@ -104,3 +105,18 @@ def test_timeout_counts_as_not_equivalent_and_the_worker_recovers(caplog):
     assert "took longer than 1e-09 s" in caplog.text
     # The killed worker is replaced and the same pair now gets its real verdict.
     assert is_equivalent(gold, answer)
+
+
+def verifier_workers() -> list[mp.process.BaseProcess]:
+    return [p for p in mp.active_children() if p.name == "math-verify"]
+
+
+def test_start_verifier_starts_one_worker_ahead_of_the_first_comparison():
+    for worker in verifier_workers():  # whatever an earlier test left running
+        worker.kill()
+        worker.join()
+    start_verifier()
+    started = verifier_workers()
+    assert len(started) == 1 and started[0].is_alive()
+    start_verifier()
+    assert is_equivalent("\\frac{1}{2}", "0.5") and verifier_workers() == started  # the same worker serves

@@ -164,7 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except OSError as exc:  # transformers' way of saying: no such local path, and the hub is out of reach
+        print(
+            f"error: cannot load the tokenizer of --model {args.model}: {str(exc).splitlines()[0]}\n"
+            "Give a local model folder or a reachable hub id; offline, the project's tiny model is "
+            "--model $(python -m engine.tiny_model)",
+            file=sys.stderr,
+        )
+        return 2
     rows, stats = build_rows(records, tokenizer, args.n, args.epochs, args.seed, args.max_prompt_tokens)
     if not rows:
         print(

@@ -117,3 +117,13 @@ def test_cli_names_a_missing_curation_and_an_empty_result(tiny_model, tmp_path, 
     assert main(argv) == 1
     assert "no training prompts: 0 of 1 curated queries were kept" in capsys.readouterr().err
     assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_cli_names_a_model_it_cannot_load(tmp_path, capsys):
+    (tmp_path / RECORDS).write_text(json.dumps(curated("q", ["4", "5"])) + "\n")
+    missing = tmp_path / "no-such-model"
+    argv = ["--curated", str(tmp_path), "--output", str(tmp_path / "t.jsonl"), "--model", str(missing)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot load the tokenizer of --model {missing}" in err and "python -m engine.tiny_model" in err
+    assert not (tmp_path / "t.jsonl").exists()

@@ -16,9 +16,8 @@ process group that SGLang joins with `init_weights_update_group` and loads from 
 a sync's first tensor and closes at its last (OpenRLHF flags the last one `empty_cache=True`), flushing the
 prefix cache so nothing computed with the old weights is reused.
 
-OpenRLHF's modules import `vllm` at top level; a small stand-in (`standin_modules`) provides the names they
-use, installed here in the driver and in every Ray worker (`worker_process_setup_hook`). Its process-group
-classes are the trainer's end of the weight-sync group, built the way SGLang builds its own end.
+OpenRLHF's modules import `vllm` at top level; `rl.vllm_standin` provides the names they use and is
+installed here in the driver and in every Ray worker.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import ctypes
-import functools
 import json
 import runpy
 import signal
@@ -35,42 +33,27 @@ import subprocess
 import sys
 import tempfile
 import threading
-import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from engine.launch import READY_TIMEOUT_S, check_model, check_port_free, stop, wait_ready
 from engine.layout import CPU_KV_TOKENS
 from engine.spec import EngineSpec, launch_command, launch_env
+from rl.vllm_standin import (
+    CompletionOutput,
+    Logprob,
+    RequestOutput,
+    install_vllm_standin,
+    with_standin_hook,
+)
 
 OPENRLHF_CLI = "openrlhf.cli.train_ppo_ray"
-OPENRLHF_GROUP = (
-    "openrlhf"  # the weight-sync group name OpenRLHF's actor gives (ppo_actor._init_vllm_sync_group)
-)
-# Read by OpenRLHF only: below 0.16 it sets NCCL_CUMEM_ENABLE=0 in the trainer, which is SGLang's own default.
-STANDIN_VERSION = "0.0.0+sglang"
-STANDIN_HOOK = f"{__name__}.install_vllm_standin"
 MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph")  # what SGLang's release/resume_memory_occupation manage
 IPC_DEVICE_ARG = 6  # position of the device index in torch's rebuild_cuda_tensor arguments
 
 
-# -- what the trainer hands to an engine and reads back, shaped like vLLM's objects ----------------------------
-
-
-@dataclass
-class SamplingParams:
-    """The fields of vLLM's SamplingParams that OpenRLHF sets (samples_generator._dispatch_prompts_to_vllm)."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_tokens: int | None = None
-    min_tokens: int = 0
-    skip_special_tokens: bool = True
-    logprobs: int | None = None
+# -- vLLM-shaped requests and results to and from SGLang's ------------------------------------------------------
 
 
 def sglang_sampling(params: Any) -> dict[str, Any]:
@@ -87,26 +70,6 @@ def sglang_sampling(params: Any) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
-class Logprob:
-    logprob: float
-
-
-@dataclass
-class CompletionOutput:
-    token_ids: list[int]
-    text: str
-    finish_reason: str | None  # "length" (budget reached) or "stop", as vLLM reports them
-    logprobs: list[dict[int, Logprob]] | None  # per generated token: {token id: its log-probability}
-
-
-@dataclass
-class RequestOutput:
-    prompt_token_ids: list[int]
-    outputs: list[CompletionOutput]
-    num_cached_tokens: int  # prompt tokens the engine took from its prefix cache
-
-
 def request_output(prompt_token_ids: list[int], response: dict[str, Any]) -> RequestOutput:
     """A vLLM-shaped result from one SGLang `/generate` response."""
     meta = response["meta_info"]
@@ -120,82 +83,6 @@ def request_output(prompt_token_ids: list[int], response: dict[str, Any]) -> Req
         list(response["output_ids"]), response["text"], reason.get("type"), logprobs
     )
     return RequestOutput(list(prompt_token_ids), [completion], meta.get("cached_tokens", 0))
-
-
-# -- the trainer's end of the weight-sync group, and the vllm stand-in that carries it ---------------------------
-
-
-@dataclass(frozen=True)
-class StatelessProcessGroup:
-    """Where the weight-sync group meets; the group itself is made by `PyNcclCommunicator`."""
-
-    host: str
-    port: int
-    rank: int
-    world_size: int
-
-    @classmethod
-    def create(cls, host: str, port: int, rank: int, world_size: int) -> StatelessProcessGroup:
-        return cls(host, port, rank, world_size)
-
-
-class PyNcclCommunicator:
-    """Trainer rank 0 in the torch process group the SGLang engines join through `init_weights_update_group`
-    (NCCL on GPUs, gloo on the CPU), made by SGLang's own helper so both ends rendezvous alike."""
-
-    def __init__(self, group: StatelessProcessGroup, device: Any) -> None:
-        import torch
-        from sglang.srt.utils import init_custom_process_group
-
-        backend = "gloo" if torch.device(device).type == "cpu" else "nccl"
-        self.group = init_custom_process_group(
-            backend=backend,
-            init_method=f"tcp://{group.host}:{group.port}",
-            world_size=group.world_size,
-            rank=group.rank,
-            group_name=OPENRLHF_GROUP,
-        )
-
-    def broadcast(self, tensor: Any, src: int, stream: Any = None) -> None:
-        import torch
-
-        torch.distributed.broadcast(tensor, src=src, group=self.group)
-
-
-class TokensPrompt(dict):
-    """vLLM's tokenized-prompt dict; imported by OpenRLHF's vLLM actor, which this backend does not use."""
-
-
-def random_uuid() -> str:
-    return uuid.uuid4().hex
-
-
-def standin_modules() -> dict[str, ModuleType]:
-    """`vllm` and the submodules OpenRLHF 0.11.2 imports from it, holding only the names it uses."""
-    names = {
-        "vllm": {"SamplingParams": SamplingParams, "__version__": STANDIN_VERSION},
-        "vllm.inputs": {"TokensPrompt": TokensPrompt},
-        "vllm.utils": {"random_uuid": random_uuid},
-        "vllm.distributed": {},
-        "vllm.distributed.utils": {"StatelessProcessGroup": StatelessProcessGroup},
-        "vllm.distributed.device_communicators": {},
-        "vllm.distributed.device_communicators.pynccl": {"PyNcclCommunicator": PyNcclCommunicator},
-    }
-    modules = {}
-    for name, attrs in names.items():
-        module = ModuleType(name, f"Stand-in installed by {__name__}: SGLang serves the rollouts.")
-        module.__path__ = []  # a package, so its submodules import
-        module.__dict__.update(attrs)
-        modules[name] = module
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(modules[parent], child, module)
-    return modules
-
-
-def install_vllm_standin() -> None:
-    """Make `import vllm` give the stand-in in this process (the driver; Ray workers run it as their setup hook)."""
-    sys.modules.update(standin_modules())
 
 
 # -- the rollout engine ------------------------------------------------------------------------------------------
@@ -539,18 +426,6 @@ def create_sglang_engines(
     if vllm_enable_sleep:
         ray.get([engine.sleep.remote() for engine in engines])
     return engines
-
-
-def with_standin_hook(init: Any) -> Any:
-    """`ray.init` that also installs the vllm stand-in in every worker, whatever runtime_env it is given."""
-
-    @functools.wraps(init)
-    def wrapped(*args: Any, runtime_env: dict | None = None, **kwargs: Any) -> Any:
-        return init(
-            *args, runtime_env={"worker_process_setup_hook": STANDIN_HOOK, **(runtime_env or {})}, **kwargs
-        )
-
-    return wrapped
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,9 +26,8 @@ from transformers import AutoConfig, AutoTokenizer
 from benchmarks.grading import extract_answer, is_equivalent
 from engine.spec import launch_command
 from programs.prompts import chat_prompt
-from rl import sglang_rollout
+from rl import sglang_rollout, vllm_standin
 from rl.sglang_rollout import (
-    SamplingParams,
     SGLangRollout,
     free_port,
     ipc_payload,
@@ -36,6 +35,7 @@ from rl.sglang_rollout import (
     tags_to_wake,
 )
 from rl.train import REWARD_FILE
+from rl.vllm_standin import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_reset_prefix_cache_flushes_the_radix_cache(rollout, tokenizer, loop):
 def test_weight_sync_through_the_trainers_calls_changes_generation(
     rollout, tokenizer, tiny_model, loop, monkeypatch
 ):
-    for name, module in sglang_rollout.standin_modules().items():
+    for name, module in vllm_standin.standin_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     from openrlhf.utils.distributed_util import stateless_init_process_group  # the trainer's own call
 
@@ -227,7 +227,7 @@ def test_factory_matches_openrlhfs_and_the_standin_serves_its_imports():
     assert list(inspect.signature(sglang_rollout.create_sglang_engines).parameters) == names
 
     script = (
-        "from rl.sglang_rollout import install_vllm_standin, SamplingParams\n"
+        "from rl.vllm_standin import install_vllm_standin, SamplingParams\n"
         "install_vllm_standin()\n"
         "import openrlhf.trainer.ray as tr, openrlhf.trainer.ppo_utils.samples_generator as sg\n"
         "import openrlhf.utils.distributed_util\n"
@@ -244,8 +244,8 @@ def test_factory_matches_openrlhfs_and_the_standin_serves_its_imports():
 
 def test_ray_init_gets_the_standin_hook_and_keeps_its_own_env():
     calls = []
-    init = sglang_rollout.with_standin_hook(lambda *a, **kw: calls.append(kw))
+    init = vllm_standin.with_standin_hook(lambda *a, **kw: calls.append(kw))
     init(runtime_env={"env_vars": {"NCCL_DEBUG": "WARN"}})
     init()
-    hook = {"worker_process_setup_hook": "rl.sglang_rollout.install_vllm_standin"}
+    hook = {"worker_process_setup_hook": "rl.vllm_standin.install_vllm_standin"}
     assert calls == [{"runtime_env": {**hook, "env_vars": {"NCCL_DEBUG": "WARN"}}}, {"runtime_env": hook}]

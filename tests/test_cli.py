@@ -75,25 +75,26 @@ def test_another_configuration_in_the_same_folder_is_refused(cpu_engine, tmp_pat
 
 
 def test_ctrl_c_keeps_finished_records_and_the_rerun_completes(cpu_engine, tmp_path):
-    url, run = cpu_engine.explorer.base_url, tmp_path / "run"
-    data = write_problems(tmp_path / "p.jsonl", 12)
-    # One problem at a time, so records arrive one by one and the interrupt lands mid-run.
+    url, run, count = cpu_engine.explorer.base_url, tmp_path / "run", 60
+    data = write_problems(tmp_path / "p.jsonl", count)
+    # One problem at a time, so records arrive one by one, and enough of them (the trained tiny model answers
+    # in a few dozen tokens) that the interrupt lands mid-run.
     budget = ("--explorer-max-tokens", "64")
     cmd = [sys.executable, "-m", "programs.a2r", *args_for(url, data, run, *budget, "--max-in-flight", "1")]
     process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     records = run / "records.jsonl"
     deadline = time.monotonic() + 300
-    while not (records.exists() and records.read_text().count("\n") >= 2):
+    while not (records.exists() and records.read_text().count("\n") >= 1):
         assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-        time.sleep(0.2)
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     kept = read_records(run)
     assert process.returncode == 130, output
-    assert "rerun to resume" in output and 2 <= len(kept) < 12
+    assert "rerun to resume" in output and 1 <= len(kept) < count
     assert main(args_for(url, data, run, *budget)) == 0  # the in-flight cap is not part of the configuration
     ids = [r["id"] for r in read_records(run)]
-    assert sorted(ids) == sorted(f"p{i}" for i in range(12)) and len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(f"p{i}" for i in range(count)) and len(ids) == len(set(ids))
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:

@@ -159,7 +159,7 @@ def test_explorer_paths_disagree_so_pass_at_1_is_below_pass_at_n(stage):
 
 
 def test_synthesizer_follows_its_references_right_or_wrong(stage):
-    problems = load_problems("synthetic", limit=10)
+    problems = load_problems("synthetic", limit=20)
 
     def answers(shift: int) -> list[str | None]:
         """The synthesizer's answers given four references that all say gold + shift."""
@@ -178,5 +178,6 @@ def test_synthesizer_follows_its_references_right_or_wrong(stage):
     accuracy_right = sum(a == p.answer for a, p in zip(with_right, problems, strict=True)) / len(problems)
     accuracy_wrong = sum(a == p.answer for a, p in zip(with_wrong, problems, strict=True)) / len(problems)
     followed_wrong = sum(a == str(int(p.answer) + 1) for a, p in zip(with_wrong, problems, strict=True))
-    assert accuracy_right >= 0.8 and accuracy_wrong <= 0.2, (with_right, with_wrong)
-    assert followed_wrong >= 8, with_wrong  # it gives the references' answer, not a guess of its own
+    # Measured here: 9 or 10 of every 10 either way; the bounds leave room for sampling.
+    assert accuracy_right >= 0.75 and accuracy_wrong <= 0.25, (with_right, with_wrong)
+    assert followed_wrong >= 15, with_wrong  # it gives the references' answer, not a guess of its own

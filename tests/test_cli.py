@@ -81,7 +81,13 @@ def test_ctrl_c_keeps_finished_records_and_the_rerun_completes(cpu_engine, tmp_p
     # in a few dozen tokens) that the interrupt lands mid-run.
     budget = ("--explorer-max-tokens", "64")
     cmd = [sys.executable, "-m", "programs.a2r", *args_for(url, data, run, *budget, "--max-in-flight", "1")]
-    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell's background job (`pytest &`) ignores SIGINT, and a child inherits that; a terminal's Ctrl-C
+    # reaches a child that handles it, so the child starts with SIGINT not ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     records = run / "records.jsonl"
     deadline = time.monotonic() + 300
     while not (records.exists() and records.read_text().count("\n") >= 1):

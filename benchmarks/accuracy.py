@@ -37,6 +37,7 @@ from statistics import mean
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import Progress, TimeElapsedColumn
 from rich.table import Table
 
@@ -299,6 +300,15 @@ def plot(summary: dict[str, Any], output: Path) -> None:
         save_plot(output / COST_PNG, title, f"cost per problem ({CURRENCY})", by_cost, ns)
 
 
+def show(table: Table) -> None:
+    """Print the table whole: piped or redirected, rich assumes 80 columns and would cut Table 1's twelve
+    to "Pa…"."""
+    if not console.is_terminal:
+        wide = Measurement.get(console, console.options.update_width(1_000), table).maximum
+        console.width = max(console.width, wide)
+    console.print(table)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n")[0])
     run = parser.add_argument_group("protocol")
@@ -392,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]interrupted:[/] finished records kept in {args.output}; rerun to resume")
         return 130
     summary = summarize(results, config, prices, args.output)
-    console.print(accuracy_table(summary))
+    show(accuracy_table(summary))
     console.print(f"summary: {args.output / 'summary.json'}, plots: {args.output / ACCURACY_PNG}")
     return 0
 

@@ -3,12 +3,15 @@ on a real CPU engine (one exploration per problem and run reused for every N, re
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from benchmarks import accuracy
 from benchmarks.accuracy import ProblemRuns, accuracy_table, average, dataset_metrics, main, parse_args
 from benchmarks.cost import model_key
 
@@ -73,6 +76,26 @@ def test_table_is_laid_out_like_the_papers():
     assert list(table.columns[0].cells) == ["aime24", "Average"]
     assert list(table.columns[1].cells) == ["qwen3-4b -> qwen3-8b"] * 2
     assert list(table.columns[-1].cells) == ["50.00", "50.00"]
+
+
+def test_the_table_is_printed_whole_when_piped(monkeypatch):
+    ns = [1, 2]
+    rows = {"aime24": dataset_metrics(PROBLEMS, ns), "beyond_aime": dataset_metrics(PROBLEMS, ns)}
+    summary = {
+        "config": {
+            "explorer_model": "/models/a-long-local-checkpoint-name",
+            "synthesizer_model": "Qwen/Qwen3-32B",
+        },
+        "protocol": {"ns": ns, "runs": 2},
+        "datasets": rows,
+        "average": average(rows),
+    }
+    piped = Console(file=io.StringIO())  # not a terminal: 80 columns unless told otherwise
+    monkeypatch.setattr(accuracy, "console", piped)
+    accuracy.show(accuracy_table(summary))
+    printed = piped.file.getvalue()
+    assert "…" not in printed and "beyond_aime" in printed and "a-long-local-checkpoint-name" in printed
+    assert all(f"A2R@{n}" in printed for n in ns)
 
 
 @pytest.mark.parametrize("bad", [["--ns", "0"], ["--ns", "2", "2"], ["--runs", "0"]])

@@ -389,9 +389,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if explore or synth:
             with serve(engines, args.output / "logs") as running:
-                explorer = Stage.attach(running.explorer)
-                same = running.synthesizer is running.explorer
-                synthesizer = explorer if same else Stage.attach(running.synthesizer)
+                explorer, synthesizer = Stage.attach_roles(running)
                 with Progress(*Progress.get_default_columns(), TimeElapsedColumn(), console=console) as bar:
                     task = bar.add_task("explorations + syntheses", total=explore + synth)
                     Protocol(config, explorer, synthesizer, results).run(lambda: bar.advance(task))

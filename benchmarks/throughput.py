@@ -207,9 +207,7 @@ def measure(
 ) -> dict[str, dict[str, Any]]:
     """Start the engines once and run the three modes on them in turn, each from a flushed prefix cache."""
     with serve(engines, output / "logs") as running:
-        explorer = Stage.attach(running.explorer)
-        same = running.synthesizer is running.explorer
-        synthesizer = explorer if same else Stage.attach(running.synthesizer)
+        explorer, synthesizer = Stage.attach_roles(running)
         urls = list(dict.fromkeys(getattr(running, role).base_url for role in ROLES))
         # The same bound as the pipeline's explorer stage, so raw runs exactly as many problems at once.
         slots, _ = stage_slots(config, explorer, None)

@@ -155,9 +155,7 @@ def solve(
     max_in_flight: int | None,
 ) -> None:
     with serve(engines, output / "logs") as running:
-        explorer = Stage.attach(running.explorer)
-        same = running.synthesizer is running.explorer
-        synthesizer = explorer if same else Stage.attach(running.synthesizer)
+        explorer, synthesizer = Stage.attach_roles(running)
         pipeline = Pipeline(config, explorer, synthesizer if config.synthesize else None)
         done: list[dict[str, Any]] = []
         start = time.perf_counter()

@@ -21,6 +21,7 @@ from benchmarks.grading import extract_answer, extract_boxed, is_equivalent
 from benchmarks.metrics import majority_vote
 from engine.endpoint import SeededEndpoint, connect
 from engine.launch import context_length, model_info, server_info
+from engine.layout import Engines
 from engine.spec import EngineSpec
 from programs.config import RunConfig
 from programs.explorer import ExplorerPath, run_explorer
@@ -49,6 +50,13 @@ class Stage:
             server = {}
         tokenizer = AutoTokenizer.from_pretrained(info.get("tokenizer_path") or info["model_path"])
         return cls(connect(spec), tokenizer, context_length(spec), server.get("max_total_num_tokens"))
+
+    @classmethod
+    def attach_roles(cls, engines: Engines) -> tuple[Stage, Stage]:
+        """(explorer, synthesizer) stages of running engines; one engine serving both roles is one stage."""
+        explorer = cls.attach(engines.explorer)
+        same = engines.synthesizer is engines.explorer
+        return explorer, explorer if same else cls.attach(engines.synthesizer)
 
     def prompt(self, text: str, budget: int, thinking: bool, label: str) -> str:
         """`text` as a chat prompt, refused before sending if it and `budget` new tokens overflow the context."""

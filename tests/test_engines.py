@@ -23,7 +23,8 @@ def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model
             n=2, explorer=sampling, synthesizer=sampling, explorer_model="a", synthesizer_model="b"
         )
         records = []
-        stages = Stage.attach(running.explorer), Stage.attach(running.synthesizer)
+        stages = Stage.attach_roles(running)
+        assert stages[0] is not stages[1] and stages[0].backend.base_url != stages[1].backend.base_url
         Pipeline(run, *stages).run([Problem("x", "What is 2 + 2?", "4")], records.append)
         assert len(records) == 1 and records[0]["synthesizer"]["completion_tokens"] > 0
     assert {p.name for p in (tmp_path / "logs").iterdir()} == {"explorer.log", "synthesizer.log"}
@@ -34,3 +35,5 @@ def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model
 def test_same_model_serves_both_roles_from_one_engine(cpu_engine):
     assert cpu_engine.explorer is cpu_engine.synthesizer
     assert len(cpu_engine.to_launch) == 1
+    explorer, synthesizer = Stage.attach_roles(cpu_engine)
+    assert explorer is synthesizer  # one tokenizer load, one backend

@@ -11,7 +11,7 @@ Protocol, with the choices the paper leaves open made explicit:
 - Run r at N uses its first N paths, i.e. the problem's paths [r*maxN, r*maxN + N): runs stay disjoint and
   every smaller N reuses the same explorations. The synthesizer runs once per (problem, run, N) on those N
   answer parts, seeded with `path_seed(f"{problem id}/a2r@{N}", r)`.
-- Per problem (`benchmarks.metrics`): Pass@1 and Pass@N are the unbiased estimates from all runs x maxN
+- Per problem (`programs.core.metrics`): Pass@1 and Pass@N are the unbiased estimates from all runs x maxN
   paths (not each run's any-correct: the same expectation, less variance, and never Pass@N < Pass@1);
   Cons@N is each run's majority vote over its N paths, and A2R@N its synthesizer's correctness, averaged
   over runs.
@@ -41,17 +41,17 @@ from rich.measure import Measurement
 from rich.progress import Progress, TimeElapsedColumn
 from rich.table import Table
 
-from benchmarks import synthetic
 from benchmarks.cost import CURRENCY, Cost, load_prices, mean_cost, model_key, price_of, record_cost
-from benchmarks.datasets import DatasetError, Problem, load_problems
-from benchmarks.metrics import ProblemScore, aggregate, cons_at_n, pass_at_k, score_problem
 from engine.launch import serve
 from programs.a2r import run_config
 from programs.cli import add_engine_args, add_sampling_args, offline, plan_engines, sigterm_as_ctrl_c
-from programs.config import RunConfig
+from programs.core.config import RunConfig
+from programs.core.jsonl import RecordFile, RecordsError
+from programs.core.metrics import ProblemScore, aggregate, cons_at_n, pass_at_k, score_problem
+from programs.datasets import DatasetError, Problem, load_problems
 from programs.explorer import run_explorer
+from programs.offline import task as synthetic
 from programs.pipeline import Stage, problem_record, stage_slots, synthesis_record
-from programs.records import RecordFile, RecordsError
 from programs.synthesizer import run_synthesizer
 
 console = Console()

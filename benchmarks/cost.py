@@ -30,7 +30,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.datasets import read_jsonl
+from programs.datasets import read_jsonl
 
 CURRENCY = "CNY"
 

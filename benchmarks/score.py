@@ -6,7 +6,7 @@ Each line of FILE is one problem: its gold answer under --gold-key (a string or 
 as a list, either raw model responses under --responses-key (the answer is the last `\\boxed{...}` after the
 last `</think>`, or in the whole response when there is none) or already-extracted answers under
 --answers-key (a string, or null for no answer).
-Reported in percent, averaged over problems (conventions in full in `benchmarks.metrics`):
+Reported in percent, averaged over problems (conventions in full in `programs.core.metrics`):
 - pass@1: the fraction of correct samples (math-verify equivalence to the gold answer, gold first);
 - pass@N: the unbiased estimate 1 - C(k-c, N)/C(k, N) from all k samples, c of them correct;
 - cons@N: majority-vote correctness over the k/N disjoint consecutive groups of N samples; samples with no
@@ -28,8 +28,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.grading import extract_answer
-from benchmarks.metrics import Summary, aggregate, score_problem
+from programs.core.grading import extract_answer
+from programs.core.metrics import Summary, aggregate, score_problem
 
 
 class ScoreInputError(ValueError):

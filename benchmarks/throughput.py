@@ -36,14 +36,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.datasets import DatasetError, Problem, load_problems
-from benchmarks.grading import start_verifier
 from engine.launch import EngineError, serve
 from engine.layout import Engines
 from programs.cli import add_engine_args, add_sampling_args, plan_engines
-from programs.config import BUDGETS, RunConfig, SamplingConfig
+from programs.core.config import BUDGETS, RunConfig, SamplingConfig
+from programs.core.grading import start_verifier
+from programs.core.prompts import chat_prompt
+from programs.datasets import DatasetError, Problem, load_problems
 from programs.pipeline import Pipeline, Stage, stage_slots
-from programs.prompts import chat_prompt
 
 # The paper's Table 4 (Qwen3-4B -> Qwen3-8B, N=4), tokens per explorer path and per synthesis.
 PAPER_TOKENS = {"explorer_in": 130, "explorer_out": 18597, "synthesizer_in": 4406, "synthesizer_out": 4982}

@@ -5,7 +5,7 @@
     python -m programs.a2r --n 8 --question "What is 17 * 23?"
 
 With no GPU it runs on the CPU with the project's offline tiny model, on the synthetic arithmetic set it
-was trained on (benchmarks/synthetic.py) unless `--dataset` names another. Results go to
+was trained on (programs/offline/task.py) unless `--dataset` names another. Results go to
 `OUTPUT/records.jsonl`, one line per problem as soon as it is done; rerunning the same command resumes.
 """
 
@@ -21,14 +21,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks import synthetic
-from benchmarks.datasets import DatasetError, load_problems, question_problem
-from benchmarks.report import accuracy_table, run_summary
 from engine.launch import EngineError, serve
 from programs.cli import add_engine_args, add_sampling_args, offline, plan_engines, sigterm_as_ctrl_c
-from programs.config import BUDGETS, RunConfig, SamplingConfig
+from programs.core.config import BUDGETS, RunConfig, SamplingConfig
+from programs.core.jsonl import RecordFile, RecordsError
+from programs.datasets import DatasetError, load_problems, question_problem
+from programs.offline import task as synthetic
 from programs.pipeline import Pipeline, Stage
-from programs.records import RecordFile, RecordsError
+from programs.report import accuracy_table, run_summary
 
 console = Console()
 DEFAULT_DATASET = "aime24"

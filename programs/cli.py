@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from benchmarks import synthetic
 from engine.layout import EngineConfig, Engines, plan
-from programs.config import QWEN3_THINKING
+from programs.core.config import QWEN3_THINKING
+from programs.offline import task as synthetic
 
 T = TypeVar("T")
 
@@ -98,7 +98,7 @@ def plan_engines(args: argparse.Namespace, console: Console) -> tuple[Engines, s
     device = detect_device(args.device)
     config = dataclass_from_args(EngineConfig, args, device=device)
     if offline(args):
-        from engine.tiny_model import tiny_model_path
+        from programs.offline.model import tiny_model_path
 
         path = str(tiny_model_path())
         console.print(

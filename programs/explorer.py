@@ -12,8 +12,8 @@ from typing import Any
 import sglang as sgl
 
 from engine.endpoint import SEED_VAR
-from programs.config import SamplingConfig
-from programs.prompts import answer_part
+from programs.core.config import SamplingConfig
+from programs.core.prompts import answer_part
 
 
 @sgl.function

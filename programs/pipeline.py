@@ -16,16 +16,16 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from benchmarks.datasets import Problem
-from benchmarks.grading import extract_answer, extract_boxed, is_equivalent
-from benchmarks.metrics import majority_vote
 from engine.endpoint import SeededEndpoint, connect
 from engine.launch import context_length, model_info, server_info
 from engine.layout import Engines
 from engine.spec import EngineSpec
-from programs.config import RunConfig
+from programs.core.config import RunConfig
+from programs.core.grading import extract_answer, extract_boxed, is_equivalent
+from programs.core.metrics import majority_vote
+from programs.core.prompts import chat_prompt
+from programs.datasets import Problem
 from programs.explorer import ExplorerPath, run_explorer
-from programs.prompts import chat_prompt
 from programs.synthesizer import Synthesis, run_synthesizer
 
 EXPECTED_LENGTH_SHARE = 0.6  # paths average ~0.57 of a 32k budget in the paper's Table 4

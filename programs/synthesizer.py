@@ -14,9 +14,9 @@ from typing import Any
 import sglang as sgl
 
 from engine.endpoint import SEED_VAR
-from programs.config import SamplingConfig
+from programs.core.config import SamplingConfig
+from programs.core.prompts import chat_prompt, synthesizer_query
 from programs.explorer import finish_reason
-from programs.prompts import chat_prompt, synthesizer_query
 
 
 @sgl.function

@@ -23,7 +23,6 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks.datasets import DatasetError, Problem, load_problems
 from engine.launch import EngineError, serve
 from engine.layout import EngineConfig, Engines, plan
 from programs.cli import (
@@ -34,9 +33,10 @@ from programs.cli import (
     plan_engines,
     sigterm_as_ctrl_c,
 )
-from programs.config import BUDGETS, RunConfig, SamplingConfig
+from programs.core.config import BUDGETS, RunConfig, SamplingConfig
+from programs.core.jsonl import RecordFile, RecordsError
+from programs.datasets import DatasetError, Problem, load_problems
 from programs.pipeline import Pipeline, Stage
-from programs.records import RecordFile, RecordsError
 
 console = Console()
 

@@ -5,7 +5,7 @@
 For each kept query and epoch, N references are drawn from the query's valid candidates: first how many of
 them are correct (uniformly over what the candidates allow, so the synthesizer sees all-wrong, mixed and
 all-right reference sets), then which ones, avoiding a set the query already had in an earlier epoch when
-another is possible, in shuffled order. The user turn is rendered by `programs.prompts.synthesizer_query`,
+another is possible, in shuffled order. The user turn is rendered by `programs.core.prompts.synthesizer_query`,
 the template the inference program sends. A prompt whose chat rendering is longer than the trainer's
 prompt budget (`GRPORecipe.prompt_max_len`) is dropped and counted, because OpenRLHF would cut it from the
 left without a word. Rows carry `prompt` and `answer` (the keys `rl/train.py` passes to OpenRLHF) plus
@@ -26,8 +26,8 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from benchmarks.datasets import DatasetError, read_jsonl
-from programs.prompts import chat_prompt, synthesizer_query
+from programs.core.prompts import chat_prompt, synthesizer_query
+from programs.datasets import DatasetError, read_jsonl
 from rl.curate import RECORDS
 from rl.recipe import GRPORecipe
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"error: cannot load the tokenizer of --model {args.model}: {str(exc).splitlines()[0]}\n"
             "Give a local model folder or a reachable hub id; offline, the project's tiny model is "
-            "--model $(python -m engine.tiny_model)",
+            "--model $(python -m programs.offline.model)",
             file=sys.stderr,
         )
         return 2

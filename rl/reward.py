@@ -9,8 +9,8 @@ prompt text, `label` the dataset's gold answer. The returned `rewards` drive the
 
 The synthesizer's prompt holds reference solutions with boxed answers, so only the generated text is read:
 the prompt is cut off first, then the answer is taken the way the evaluation metric takes it
-(`benchmarks.grading.extract_answer`: the last `\\boxed{}` after the last `</think>`) and compared with
-`benchmarks.grading.is_equivalent`, which is thread-safe and has its own time limit. OpenRLHF logs a
+(`programs.core.grading.extract_answer`: the last `\\boxed{}` after the last `</think>`) and compared with
+`programs.core.grading.is_equivalent`, which is thread-safe and has its own time limit. OpenRLHF logs a
 reward_func exception at INFO level and carries on with no reward, so failures are logged here as errors.
 """
 
@@ -27,8 +27,8 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if __package__ in (None, "") and _ROOT not in sys.path:  # loaded by file path in a rollout worker
     sys.path.insert(0, _ROOT)
 
-from benchmarks.grading import extract_answer, is_equivalent  # noqa: E402
-from programs.prompts import answer_part  # noqa: E402
+from programs.core.grading import extract_answer, is_equivalent  # noqa: E402
+from programs.core.prompts import answer_part  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

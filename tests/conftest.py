@@ -11,7 +11,7 @@ import pytest
 
 from engine.launch import serve
 from engine.layout import EngineConfig, Engines, plan
-from engine.tiny_model import tiny_model_path
+from programs.offline.model import tiny_model_path
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -7,7 +7,7 @@ import json
 import datasets
 import pytest
 
-from benchmarks.datasets import DatasetError, Problem, load_problems, question_problem, shipped_names
+from programs.datasets import DatasetError, Problem, load_problems, question_problem, shipped_names
 
 SHIPPED_ROWS = {
     "aime24": 30,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from benchmarks.datasets import Problem
 from engine.launch import check_port_free, model_info, serve
 from engine.layout import EngineConfig, plan
-from engine.tiny_model import tiny_model_path
-from programs.config import RunConfig, SamplingConfig
+from programs.core.config import RunConfig, SamplingConfig
+from programs.datasets import Problem
+from programs.offline.model import tiny_model_path
 from programs.pipeline import Pipeline, Stage
 
 

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from benchmarks.grading import extract_answer, extract_boxed, is_equivalent, start_verifier
+from programs.core.grading import extract_answer, extract_boxed, is_equivalent, start_verifier
 
 
 @pytest.mark.parametrize(
@@ -100,7 +100,7 @@ def test_timeout_counts_as_not_equivalent_and_the_worker_recovers(caplog):
     # answered within a nanosecond, so this limit must time out.
     k = 1000 + uuid.uuid4().int % 10**6
     gold, answer = rf"\frac{{3}}{{{k}}}", rf"\frac{{6}}{{{2 * k}}}"
-    with caplog.at_level(logging.WARNING, logger="benchmarks.grading"):
+    with caplog.at_level(logging.WARNING, logger="programs.core.grading"):
         assert not is_equivalent(gold, answer, timeout_s=1e-9)
     assert "took longer than 1e-09 s" in caplog.text
     # The killed worker is replaced and the same pair now gets its real verdict.

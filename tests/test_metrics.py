@@ -4,7 +4,7 @@ from itertools import combinations
 
 import pytest
 
-from benchmarks.metrics import aggregate, cons_at_n, majority_vote, pass_at_k, score_problem
+from programs.core.metrics import aggregate, cons_at_n, majority_vote, pass_at_k, score_problem
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
-from benchmarks.datasets import Problem
-from programs.config import RunConfig, SamplingConfig
+from programs.core.config import RunConfig, SamplingConfig
+from programs.core.prompts import chat_prompt
+from programs.datasets import Problem
 from programs.explorer import run_explorer
 from programs.pipeline import Pipeline, Stage
-from programs.prompts import chat_prompt
 from programs.synthesizer import fit_references, run_synthesizer
 
 SAMPLING = SamplingConfig(max_tokens=24)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.datasets import load_problems
-from programs.config import RunConfig, SamplingConfig
+from programs.core.config import RunConfig, SamplingConfig
+from programs.core.jsonl import RecordFile
+from programs.datasets import load_problems
 from programs.pipeline import Stage
-from programs.records import RecordFile
 from rl.curate import RECORDS, KeepRule, curate, curated_record, main
 
 

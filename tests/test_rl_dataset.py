@@ -10,7 +10,7 @@ import pytest
 from openrlhf.datasets.prompts_dataset import preprocess_data
 from transformers import AutoTokenizer
 
-from programs.prompts import chat_prompt, synthesizer_query
+from programs.core.prompts import chat_prompt, synthesizer_query
 from rl.curate import RECORDS, KeepRule, curated_record
 from rl.dataset import build_rows, draw_references, main, query_rows
 
@@ -125,5 +125,7 @@ def test_cli_names_a_model_it_cannot_load(tmp_path, capsys):
     argv = ["--curated", str(tmp_path), "--output", str(tmp_path / "t.jsonl"), "--model", str(missing)]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"cannot load the tokenizer of --model {missing}" in err and "python -m engine.tiny_model" in err
+    assert (
+        f"cannot load the tokenizer of --model {missing}" in err and "python -m programs.offline.model" in err
+    )
     assert not (tmp_path / "t.jsonl").exists()

@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from benchmarks.grading import extract_answer
-from programs.prompts import synthesizer_query
+from programs.core.grading import extract_answer
+from programs.core.prompts import synthesizer_query
 from rl.reward import response_text, reward_func
 
 REWARD_FILE = Path(__file__).resolve().parents[1] / "rl" / "reward.py"

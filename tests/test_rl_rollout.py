@@ -23,9 +23,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from benchmarks.grading import extract_answer, is_equivalent
 from engine.spec import launch_command
-from programs.prompts import chat_prompt
+from programs.core.grading import extract_answer, is_equivalent
+from programs.core.prompts import chat_prompt
 from rl import sglang_rollout, vllm_standin
 from rl.sglang_rollout import (
     SGLangRollout,

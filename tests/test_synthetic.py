@@ -9,14 +9,14 @@ from collections import Counter
 import pytest
 from transformers import AutoTokenizer
 
-from benchmarks import synthetic
-from benchmarks.datasets import DatasetError, Problem, load_problems
-from benchmarks.grading import extract_answer
-from engine.tiny_model import tiny_model_path
-from programs.config import SamplingConfig
+from programs.core.config import SamplingConfig
+from programs.core.grading import extract_answer
+from programs.core.prompts import chat_prompt, synthesizer_query
+from programs.datasets import DatasetError, Problem, load_problems
 from programs.explorer import run_explorer
+from programs.offline import task as synthetic
+from programs.offline.model import tiny_model_path
 from programs.pipeline import Stage
-from programs.prompts import chat_prompt, synthesizer_query
 from programs.synthesizer import run_synthesizer
 
 QUESTION = re.compile(r"What is (\d+(?: [-+*] \d+){1,2})\?")

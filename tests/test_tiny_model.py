@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from engine import tiny_model
-from engine.tiny_model import (
+from programs.offline import model as tiny_model
+from programs.offline.model import (
     RECIPE,
     TrainRecipe,
     build_config,

@@ -1,6 +1,6 @@
 """A seeded arithmetic task in the A2R format: benchmark problems, and the turns the offline tiny model learns.
 
-    load_problems("synthetic")           # 100 problems, seed 0 (benchmarks.datasets)
+    load_problems("synthetic")           # 100 problems, seed 0 (programs.datasets)
     load_problems("synthetic:7:500")     # seed 7, 500 problems
 
 Problems are two- or three-operand expressions of small integers such as `7 + 5 * 3`, every intermediate and
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from programs.prompts import chat_prompt, synthesizer_query
+from programs.core.prompts import chat_prompt, synthesizer_query
 
 NAME = "synthetic"
 DEFAULT_SEED, DEFAULT_COUNT = 0, 100
@@ -192,7 +192,7 @@ def training_turns(seed: int, count: int, task: Task = Task()) -> Iterator[Turn]
 
 
 def render(tokenizer: Any, turn: Turn) -> tuple[str, str]:
-    """(prompt, reply): the prompt exactly as `programs.prompts.chat_prompt` serves it, and the reply up to
+    """(prompt, reply): the prompt exactly as `programs.core.prompts.chat_prompt` serves it, and the reply up to
     and including the end-of-turn token, both cut from the chat template's rendering of the whole exchange."""
     prompt = chat_prompt(tokenizer, turn.user)
     whole = tokenizer.apply_chat_template(

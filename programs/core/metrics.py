@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from benchmarks.grading import is_equivalent
+from programs.core.grading import is_equivalent
 
 
 def _answered(answer: str | None) -> bool:

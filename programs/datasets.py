@@ -1,9 +1,9 @@
 """Problem sets in one shape (`id`, `problem`, `answer`), from the shipped copies, local files or the hub.
 
-    load_problems("aime24")                           # shipped, see benchmarks/data/SOURCES.md
+    load_problems("aime24")                           # shipped, see programs/data/SOURCES.md
     load_problems("mine.jsonl", limit=10)             # a local .jsonl / .json / .parquet file
     load_problems("hf:HuggingFaceH4/MATH-500:test")   # hf:REPO[:SPLIT] or hf:REPO:CONFIG:SPLIT (needs network)
-    load_problems("synthetic:7:500")                  # generated arithmetic, see benchmarks/synthetic.py
+    load_problems("synthetic:7:500")                  # generated arithmetic, see programs/offline/task.py
 
 Sources name their fields differently (problem / question / Question, answer / Answer, id / unique_id); they
 are mapped here once so nothing downstream has to know. GSM8K-style answers ("... #### 1,234") keep only
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import synthetic
+from programs.offline import task as synthetic
 
 DATA_DIR = Path(__file__).parent / "data"
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -47,7 +47,7 @@ class Problem:
 
 
 def shipped_names() -> list[str]:
-    """The problem sets shipped with the project: the files in benchmarks/data/, and the generated
+    """The problem sets shipped with the project: the files in programs/data/, and the generated
     `synthetic` set (`synthetic:SEED:COUNT` for another draw)."""
     return sorted([*(path.stem for path in DATA_DIR.glob("*.jsonl")), synthetic.NAME])
 

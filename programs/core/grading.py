@@ -17,7 +17,7 @@ import re
 import threading
 from multiprocessing.connection import Connection
 
-from programs.prompts import answer_part
+from programs.core.prompts import answer_part
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def extract_answer(response: str) -> str | None:
     """The boxed answer of a raw model response, read only from its answer part (after the last `</think>`).
 
     The thinking trace may try several boxed answers before settling; only the answer part counts. A
-    response with no `</think>` is read whole (see `programs.prompts.answer_part`).
+    response with no `</think>` is read whole (see `programs.core.prompts.answer_part`).
     """
     return extract_boxed(answer_part(response).text)
 

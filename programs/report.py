@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from benchmarks.metrics import aggregate, score_problem
+from programs.core.metrics import aggregate, score_problem
 
 
 def accuracy(records: list[dict[str, Any]]) -> dict[str, float | int] | None:

@@ -4,11 +4,11 @@ synthetic arithmetic task in the A2R format, seeded and cached on disk.
 No weights can be downloaded on the CPU machines, so the CPU default and the tests serve this model instead:
 2 layers, hidden 128, 4 query / 2 KV heads, a byte-level BPE tokenizer learned from the project's own math
 text and the synthetic task, and a Qwen3-style ChatML chat template with the `enable_thinking` switch.
-The first build trains it for `TrainRecipe.steps` steps on `benchmarks.synthetic` explorer and synthesizer
+The first build trains it for `TrainRecipe.steps` steps on `programs.offline.task` explorer and synthesizer
 turns (about two minutes on two idle cores), so its answers mean something: it often gets small sums right,
 its samples disagree, and its synthesizer follows its references. Random weights stay one flag away.
 
-    python -m engine.tiny_model [--seed N] [--out DIR] [--untrained]    # prints the model directory
+    python -m programs.offline.model [--seed N] [--out DIR] [--untrained]    # prints the model directory
 """
 
 from __future__ import annotations
@@ -31,14 +31,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks import synthetic
-from programs import prompts
+from programs.core import prompts
+from programs.datasets import DATA_DIR
+from programs.offline import task as synthetic
 
 if TYPE_CHECKING:  # heavy imports are deferred until a model is actually built
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config
 
-CORPUS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "data"
+CORPUS_DIR = DATA_DIR  # the tokenizer also learns the words of the shipped problem sets
 CORPUS_FIELDS = ("problem", "question", "solution", "answer")  # text fields of the shipped datasets
 CACHE_ENV = "A2R_CACHE"
 TOKENIZER_TURNS = 2000  # synthetic turns the tokenizer also learns from

@@ -26,6 +26,7 @@ from engine.spec import EngineSpec, launch_command, launch_env
 READY_TIMEOUT_S = 600.0  # a large model's first load (and CUDA graph capture) can take minutes
 REMOTE_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
+FLUSH_WAIT_S = 30.0
 
 
 class EngineError(RuntimeError):
@@ -35,6 +36,31 @@ class EngineError(RuntimeError):
 def get_json(url: str, timeout: float = REMOTE_TIMEOUT_S) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
+
+
+def post(url: str, route: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> bytes:
+    """POST JSON to a server route; an HTTP error becomes an EngineError carrying the server's answer."""
+    data = json.dumps(body or {}).encode()
+    request = urllib.request.Request(f"{url}{route}", data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        raise EngineError(f"{url}{route} answered {exc.code}: {detail}") from None
+
+
+def flush_cache(url: str, wait_s: float = FLUSH_WAIT_S) -> None:
+    """Empty the server's prefix cache. SGLang flushes only once idle, so it waits up to `wait_s` for the
+    requests still running."""
+    post(url, f"/flush_cache?timeout={wait_s:g}", timeout=wait_s + 10)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the OS's choice)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def server_info(spec: EngineSpec) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from engine.spec import EngineSpec
 
 DEFAULT_EXPLORER = "Qwen/Qwen3-4B"  # A2R-Efficient: small explorer ...
 DEFAULT_SYNTHESIZER = "Qwen/Qwen3-8B"  # ... large synthesizer
-CPU_KV_TOKENS = 65536  # without a bound SGLang sizes the CPU KV pool from system memory (~15 GB, 30 s)
 
 
 @dataclass
@@ -87,9 +86,8 @@ def plan(config: EngineConfig, *, device: str, gpus: int = 0, cpu_count: int | N
         device=device,
         tp=config.tp,
         dp=config.dp,
-        max_total_tokens=config.max_total_tokens or (CPU_KV_TOKENS if device == "cpu" else None),
+        max_total_tokens=config.max_total_tokens,
         context_length=config.context_length,
-        attention_backend="torch_native" if device == "cpu" else None,
         load_format=config.load_format,
         deterministic=config.deterministic,
         port=config.port,

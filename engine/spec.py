@@ -15,6 +15,11 @@ from pathlib import Path
 CPU_KERNEL_DIR = Path(__file__).resolve().parent / "cpu_kernel"
 
 DEVICES = ("cuda", "cpu")
+# SGLang's CPU engine, as these machines run it (the one place its defaults live):
+CPU_KV_TOKENS = 65536  # without a bound SGLang sizes the CPU KV pool from system memory (~15 GB, 30 s)
+CPU_ATTENTION_BACKEND = (
+    "torch_native"  # the only attention backend SGLang's CPU engine has without AMX kernels
+)
 
 
 @dataclass(frozen=True)
@@ -27,9 +32,9 @@ class EngineSpec:
     dp: int = 1  # data-parallel replicas
     base_gpu_id: int = 0  # first GPU this server uses
     mem_fraction_static: float | None = None  # share of the GPU memory free at launch for weights + KV
-    max_total_tokens: int | None = None  # bound on the KV pool, in tokens
+    max_total_tokens: int | None = None  # bound on the KV pool, in tokens (CPU: CPU_KV_TOKENS unless set)
     context_length: int | None = None  # override the model's context length
-    attention_backend: str | None = None  # None: SGLang's choice (flashinfer/fa3 on GPU)
+    attention_backend: str | None = None  # None: SGLang's choice (flashinfer/fa3 on GPU), torch_native on CPU
     load_format: str | None = None  # "dummy": random weights from config.json alone
     host: str = "127.0.0.1"
     port: int = 30000
@@ -53,6 +58,9 @@ class EngineSpec:
         if self.device == "cpu" and self.deterministic:
             # SGLang 0.5.23 allows deterministic inference only with GPU attention backends.
             raise ValueError("deterministic sampling (per-path seeds) needs a GPU attention backend, not cpu")
+        if self.device == "cpu":  # a frozen dataclass fills its own defaults through object.__setattr__
+            object.__setattr__(self, "max_total_tokens", self.max_total_tokens or CPU_KV_TOKENS)
+            object.__setattr__(self, "attention_backend", self.attention_backend or CPU_ATTENTION_BACKEND)
 
     @property
     def base_url(self) -> str:

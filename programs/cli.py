@@ -4,50 +4,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import signal
-import types
-import typing
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from rich.console import Console
 
 from engine.layout import EngineConfig, Engines, plan
 from programs.core.config import QWEN3_THINKING
+from programs.core.flags import add_dataclass_args, dataclass_from_args
 from programs.offline import task as synthetic
 
 T = TypeVar("T")
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_dataclass_args(group: argparse._ArgumentGroup, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field of `cls`, typed from its annotation and helped by its `metadata["help"]`."""
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if field.name in skip:
-            continue
-        kind = hints[field.name]
-        options: dict[str, Any] = {"help": field.metadata.get("help"), "default": field.default}
-        args = typing.get_args(kind)
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(kind) is tuple:
-            options.update(type=args[0], nargs=len(args))
-        else:
-            if typing.get_origin(kind) in (typing.Union, types.UnionType):
-                kind = next(a for a in args if a is not type(None))
-            options["type"] = kind
-        group.add_argument(flag(field.name), **options)
-
-
-def dataclass_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return cls(**{**values, **overrides})
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:

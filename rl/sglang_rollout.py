@@ -28,7 +28,6 @@ import ctypes
 import json
 import runpy
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +36,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from engine.launch import READY_TIMEOUT_S, check_model, check_port_free, stop, wait_ready
-from engine.layout import CPU_KV_TOKENS
+from engine.launch import READY_TIMEOUT_S, check_model, check_port_free, free_port, stop, wait_ready
 from engine.spec import EngineSpec, launch_command, launch_env
 from rl.vllm_standin import (
     CompletionOutput,
@@ -100,12 +98,6 @@ def tags_to_wake(asleep: set[str], tags: list[str] | None) -> list[str]:
     return [t for t in MEMORY_TAGS if t in wanted & asleep]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
 def rollout_spec(
     model: str,
     *,
@@ -133,9 +125,7 @@ def rollout_spec(
         model=model,
         device=device,
         mem_fraction_static=gpu_memory_utilization if device == "cuda" else None,
-        max_total_tokens=CPU_KV_TOKENS if device == "cpu" else None,
         context_length=max_model_len,
-        attention_backend="torch_native" if device == "cpu" else None,
         deterministic=deterministic,
         port=port,
         extra_args=tuple(extra),

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from engine.launch import serve
+from engine.launch import free_port, serve
 from engine.layout import EngineConfig, Engines, plan
 from programs.offline.model import tiny_model_path
 
@@ -18,12 +17,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # A killed test run (CI's time limit, `timeout`) must still stop its engines: SIGTERM takes the
     # Ctrl-C path, which runs fixture teardown.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,0 +1,61 @@
+"""Two ways to run A2R, chosen once per command: the paper's models on a GPU, or the offline tiny model on a CPU.
+
+A profile carries every default that differs between them (models, problem sets, token budgets and the
+throughput benchmark's scale), so no other module asks which device it is on to pick a default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from programs.offline.task import NAME as SYNTHETIC
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    explorer_model: str | None  # None: the offline kit builds the model (`programs.offline`)
+    synthesizer_model: str | None
+    datasets: tuple[str, ...]  # the problem sets a run uses when none is named; the first for one set
+    explorer_max_tokens: int  # token budget per explorer path
+    synthesizer_max_tokens: int
+    throughput_scale: float  # share of the paper's Table 4 lengths in fixed-length throughput runs
+    throughput_limit: int | None  # problems the throughput benchmark runs (None: all)
+
+
+# A2R-Efficient (Qwen3-4B -> Qwen3-8B) on the paper's benchmarks. Its paths run 15.7k-20.5k tokens and its
+# syntheses 4.4k-5.8k (Table 4), within these budgets.
+PAPER = Profile(
+    name="paper",
+    explorer_model="Qwen/Qwen3-4B",
+    synthesizer_model="Qwen/Qwen3-8B",
+    datasets=("aime24", "aime25", "beyond_aime"),
+    explorer_max_tokens=32768,
+    synthesizer_max_tokens=16384,
+    throughput_scale=1.0,
+    throughput_limit=None,
+)
+
+# The project's own tiny model on the synthetic task it was trained on; its turns are a few dozen tokens, and
+# a throughput run of 8 problems at 1% of Table 4's lengths takes minutes on two cores.
+OFFLINE = Profile(
+    name="offline",
+    explorer_model=None,
+    synthesizer_model=None,
+    datasets=(SYNTHETIC,),
+    explorer_max_tokens=160,
+    synthesizer_max_tokens=160,
+    throughput_scale=0.01,
+    throughput_limit=8,
+)
+
+PROFILES = {profile.name: profile for profile in (PAPER, OFFLINE)}
+
+
+def choose_profile(requested: str | None, device: str, model_named: bool) -> Profile:
+    """`requested` by name, else offline exactly when there is no GPU and no model or server was named."""
+    if requested is not None:
+        if requested not in PROFILES:
+            raise ValueError(f"unknown profile {requested!r}: choose one of {', '.join(PROFILES)}")
+        return PROFILES[requested]
+    return OFFLINE if device == "cpu" and not model_named else PAPER

@@ -5,6 +5,8 @@
     python -m benchmarks.cost --explorer-model qwen3-32b --n 1 --explorer-tokens 130,17422 --json
     python -m benchmarks.cost --records runs/demo/records.jsonl --explorer-model qwen3-4b --synthesizer-model qwen3-8b
 
+The first line prices Table 4's Qwen3-4B -> Qwen3-8B row at N=4 (its token counts are `TABLE4_4B_TO_8B`).
+
     explorer    = N x (T_in,E x P_in + T_out,E x P_out)      (token counts per explorer path)
     synthesizer =      T_in,S x P_in + T_out,S x P_out
     total       = explorer + synthesizer                      (no synthesizer: a plain N-sample run)
@@ -30,7 +32,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from programs.datasets import read_jsonl
+from programs.core.jsonl import read_jsonl
 
 CURRENCY = "CNY"
 
@@ -79,6 +81,16 @@ DEFAULT_PRICES: dict[str, Price] = {
     "qwen3-4b": Price(input=0.0003, output=0.003),
     "qwen3-8b": Price(input=0.0005, output=0.005),
     "qwen3-32b": Price(input=0.002, output=0.02),
+}
+
+
+# The paper's Table 4 token counts for Qwen3-4B explorers -> a Qwen3-8B synthesizer at N=4 (the "average"
+# row over AIME24, AIME25 and BeyondAIME): per explorer path, and for the synthesizer.
+TABLE4_4B_TO_8B: dict[str, int] = {
+    "explorer_in": 130,
+    "explorer_out": 18597,
+    "synthesizer_in": 4406,
+    "synthesizer_out": 4982,
 }
 
 
@@ -209,13 +221,21 @@ def _tokens(entry: dict[str, Any], where: str) -> Tokens:
     return Tokens(float(entry["prompt_tokens"]), float(entry["completion_tokens"]))
 
 
+def add_price_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Declare `--prices FILE` and `--price MODEL=IN,OUT` (repeatable) on a parser or argument group.
+
+    They land in `args.prices` (a path or None) and `args.price` (a list); pass both to `load_prices`.
+    """
+    parser.add_argument("--prices", metavar="FILE", help='JSON {"MODEL": {"input": P, "output": P}}, CNY/1K')
+    parser.add_argument("--price", action="append", default=[], metavar="MODEL=IN,OUT", help="set one price")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cost", description=__doc__.split("\n")[0])
     models = parser.add_argument_group("models and prices")
     models.add_argument("--explorer-model", help="explorer price key or hub id (overrides records' config)")
     models.add_argument("--synthesizer-model", help="synthesizer price key or hub id; omit for a plain run")
-    models.add_argument("--prices", metavar="FILE", help='JSON {"MODEL": {"input": P, "output": P}}, CNY/1K')
-    models.add_argument("--price", action="append", default=[], metavar="MODEL=IN,OUT", help="set one price")
+    add_price_args(models)
     tokens = parser.add_argument_group("from token counts (the paper's Table 4)")
     tokens.add_argument("--n", type=int, default=1, help="explorer paths per problem (1 = single sample)")
     tokens.add_argument("--explorer-tokens", metavar="IN,OUT", help="input,output tokens per explorer path")

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from programs.core.grading import extract_answer
+from programs.core.jsonl import JsonlError, read_jsonl
 from programs.core.metrics import Summary, aggregate, score_problem
 
 
@@ -37,7 +38,9 @@ class ScoreInputError(ValueError):
 
 
 @dataclass(frozen=True)
-class Problem:
+class SampledProblem:
+    """One line of the input: a gold answer and the answers of its k samples (None: no answer)."""
+
     line: int  # 1-based line in the input file, for error messages
     gold: str
     answers: list[str | None]
@@ -63,36 +66,30 @@ def _answers(samples: Any, where: str, key: str, responses: bool) -> list[str | 
     return [extract_answer(s) for s in samples] if responses else list(samples)
 
 
-def read_problems(path: Path, gold_key: str, samples_key: str, responses: bool) -> list[Problem]:
+def read_problems(path: Path, gold_key: str, samples_key: str, responses: bool) -> list[SampledProblem]:
     """Read and check every line of `path`; `responses` says whether samples are raw responses."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        rows = read_jsonl(path)
     except OSError as e:
         raise ScoreInputError(f"{path}: cannot read: {e.strerror or e}") from e
+    except JsonlError as e:
+        raise ScoreInputError(str(e)) from e
     problems = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, row in rows:
         where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ScoreInputError(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from e
-        if not isinstance(row, dict):
-            raise ScoreInputError(f"{where}: expected a JSON object, got {type(row).__name__}")
         for key in (gold_key, samples_key):
             if key not in row:
                 raise ScoreInputError(
                     f"{where}: no key {key!r} (keys: {', '.join(map(repr, row)) or 'none'})"
                 )
         answers = _answers(row[samples_key], where, samples_key, responses)
-        problems.append(Problem(number, _gold(row[gold_key], where, gold_key), answers))
+        problems.append(SampledProblem(number, _gold(row[gold_key], where, gold_key), answers))
     if not problems:
         raise ScoreInputError(f"{path}: no problems (the file is empty)")
     return problems
 
 
-def score_problems(problems: list[Problem], n: int | None, path: Path) -> Summary:
+def score_problems(problems: list[SampledProblem], n: int | None, path: Path) -> Summary:
     """Score every problem at N (default: the common number of samples k) and average them."""
     if n is None:
         sizes = {len(p.answers): p.line for p in problems}

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.cost import (
     DEFAULT_PRICES,
-    Cost,
+    TABLE4_4B_TO_8B,
     Price,
     Tokens,
     estimate_cost,
@@ -60,14 +60,29 @@ def test_reproduces_table_4_cost_column_within_3_percent(row):
     assert cost.total == pytest.approx(paper, rel=0.03)
 
 
+def test_table4_constant_is_the_4b_to_8b_average_row():
+    (row,) = [row for row in TABLE_4 if row[0] == "average 4B->8B"]
+    _, _, (explorer_in, explorer_out), _, (synthesizer_in, synthesizer_out), _ = row
+    assert TABLE4_4B_TO_8B == {
+        "explorer_in": explorer_in,
+        "explorer_out": explorer_out,
+        "synthesizer_in": synthesizer_in,
+        "synthesizer_out": synthesizer_out,
+    }
+
+
 def test_formula_stages():
-    cost = estimate_cost(DEFAULT_PRICES, "qwen3-4b", 4, Tokens(130, 18597), "qwen3-8b", Tokens(4406, 4982))
-    assert cost.explorer == pytest.approx(4 * (130 * 0.0003 + 18597 * 0.003) / 1000)
-    assert cost.synthesizer == pytest.approx((4406 * 0.0005 + 4982 * 0.005) / 1000)
-    assert cost.as_dict() == {"explorer": cost.explorer, "synthesizer": cost.synthesizer, "total": cost.total}
-    assert round(cost.total, 4) == 0.2504
-    plain = estimate_cost(DEFAULT_PRICES, "qwen3-4b", 4, Tokens(130, 18597))
-    assert plain == Cost(explorer=cost.explorer, synthesizer=0.0)
+    t = TABLE4_4B_TO_8B
+    explorer_tokens = Tokens(t["explorer_in"], t["explorer_out"])
+    synthesizer_tokens = Tokens(t["synthesizer_in"], t["synthesizer_out"])
+    cost = estimate_cost(DEFAULT_PRICES, "qwen3-4b", 4, explorer_tokens, "qwen3-8b", synthesizer_tokens)
+    # By hand: 4 x (130 x 0.0003 + 18597 x 0.003) / 1000 = 4 x 55.83 / 1000 = 0.22332;
+    # (4406 x 0.0005 + 4982 x 0.005) / 1000 = (2.203 + 24.91) / 1000 = 0.027113.
+    assert cost.as_dict() == pytest.approx(
+        {"explorer": 0.22332, "synthesizer": 0.027113, "total": 0.250433}, rel=1e-12
+    )
+    plain = estimate_cost(DEFAULT_PRICES, "qwen3-4b", 4, explorer_tokens)
+    assert plain.as_dict() == pytest.approx({"explorer": 0.22332, "synthesizer": 0.0, "total": 0.22332})
 
 
 def test_hub_ids_and_paths_alias_price_keys():
@@ -173,15 +188,35 @@ def test_cli_tokens_json(capsys):
     argv = ["--explorer-model", "Qwen/Qwen3-32B", "--n", "1", "--explorer-tokens", "130,17422", "--json"]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["total"] == pytest.approx(0.343, rel=0.03)
-    assert (out["explorer"], out["synthesizer"]) == (out["total"], 0.0)
+    # By hand: (130 x 0.002 + 17422 x 0.02) / 1000 = (0.26 + 348.44) / 1000 = 0.3487 (the paper: 0.343).
+    assert out == {
+        "explorer": pytest.approx(0.3487, rel=1e-12),
+        "synthesizer": 0.0,
+        "total": pytest.approx(0.3487, rel=1e-12),
+        "n": 1,
+        "currency": "CNY",
+    }
+
+
+def table_rows(out: str) -> list[list[str]]:
+    """The stripped cells of each header and body line of a rich table."""
+    return [
+        [cell.strip() for cell in line.split(line[0])[1:-1]]
+        for line in out.splitlines()
+        if line.startswith(("┃", "│"))
+    ]
 
 
 def test_cli_table_and_price_flag(capsys):
     argv = ["--explorer-model", "tiny", "--explorer-tokens", "1000,1000", "--n", "2", "--price", "tiny=1,2"]
     assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "explorer" in out and "total" in out and "6" in out  # 2 x (1 + 2)
+    # By hand: each path (1000 x 1 + 1000 x 2) / 1000 = 3 CNY, so 2 paths cost 6; no synthesizer.
+    assert table_rows(capsys.readouterr().out) == [
+        ["stage", "detail", "cost (CNY/problem)"],
+        ["explorer", "2 x tiny 1000,1000", "6"],
+        ["synthesizer", "-", "0"],
+        ["total", "", "6"],
+    ]
 
 
 def test_cli_records(tmp_path, capsys):
@@ -189,17 +224,21 @@ def test_cli_records(tmp_path, capsys):
     file.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     assert main(["--records", str(file), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["problems"] == 2
-    assert out["cons"]["total"] == pytest.approx(0.00456)
-    assert out["a2r"]["total"] == pytest.approx(0.00456 + 0.001375)
+    # By hand, per problem: explorer (0.00906 + 0.00006) / 2 = 0.00456, synthesizer (0.00225 + 0.0005) / 2.
+    assert out == {
+        "problems": 2,
+        "cons": pytest.approx({"explorer": 0.00456, "synthesizer": 0.0, "total": 0.00456}),
+        "a2r": pytest.approx({"explorer": 0.00456, "synthesizer": 0.001375, "total": 0.005935}),
+        "currency": "CNY",
+    }
 
 
 def test_cli_errors(capsys):
     assert main(["--explorer-model", "llama", "--explorer-tokens", "1,1"]) == 2
     assert "no price for model 'llama'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         main(["--explorer-model", "qwen3-4b", "--synthesizer-model", "qwen3-8b", "--explorer-tokens", "1,1"])
-    assert "go together" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    assert exit_.value.code == 2 and "go together" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
         main(["--records", "r.jsonl", "--n", "4"])
-    assert "--records takes its token counts" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "--records takes its token counts" in capsys.readouterr().err

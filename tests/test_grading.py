@@ -1,9 +1,13 @@
 """Answer extraction and math-verify equivalence on literal inputs, from any thread and under a time limit."""
 
+import contextlib
 import logging
 import multiprocessing as mp
+import os
+import signal
 import threading
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -95,20 +99,72 @@ def test_works_off_the_main_thread():
     assert results == {"half": True, "wrong": False}
 
 
-def test_timeout_counts_as_not_equivalent_and_the_worker_recovers(caplog):
-    # A pair no earlier test sent (the worker caches parses) cannot be parsed in another process and
-    # answered within a nanosecond, so this limit must time out.
-    k = 1000 + uuid.uuid4().int % 10**6
-    gold, answer = rf"\frac{{3}}{{{k}}}", rf"\frac{{6}}{{{2 * k}}}"
-    with caplog.at_level(logging.WARNING, logger="programs.core.grading"):
-        assert not is_equivalent(gold, answer, timeout_s=1e-9)
-    assert "took longer than 1e-09 s" in caplog.text
-    # The killed worker is replaced and the same pair now gets its real verdict.
-    assert is_equivalent(gold, answer)
-
-
 def verifier_workers() -> list[mp.process.BaseProcess]:
     return [p for p in mp.active_children() if p.name == "math-verify"]
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def grading_warnings() -> Iterator[list[logging.LogRecord]]:
+    """The warnings the grading module logs meanwhile, from a handler on its own logger.
+
+    Not caplog, which listens at the root: it hears nothing once an earlier test or library has turned off
+    the logger's propagation, raised its level, or disabled it or all logging (`logging.config.dictConfig`
+    disables the loggers that exist by default). Each of those is undone here, then restored.
+    """
+    logger = logging.getLogger(is_equivalent.__module__)
+    level, disabled, filters = logger.level, logger.disabled, logger.filters[:]
+    disabled_up_to = logging.root.manager.disable
+    handler = _Collect()
+    logger.setLevel(logging.WARNING)
+    logger.disabled = False
+    logger.filters.clear()
+    logging.disable(logging.NOTSET)
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.disabled = disabled
+        logger.filters[:] = filters
+        logging.disable(disabled_up_to)
+
+
+def test_timeout_counts_as_not_equivalent_and_the_worker_recovers():
+    # A pair no earlier call sent, so that no verdict cached in this process answers it.
+    k = 1000 + uuid.uuid4().int % 10**6
+    gold, answer = rf"\frac{{3}}{{{k}}}", rf"\frac{{6}}{{{2 * k}}}"
+    start_verifier()
+    (worker,) = verifier_workers()
+    # A stopped worker cannot answer, however loaded the machine: the comparison must time out. SIGSTOP is
+    # pending before the request is sent, and the worker stops before it runs any code after reading it.
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        with grading_warnings() as warnings:
+            assert not is_equivalent(gold, answer, timeout_s=0.2)
+        assert worker.exitcode == -signal.SIGKILL  # killed by the verifier, not left to answer late
+    finally:
+        if worker.is_alive():  # the verifier did not kill it: do not leave a stopped worker to later tests
+            worker.kill()
+            worker.join()
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert f"{gold!r} with answer {answer!r} took longer than 0.2 s" in warnings[0].getMessage()
+    # A fresh worker replaces it (start_verifier waits out its start, which can take many seconds on a loaded
+    # machine) and the same pair gets its real verdict, under a limit no load makes it exceed.
+    start_verifier()
+    (fresh,) = verifier_workers()
+    assert fresh is not worker
+    assert is_equivalent(gold, answer, timeout_s=60)
+    assert verifier_workers() == [fresh]
 
 
 def test_start_verifier_starts_one_worker_ahead_of_the_first_comparison():

@@ -66,16 +66,13 @@ def test_responses_key_reads_the_answer_after_the_thinking(tmp_path, capsys):
 def test_table_by_default(tmp_path, capsys):
     path = _write(tmp_path, [{"gold": "1", "answers": ["1", "2"]}])
     assert main([str(path), "--gold-key", "gold", "--answers-key", "answers"]) == 0
-    out = capsys.readouterr().out
-    for text in (
-        "pass@1",
-        "cons@2",
-        "pass@2",
-        "50.00",
-        "100.00",
-        "1 problems, 2 samples, 0 without an answer",
-    ):
-        assert text in out
+    first, *table = capsys.readouterr().out.splitlines()
+    assert first == f"{path}: 1 problems, 2 samples, 0 without an answer"
+    # 1 of 2 correct; the one group [1, 2] is a tie won by 1, the first seen.
+    rows = [
+        [cell.strip() for cell in line.split(line[0])[1:-1]] for line in table if line.startswith(("┃", "│"))
+    ]
+    assert rows == [["pass@1", "cons@2", "pass@2"], ["50.00", "100.00", "100.00"]]
 
 
 @pytest.mark.parametrize(
@@ -120,15 +117,26 @@ def test_responses_must_be_strings(tmp_path, capsys):
     assert "'responses'[1] is NoneType; responses must be strings" in capsys.readouterr().err
 
 
+def test_file_that_is_not_utf8(tmp_path, capsys):
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(b'{"gold": "1", "answers": ["\xff"]}\n')
+    assert main([str(path), "--gold-key", "gold", "--answers-key", "answers"]) == 2
+    assert f"{path}: not UTF-8 text" in capsys.readouterr().err
+
+
 def test_missing_file(tmp_path, capsys):
     path = tmp_path / "nope.jsonl"
     assert main([str(path), "--gold-key", "gold", "--answers-key", "answers"]) == 2
     assert f"{path}: cannot read" in capsys.readouterr().err
 
 
-def test_exactly_one_samples_key_is_required(tmp_path):
+def test_exactly_one_samples_key_is_required(tmp_path, capsys):
     path = _write(tmp_path, [{"gold": "1", "answers": ["1"]}])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         main([str(path), "--gold-key", "gold"])
-    with pytest.raises(SystemExit):
+    assert exit_.value.code == 2
+    assert "one of the arguments --responses-key --answers-key is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
         main([str(path), "--gold-key", "gold", "--answers-key", "a", "--responses-key", "r"])
+    assert exit_.value.code == 2
+    assert "--responses-key: not allowed with argument --answers-key" in capsys.readouterr().err

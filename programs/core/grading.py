@@ -123,6 +123,9 @@ def _serve(conn: Connection) -> None:
         # Unboxed, LaTeX such as `\frac12` or `\pi` is not found at all and `2\sqrt{3}` is read as 2.
         return parse(f"\\boxed{{{bare}}}", configs, parsing_timeout=None)
 
+    # The first comparison is ~30x slower than later ones (lazy set-up inside math-verify and sympy); paying
+    # for it here puts it under the startup limit instead of the first real comparison's `timeout_s`.
+    verify(parsed("\\frac{1}{2}"), parsed("0.5"), timeout_seconds=None)
     conn.send("ready")
     while True:
         try:

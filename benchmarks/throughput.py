@@ -24,8 +24,6 @@ import os
 import platform
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,29 +31,25 @@ from statistics import mean
 from typing import Any
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
-from engine.launch import EngineError, serve
+from benchmarks.cost import TABLE4_4B_TO_8B
+from engine.launch import EngineError, flush_cache, post, serve
 from engine.layout import Engines
-from programs.cli import add_engine_args, add_sampling_args, plan_engines
-from programs.core.config import BUDGETS, RunConfig, SamplingConfig
+from programs import cli
+from programs.cli import console
+from programs.core.config import RunConfig
 from programs.core.grading import start_verifier
-from programs.core.prompts import chat_prompt
-from programs.datasets import DatasetError, Problem, load_problems
-from programs.pipeline import Pipeline, Stage, stage_slots
+from programs.core.records import PathRecord, Problem, ProblemRecord, usage
+from programs.datasets import DatasetError, load_problems
+from programs.engine_handle import EngineHandle
+from programs.pipeline import Pipeline, stage_slots
+from programs.profile import Profile
 
-# The paper's Table 4 (Qwen3-4B -> Qwen3-8B, N=4), tokens per explorer path and per synthesis.
-PAPER_TOKENS = {"explorer_in": 130, "explorer_out": 18597, "synthesizer_in": 4406, "synthesizer_out": 4982}
-# One reference in the synthesizer's prompt: its input less the query, shared by the N=4 references.
-PAPER_REFERENCE_TOKENS = (PAPER_TOKENS["synthesizer_in"] - PAPER_TOKENS["explorer_in"]) // 4
-DEFAULT_SCALE = {"cuda": 1.0, "cpu": 0.01}  # CPU: paths of 186 tokens, about the CPU budgets
-DEFAULT_LIMIT = {"cuda": None, "cpu": 8}  # CPU: a few minutes in all
+# One reference in the synthesizer's prompt in Table 4: its input less the query, shared by the N=4 references.
+PAPER_REFERENCE_TOKENS = (TABLE4_4B_TO_8B["synthesizer_in"] - TABLE4_4B_TO_8B["explorer_in"]) // 4
 MODES = ("sc", "a2r", "raw")
 ROLES = ("explorer", "synthesizer")
-FLUSH_WAIT_S = 30  # the server flushes only once idle; let it wait that long for stragglers
-
-console = Console()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,18 +59,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run = parser.add_argument_group("run")
     run.add_argument("--n", type=int, default=4, help="explorer paths per problem")
     run.add_argument("--dataset", default="aime24", help="shipped name, a .jsonl/.parquet file, or hf:REPO")
-    run.add_argument("--limit", type=int, help="first LIMIT problems (default: 8 on CPU, all on GPU)")
+    run.add_argument("--limit", type=int, help="first LIMIT problems (default: the profile's; all on a GPU)")
     run.add_argument("--output", type=Path, help="folder for the results (default: runs/throughput-...)")
     fixed = parser.add_argument_group("fixed length (comparable across weights, e.g. --load-format dummy)")
     fixed.add_argument("--fixed-length", action="store_true", help="ignore EOS: decode exactly the lengths")
     fixed.add_argument("--explorer-tokens", type=int, help="tokens per path (default: Table 4's x scale)")
     fixed.add_argument("--synthesizer-tokens", type=int, help="tokens per synthesis (default: idem)")
-    fixed.add_argument("--scale", type=float, help="share of Table 4's lengths (default: GPU 1.0, CPU 0.01)")
-    add_engine_args(parser)
-    add_sampling_args(parser)
+    fixed.add_argument("--scale", type=float, help="share of Table 4's lengths (default: the profile's)")
+    cli.add_engine_args(parser)
+    cli.add_run_args(parser, skip=("synthesize", "shuffle_references"))
     args = parser.parse_args(argv)
-    if args.n < 1:
-        parser.error(f"--n must be at least 1, got {args.n}")
+    cli.check_positive(parser, args, "n", "limit")
     for name in ("explorer_tokens", "synthesizer_tokens", "scale"):
         value = getattr(args, name)
         if value is not None and (not args.fixed_length or value <= 0):
@@ -88,29 +81,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_config(args: argparse.Namespace, engines: Engines, device: str) -> tuple[RunConfig, int | None]:
+def run_config(args: argparse.Namespace, engines: Engines, profile: Profile) -> tuple[RunConfig, int | None]:
     """The A2R configuration every mode shares, and the reference length fixed-length runs cut paths to."""
+    budgets, reference_tokens = cli.budgets(profile), None
     if args.fixed_length:
-        scale = args.scale or DEFAULT_SCALE[device]
-        explorer = args.explorer_tokens or round(scale * PAPER_TOKENS["explorer_out"])
-        synthesizer = args.synthesizer_tokens or round(scale * PAPER_TOKENS["synthesizer_out"])
+        scale = args.scale or profile.throughput_scale
+        budgets = (
+            args.explorer_tokens or round(scale * TABLE4_4B_TO_8B["explorer_out"]),
+            args.synthesizer_tokens or round(scale * TABLE4_4B_TO_8B["synthesizer_out"]),
+        )
         reference_tokens = max(1, round(scale * PAPER_REFERENCE_TOKENS))
-    else:
-        explorer = args.explorer_max_tokens or BUDGETS[device]["explorer"]
-        synthesizer = args.synthesizer_max_tokens or BUDGETS[device]["synthesizer"]
-        reference_tokens = None
-
-    def sampling(tokens: int) -> SamplingConfig:
-        return SamplingConfig(tokens, args.temperature, args.top_p, args.top_k, ignore_eos=args.fixed_length)
-
-    config = RunConfig(
-        n=args.n,
-        explorer=sampling(explorer),
-        synthesizer=sampling(synthesizer),
-        explorer_model=engines.explorer.model or engines.explorer.base_url,
-        synthesizer_model=engines.synthesizer.model or engines.synthesizer.base_url,
-        seed=args.seed,
-        thinking=not args.no_thinking,
+    config = RunConfig.from_args(
+        args, budgets=budgets, ignore_eos=args.fixed_length, **cli.role_models(engines)
     )
     return config, reference_tokens
 
@@ -122,82 +104,70 @@ class PaperSizedReferences(Pipeline):
     answer part and the synthesizer would read many times the paper's prompt; this keeps it the paper's size.
     """
 
-    def __init__(self, config: RunConfig, explorer: Stage, synthesizer: Stage, reference_tokens: int) -> None:
+    def __init__(
+        self, config: RunConfig, explorer: EngineHandle, synthesizer: EngineHandle, reference_tokens: int
+    ) -> None:
         super().__init__(config, explorer, synthesizer)
         self.reference_tokens = reference_tokens
 
-    def explore(self, problem: Problem, clock: dict[str, float]) -> list[Any]:
+    def explore(self, problem: Problem, first_path: int = 0) -> list[PathRecord]:
         tokenizer, keep = self.explorer.tokenizer, self.reference_tokens
 
         def cut(text: str) -> str:
             ids = tokenizer.encode(text, add_special_tokens=False)
             return text if len(ids) <= keep else tokenizer.decode(ids[-keep:])
 
-        return [replace(p, answer_part=cut(p.answer_part)) for p in super().explore(problem, clock)]
+        return [replace(p, answer_part=cut(p.answer_part)) for p in super().explore(problem, first_path)]
 
 
-def post(url: str, route: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> bytes:
-    data = json.dumps(body or {}).encode()
-    request = urllib.request.Request(f"{url}{route}", data, {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.read()
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        raise EngineError(f"{url}{route} answered {exc.code}: {detail}") from None
-
-
-def run_raw(explorer: Stage, problems: list[Problem], config: RunConfig, slots: int) -> list[dict[str, Any]]:
+def run_raw(
+    explorer: EngineHandle, problems: list[Problem], config: RunConfig, slots: int
+) -> list[ProblemRecord]:
     """Each problem's prompt as one `/generate` request with `n`=N, `slots` problems in flight."""
     params = config.explorer.gen_kwargs()
     params.update(max_new_tokens=params.pop("max_tokens"), n=config.n)
-    prompts = {p.id: chat_prompt(explorer.tokenizer, p.problem, config.thinking) for p in problems}
-    url = explorer.backend.base_url
+    prompts = {
+        p.id: explorer.prompt(p.problem, config.explorer.max_tokens, config.thinking, p.id) for p in problems
+    }
     start = time.perf_counter()
 
-    def solve(problem: Problem) -> dict[str, Any]:
+    def solve(problem: Problem) -> ProblemRecord:
         started = time.perf_counter() - start
-        outputs = json.loads(post(url, "/generate", {"text": prompts[problem.id], "sampling_params": params}))
+        body = {"text": prompts[problem.id], "sampling_params": params}
+        outputs = json.loads(post(explorer.url, "/generate", body))
         finished = time.perf_counter() - start
         outputs = outputs if isinstance(outputs, list) else [outputs]
-        keys = ("prompt_tokens", "completion_tokens", "cached_tokens", "finish_reason")
-        return {
-            "id": problem.id,
-            "paths": [{k: out["meta_info"].get(k, 0) for k in keys} for out in outputs],
-            "synthesizer": None,
-            "timings": {"queued_at": started, "explore_started_at": started, "finished_at": finished,
-                        "explore_s": finished - started, "synthesize_s": 0.0, "total_s": finished - started},
-        }  # fmt: skip
+        paths = [PathRecord.from_engine(out["text"], out["meta_info"], None) for out in outputs]
+        timings = {"queued_at": started, "explore_started_at": started, "finished_at": finished,
+                   "explore_s": finished - started, "synthesize_s": 0.0, "total_s": finished - started}  # fmt: skip
+        return ProblemRecord(problem.id, problem.problem, problem.answer, {}, paths, {}, None, timings)
 
     with ThreadPoolExecutor(slots, "raw") as pool:
         return list(pool.map(solve, problems))
 
 
-def summarize(records: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+def summarize(records: list[ProblemRecord], wall_s: float) -> dict[str, Any]:
     """One mode's figures from its records: rates over the wall time, and per problem its latency (from when
     it got an in-flight slot to its final answer), when its answer came (since the run started) and how its
     time split between the stages."""
-    paths = [p for r in records for p in r["paths"]]
-    sequences = paths + [r["synthesizer"] for r in records if r["synthesizer"]]
-    output_tokens = sum(s["completion_tokens"] for s in sequences)
-    prompted, cached = sum(p["prompt_tokens"] for p in paths), sum(p["cached_tokens"] for p in paths)
-    timings = [r["timings"] for r in records]
+    used = usage(records)
+    timings = [r.timings for r in records]
     latency = [t["total_s"] for t in timings]
-    stages = {stage: sum(t[f"{stage}_s"] for t in timings) for stage in ("explore", "synthesize")}
+    stages = {stage: used.stage_seconds[f"{stage}_s"] for stage in ("explore", "synthesize")}
     return {
         "problems": len(records),
-        "sequences": len(sequences),
-        "explorer_prompt_tokens": prompted,
-        "explorer_cached_tokens": cached,
-        "output_tokens": output_tokens,
+        "sequences": used.paths + used.syntheses,
+        "explorer_prompt_tokens": used.explorer_prompt_tokens,
+        "explorer_cached_tokens": used.explorer_cached_tokens,
+        "output_tokens": used.output_tokens,
         "wall_s": wall_s,
         "problems_per_s": len(records) / wall_s,
-        "tokens_per_s": output_tokens / wall_s,
+        "tokens_per_s": used.output_tokens / wall_s,
         "latency_p50_s": float(np.percentile(latency, 50)),
         "latency_p95_s": float(np.percentile(latency, 95)),
         "time_to_answer_s": mean(t["finished_at"] for t in timings),
         "first_answer_s": min(t["finished_at"] for t in timings),
-        "explorer_cache_hit_ratio": cached / prompted,
+        "explorer_cache_hit_ratio": used.prefix_cache_hit_ratio,
         "stage_share": {k: v / sum(stages.values()) for k, v in stages.items()},
     }
 
@@ -207,8 +177,8 @@ def measure(
 ) -> dict[str, dict[str, Any]]:
     """Start the engines once and run the three modes on them in turn, each from a flushed prefix cache."""
     with serve(engines, output / "logs") as running:
-        explorer, synthesizer = Stage.attach_roles(running)
-        urls = list(dict.fromkeys(getattr(running, role).base_url for role in ROLES))
+        explorer, synthesizer = EngineHandle.attach_roles(running)
+        urls = list(dict.fromkeys(handle.url for handle in (explorer, synthesizer)))
         # The same bound as the pipeline's explorer stage, so raw runs exactly as many problems at once.
         slots, _ = stage_slots(config, explorer, None)
         pipelines = {"sc": Pipeline(replace(config, synthesize=False), explorer, None)}
@@ -224,9 +194,9 @@ def measure(
         results = {}
         for mode in MODES:
             for url in urls:
-                post(url, f"/flush_cache?timeout={FLUSH_WAIT_S}", timeout=FLUSH_WAIT_S + 10)
+                flush_cache(url)
             console.print(f"{mode}: {len(problems)} problems, {slots} in flight ...")
-            records: list[dict[str, Any]] = []
+            records: list[ProblemRecord] = []
             start = time.perf_counter()
             if mode == "raw":
                 records = run_raw(explorer, problems, config, slots)
@@ -234,7 +204,7 @@ def measure(
                 pipelines[mode].run(problems, records.append)
             wall_s = time.perf_counter() - start
             with (output / f"{mode}.jsonl").open("w", encoding="utf-8") as sink:
-                sink.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                sink.writelines(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
             results[mode] = {**summarize(records, wall_s), "in_flight": slots}
     return results
 
@@ -249,7 +219,7 @@ def machine(device: str) -> dict[str, Any]:
     return {"device": device, "cpus": os.cpu_count(), "gpus": gpus, "platform": platform.platform()}
 
 
-def cells(m: dict[str, Any], raw: dict[str, Any]) -> dict[str, str]:
+def mode_column(m: dict[str, Any], raw: dict[str, Any]) -> dict[str, str]:
     """One mode's column of the table, by row name."""
     return {
         "problems / s": f"{m['problems_per_s']:.3g}",
@@ -271,26 +241,32 @@ def table(result: dict[str, Any]) -> Table:
     grid.add_column("")
     for label in (f"SC@{n}", f"A2R@{n}", f"raw engine, n={n}"):
         grid.add_column(label, justify="right")
-    columns = [cells(modes[mode], modes["raw"]) for mode in MODES]
+    columns = [mode_column(modes[mode], modes["raw"]) for mode in MODES]
     for name in columns[0]:
         grid.add_row(name, *(column[name] for column in columns))
     return grid
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return cli.run_main(run, parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     try:
-        engines, device = plan_engines(args, console)
-        problems = load_problems(args.dataset, args.limit or DEFAULT_LIMIT[device])
-        config, reference_tokens = run_config(args, engines, device)
-    except (DatasetError, ValueError) as exc:
+        profile, device = cli.profile_for(args)
+        problems = load_problems(args.dataset, args.limit or profile.throughput_limit)
+        engines = cli.plan_engines(args, profile, device, cli.build_offline_model(profile, args))
+        config, reference_tokens = run_config(args, engines, profile)
+        output = args.output or cli.default_output(args.dataset, args.n, kind="throughput")
+        output.mkdir(parents=True, exist_ok=True)
+    except (DatasetError, OSError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    name = Path(args.dataset).stem.removeprefix("hf:").replace("/", "_")
-    output = args.output or Path("runs") / f"throughput-{name}-n{args.n}"
-    output.mkdir(parents=True, exist_ok=True)
     try:
         modes = measure(problems, engines, config, reference_tokens, output)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/] engines stopped; no figures were written")
+        return 130
     except (EngineError, RuntimeError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
@@ -313,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     (output / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    console.print(table(result))
+    cli.show(table(result))
     console.print(
         f"output tokens/s relative to the raw engine: a2r/raw {result['a2r_over_raw']:.2f}, "
         f"sc/raw {result['sc_over_raw']:.2f}\nresults: {output / 'throughput.json'}"

@@ -16,9 +16,6 @@ from dataclasses import dataclass, field, replace
 
 from engine.spec import EngineSpec
 
-DEFAULT_EXPLORER = "Qwen/Qwen3-4B"  # A2R-Efficient: small explorer ...
-DEFAULT_SYNTHESIZER = "Qwen/Qwen3-8B"  # ... large synthesizer
-
 
 @dataclass
 class EngineConfig:
@@ -75,10 +72,8 @@ class Engines:
 
 def plan(config: EngineConfig, *, device: str, gpus: int = 0, cpu_count: int | None = None) -> Engines:
     """Plan engines for `config` on a machine with `gpus` GPUs (cuda) or `cpu_count` cores (cpu)."""
-    explorer_model = config.explorer_model or (DEFAULT_EXPLORER if device == "cuda" else None)
-    synthesizer_model = config.synthesizer_model or (
-        DEFAULT_SYNTHESIZER if device == "cuda" else explorer_model
-    )
+    explorer_model = config.explorer_model
+    synthesizer_model = config.synthesizer_model or explorer_model
     if explorer_model is None and config.explorer_url is None:
         raise ValueError("no explorer model: give --explorer-model or --explorer-url")
     base = EngineSpec(

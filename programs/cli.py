@@ -1,42 +1,78 @@
-"""Argument groups every entry point shares (engines, sampling, output), built from the config dataclasses."""
+"""What every entry point that starts engines shares: its flags, the profile, the offline model, the engine plan,
+signal handling and output that stays whole in a pipe.
+
+Each entry point has one shape, `main(argv) -> parse_args(argv) -> run(args)`, run through `run_main`: a
+polite kill (SIGTERM) takes the Ctrl-C path, so engines stop and finished records stay.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import signal
-from collections.abc import Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 
 from engine.layout import EngineConfig, Engines, plan
-from programs.core.config import QWEN3_THINKING
+from programs.core.config import RunConfig, SamplingConfig
 from programs.core.flags import add_dataclass_args, dataclass_from_args
-from programs.offline import task as synthetic
+from programs.profile import OFFLINE, PROFILES, Profile, choose_profile, default_models
 
-T = TypeVar("T")
+# soft_wrap: rich never breaks a printed line itself. Piped output (CI, logs, tests) otherwise wraps at 80
+# columns, cutting paths and messages mid-word.
+console = Console(soft_wrap=True)
+
+RUN_FLAGS_NOT_ON_THE_COMMAND_LINE = (
+    "n",
+    "explorer",
+    "synthesizer",
+    "explorer_model",
+    "synthesizer_model",
+    "extra",
+)
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_args(parser.add_argument_group("engines"), EngineConfig)
+def show(table: Table) -> None:
+    """Print a table whole: piped or redirected, rich assumes 80 columns and would squeeze its cells."""
+    if not console.is_terminal:
+        wide = Measurement.get(console, console.options.update_width(1_000), table).maximum
+        console.width = max(console.width, wide)
+    console.print(table)
 
 
-def add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("sampling (both roles; Qwen3 thinking-mode defaults)")
+def add_engine_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    group = parser.add_argument_group("engines")
+    add_dataclass_args(group, EngineConfig, skip=skip)
     group.add_argument(
-        "--temperature", type=float, default=QWEN3_THINKING["temperature"], help="sampling temperature"
+        "--profile",
+        choices=sorted(PROFILES),
+        help="defaults for models, problem sets and budgets (default: offline with no GPU and no model named, "
+        "else paper)",
     )
-    group.add_argument("--top-p", type=float, default=QWEN3_THINKING["top_p"], help="nucleus sampling mass")
-    group.add_argument(
-        "--top-k", type=int, default=QWEN3_THINKING["top_k"], help="sample from the k likeliest tokens"
-    )
-    group.add_argument("--explorer-max-tokens", type=int, help="token budget per path (default: by device)")
-    group.add_argument(
-        "--synthesizer-max-tokens", type=int, help="synthesizer token budget (default: by device)"
-    )
-    group.add_argument("--no-thinking", action="store_true", help="render chat prompts with thinking off")
-    group.add_argument("--seed", type=int, default=0, help="seeds every path and the reference shuffle")
+
+
+def add_run_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Sampling (both roles), per-role token budgets and the A2R run's own flags, from their dataclasses."""
+    group = parser.add_argument_group("sampling and run")
+    add_dataclass_args(group, SamplingConfig, skip=("max_tokens", "ignore_eos"))
+    for role in ("explorer", "synthesizer"):
+        if f"{role}_max_tokens" not in skip:
+            group.add_argument(
+                f"--{role}-max-tokens", type=int, help=f"{role} token budget (default: the profile's)"
+            )
+    add_dataclass_args(group, RunConfig, skip=RUN_FLAGS_NOT_ON_THE_COMMAND_LINE + skip)
+
+
+def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Refuse a count flag below 1, naming it."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def detect_device(requested: str | None) -> str:
@@ -55,28 +91,55 @@ def gpu_count(device: str) -> int:
     return torch.cuda.device_count()
 
 
-def offline(args: argparse.Namespace) -> bool:
-    """No GPU and no model named: the CPU serves the offline tiny model, which knows the synthetic task
-    alone, so that task is then the default problem set too."""
-    return detect_device(args.device) == "cpu" and not (args.explorer_model or args.explorer_url)
-
-
-def plan_engines(args: argparse.Namespace, console: Console) -> tuple[Engines, str]:
-    """Device, models and layout from the engine flags; with no GPU and no model, the offline tiny model."""
+def profile_for(args: argparse.Namespace) -> tuple[Profile, str]:
+    """The run's profile and device, decided once from `--profile`, the device and whether a model was named."""
     device = detect_device(args.device)
-    config = dataclass_from_args(EngineConfig, args, device=device)
-    if offline(args):
-        from programs.offline.model import tiny_model_path
+    named = bool(args.explorer_model or args.explorer_url)
+    return choose_profile(args.profile, device, named), device
 
-        path = str(tiny_model_path())
-        console.print(
-            f"[bold yellow]No GPU: running on the CPU with the project's offline tiny model ({path}).[/] "
-            f"It was trained here on small arithmetic (`--dataset {synthetic.NAME}`); on other problems its "
-            "answers show the pipeline working, not accuracy."
-        )
-        config.explorer_model = path
-        config.synthesizer_model = config.synthesizer_model or path
-    return plan(config, device=device, gpus=gpu_count(device)), device
+
+def build_offline_model(profile: Profile, args: argparse.Namespace) -> str | None:
+    """The offline profile's model when no model is named: built on first use (minutes), then cached."""
+    if profile is not OFFLINE or args.explorer_model or args.explorer_url:
+        return None
+    from programs.offline.model import tiny_model_path
+
+    path = str(tiny_model_path())
+    console.print(
+        f"[bold yellow]No GPU: running on the CPU with the project's offline tiny model ({path}).[/] "
+        f"It was trained here on small arithmetic (`--dataset {OFFLINE.datasets[0]}`); on other problems its "
+        "answers show the pipeline working, not accuracy."
+    )
+    return path
+
+
+def plan_engines(
+    args: argparse.Namespace, profile: Profile, device: str, offline_model: str | None
+) -> Engines:
+    """The engines the flags ask for, with the profile's models wherever none is named."""
+    config = dataclass_from_args(EngineConfig, args, device=device)
+    if not config.explorer_url:
+        explorer, synthesizer = default_models(profile, device, offline_model or config.explorer_model)
+        config.explorer_model, config.synthesizer_model = explorer, config.synthesizer_model or synthesizer
+    return plan(config, device=device, gpus=gpu_count(device))
+
+
+def role_models(engines: Engines) -> dict[str, str]:
+    """The model (or, for a server we did not start, its URL) each role is served by, for RunConfig."""
+    return {
+        "explorer_model": engines.explorer.model or engines.explorer.base_url,
+        "synthesizer_model": engines.synthesizer.model or engines.synthesizer.base_url,
+    }
+
+
+def budgets(profile: Profile) -> tuple[int, int]:
+    return profile.explorer_max_tokens, profile.synthesizer_max_tokens
+
+
+def default_output(dataset: str | None, n: int, kind: str = "") -> Path:
+    """`runs/[<kind>-]<name>-n<N>`, the name being the dataset's file stem (`question` for one question)."""
+    name = Path(dataset).stem if dataset else "question"
+    return Path("runs") / "-".join(filter(None, [kind, name, f"n{n}"]))
 
 
 @contextlib.contextmanager
@@ -87,3 +150,9 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run an entry point's `run(args)` with SIGTERM handled as Ctrl-C; its exit status."""
+    with sigterm_as_ctrl_c():
+        return run(args)

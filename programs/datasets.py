@@ -13,10 +13,11 @@ the final number. Every error names the file and line (or row) and the field at 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from programs.core.jsonl import JsonlError, read_jsonl
+from programs.core.records import Problem
 from programs.offline import task as synthetic
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -35,15 +36,6 @@ Located = tuple[str, dict[str, Any]]
 
 class DatasetError(ValueError):
     """A problem set that cannot be loaded; the message says which file, line or row, and why."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem; `answer` is the gold answer as text, "" when unknown (a single `--question`)."""
-
-    id: str
-    problem: str
-    answer: str
 
 
 def shipped_names() -> list[str]:
@@ -70,27 +62,11 @@ def question_problem(text: str) -> Problem:
     return Problem(id="q0", problem=text.strip(), answer="")
 
 
-def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """Parse a JSON-lines file into (line number, object) pairs; blank lines are skipped.
-
-    Parsed line by line so a bad line is reported as `file:line: reason` rather than a parser error
-    somewhere inside a dataset builder.
-    """
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(
-                    f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})"
-                ) from err
-            if not isinstance(row, dict):
-                raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
-    return rows
+def _read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        return read_jsonl(path)
+    except JsonlError as err:
+        raise DatasetError(str(err)) from None
 
 
 def _read_rows(spec: str) -> list[Located]:
@@ -106,7 +82,7 @@ def _read_rows(spec: str) -> list[Located]:
         raise DatasetError(str(err)) from err
     if spec in shipped_names():
         path = DATA_DIR / f"{spec}.jsonl"
-        return [(f"{path}:{lineno}", row) for lineno, row in read_jsonl(path)]
+        return [(f"{path}:{lineno}", row) for lineno, row in _read_jsonl(path)]
     path = Path(spec)
     if path.suffix.lower() not in FILE_SUFFIXES:
         raise DatasetError(
@@ -116,7 +92,7 @@ def _read_rows(spec: str) -> list[Located]:
     if not path.is_file():
         raise DatasetError(f"{spec}: no such file")
     if path.suffix.lower() == ".jsonl":
-        return [(f"{path}:{lineno}", row) for lineno, row in read_jsonl(path)]
+        return [(f"{path}:{lineno}", row) for lineno, row in _read_jsonl(path)]
     if path.suffix.lower() == ".json":
         return _read_json(path)
     return _read_parquet(path)
@@ -127,7 +103,7 @@ def _read_json(path: Path) -> list[Located]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
-        return [(f"{path}:{lineno}", row) for lineno, row in read_jsonl(path)]
+        return [(f"{path}:{lineno}", row) for lineno, row in _read_jsonl(path)]
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a list of objects at the top level, got {type(data).__name__}")
     for index, row in enumerate(data):

@@ -6,14 +6,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import sglang as sgl
 
 from engine.endpoint import SEED_VAR
 from programs.core.config import SamplingConfig
-from programs.core.prompts import answer_part
+from programs.core.records import PathRecord
 
 
 @sgl.function
@@ -34,44 +33,13 @@ def explore(s, prompt: str, sampling: dict, seeds: list[int]):
     return metas
 
 
-@dataclass
-class ExplorerPath:
-    """One explorer path with the engine's own account of it."""
-
-    text: str
-    answer_part: str
-    answer_part_fallback: bool  # no </think>: the whole text stands in for the answer part
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    finish_reason: str | None
-    seed: int
-
-
-def finish_reason(meta: dict[str, Any]) -> str | None:
-    reason = meta.get("finish_reason")
-    return reason.get("type") if isinstance(reason, dict) else reason
-
-
-def run_explorer(backend: Any, prompt: str, sampling: SamplingConfig, seeds: list[int]) -> list[ExplorerPath]:
+def run_explorer(backend: Any, prompt: str, sampling: SamplingConfig, seeds: list[int]) -> list[PathRecord]:
+    """One path per seed, forked from `prompt`; their records are ungraded until `ProblemRecord.build`."""
     # (`n` would be taken by `run` itself as a sampling parameter, so the path count is len(seeds).)
     state = explore.run(prompt=prompt, sampling=sampling.gen_kwargs(), seeds=seeds, backend=backend)
     if state.error() is not None:
         raise RuntimeError(f"the explorer's prompt prefill failed: {state.error()}")
-    texts, metas = state["path"], state.ret_value
-    paths = []
-    for text, meta, seed in zip(texts, metas, seeds, strict=True):
-        part = answer_part(text)
-        paths.append(
-            ExplorerPath(
-                text=text,
-                answer_part=part.text,
-                answer_part_fallback=part.fallback,
-                prompt_tokens=meta["prompt_tokens"],
-                completion_tokens=meta["completion_tokens"],
-                cached_tokens=meta.get("cached_tokens", 0),
-                finish_reason=finish_reason(meta),
-                seed=seed,
-            )
-        )
-    return paths
+    return [
+        PathRecord.from_engine(text, meta, seed)
+        for text, meta, seed in zip(state["path"], state.ret_value, seeds, strict=True)
+    ]

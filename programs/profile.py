@@ -59,3 +59,14 @@ def choose_profile(requested: str | None, device: str, model_named: bool) -> Pro
             raise ValueError(f"unknown profile {requested!r}: choose one of {', '.join(PROFILES)}")
         return PROFILES[requested]
     return OFFLINE if device == "cpu" and not model_named else PAPER
+
+
+def default_models(profile: Profile, device: str, explorer: str | None) -> tuple[str | None, str | None]:
+    """(explorer, synthesizer) when the user names none or only the explorer (`explorer`).
+
+    The profile's pair by default. A named explorer keeps the profile's synthesizer on a GPU (A2R-Efficient
+    with another explorer) and serves both roles on a CPU, which has no room for the paper's 8B synthesizer.
+    """
+    if explorer is None:
+        return profile.explorer_model, profile.synthesizer_model
+    return explorer, profile.synthesizer_model if device == "cuda" else explorer

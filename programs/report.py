@@ -5,57 +5,66 @@ The summary is computed from records alone, so it can be rebuilt from any run fo
 
 from __future__ import annotations
 
-from statistics import mean
+from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
 
 from programs.core.metrics import aggregate, score_problem
+from programs.core.records import STAGES, ProblemRecord, usage
 
 
-def accuracy(records: list[dict[str, Any]]) -> dict[str, float | int] | None:
+def accuracy(records: Sequence[ProblemRecord]) -> dict[str, float | int] | None:
     """Percentages over the records with a gold answer; None when no record has one."""
-    graded = [r for r in records if r["gold"]]
+    graded = [r for r in records if r.gold]
     if not graded:
         return None
     scores = []
     for record in graded:
-        n = len(record["paths"])
-        score = score_problem(record["gold"], [p["answer"] for p in record["paths"]], n)
-        if record["synthesizer"] is not None:
-            score = score.with_metric(f"a2r@{n}", float(bool(record["synthesizer"]["correct"])))
+        n = len(record.paths)
+        score = score_problem(record.gold, [p.answer for p in record.paths], n)
+        if record.synthesizer is not None:
+            score = score.with_metric(f"a2r@{n}", float(bool(record.synthesizer.correct)))
         scores.append(score)
     return aggregate(scores).as_dict()
 
 
-def run_summary(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
-    paths = [p for r in records for p in r["paths"]]
-    synth = [r["synthesizer"] for r in records if r["synthesizer"]]
-    prompted = sum(p["prompt_tokens"] for p in paths)
+def run_summary(records: Sequence[ProblemRecord], config: dict[str, Any]) -> dict[str, Any]:
+    used = usage(records)
+
+    def mean(total: float, count: int) -> float:
+        return total / count if count else 0
+
     return {
         "config": config,
         "problems": len(records),
         "accuracy": accuracy(records),
         "explorer": {
-            "mean_prompt_tokens": mean(p["prompt_tokens"] for p in paths) if paths else 0,
-            "mean_completion_tokens": mean(p["completion_tokens"] for p in paths) if paths else 0,
-            "prefix_cache_hit_ratio": sum(p["cached_tokens"] for p in paths) / prompted if prompted else 0.0,
-            "answer_part_fallbacks": sum(p["answer_part_fallback"] for p in paths),
+            "mean_prompt_tokens": mean(used.explorer_prompt_tokens, used.paths),
+            "mean_completion_tokens": mean(used.explorer_completion_tokens, used.paths),
+            "prefix_cache_hit_ratio": used.prefix_cache_hit_ratio,
+            "answer_part_fallbacks": used.answer_part_fallbacks,
         },
         "synthesizer": {
-            "mean_prompt_tokens": mean(s["prompt_tokens"] for s in synth) if synth else 0,
-            "mean_completion_tokens": mean(s["completion_tokens"] for s in synth) if synth else 0,
-            "trimmed_prompts": sum(bool(s["trimmed_references"]) for s in synth),
+            "mean_prompt_tokens": mean(used.synthesizer_prompt_tokens, used.syntheses),
+            "mean_completion_tokens": mean(used.synthesizer_completion_tokens, used.syntheses),
+            "trimmed_prompts": used.trimmed_prompts,
         },
-        "mean_seconds": {
-            k: mean(r["timings"][k] for r in records) for k in ("explore_s", "synthesize_s", "total_s")
-        }
-        if records
-        else {},
+        "mean_seconds": {k: used.stage_seconds[k] / len(records) for k in STAGES} if records else {},
     }
 
 
-def accuracy_table(summary: dict[str, Any]) -> Table:
+def progress_line(records: Sequence[ProblemRecord], elapsed: float) -> str:
+    """Throughput and prefix-cache reuse so far, from the engines' own token counts."""
+    used = usage(records)
+    return (
+        f"explorer {used.explorer_completion_tokens / elapsed:,.0f} tok/s · "
+        f"synthesizer {used.synthesizer_completion_tokens / elapsed:,.0f} tok/s · "
+        f"prefix cache {used.prefix_cache_hit_ratio:.0%}"
+    )
+
+
+def run_table(summary: dict[str, Any]) -> Table:
     """A2R against self-consistency on this run, with the explorer's own single-sample and any-of-N rates."""
     n = summary["config"]["n"]
     table = Table(title=f"A2R vs self-consistency, N={n}, {summary['problems']} problems")
@@ -71,4 +80,20 @@ def accuracy_table(summary: dict[str, Any]) -> Table:
     for label, key in rows:
         value = acc.get(key) if acc else None
         table.add_row(label, "-" if value is None else f"{value:.2f}")
+    return table
+
+
+def question_table(record: ProblemRecord) -> Table:
+    """One question: each explorer path's answer, the vote, and the synthesizer's final answer."""
+    table = Table(title=f"A2R on one question, N={len(record.paths)}")
+    table.add_column("")
+    table.add_column("answer", justify="right")
+    table.add_column("tokens", justify="right")
+    for i, path in enumerate(record.paths, start=1):
+        table.add_row(f"explorer path {i}", str(path.answer), str(path.completion_tokens))
+    table.add_row("self-consistency", str(record.self_consistency["answer"]), "")
+    if record.synthesizer:
+        table.add_row(
+            "A2R (synthesizer)", str(record.synthesizer.answer), str(record.synthesizer.completion_tokens)
+        )
     return table

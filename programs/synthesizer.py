@@ -8,15 +8,15 @@ reject is never sent.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 import sglang as sgl
 
 from engine.endpoint import SEED_VAR
-from programs.core.config import SamplingConfig
+from programs.core.config import RunConfig
 from programs.core.prompts import chat_prompt, synthesizer_query
-from programs.explorer import finish_reason
+from programs.core.records import SynthesisRecord
+from programs.engine_handle import EngineHandle
 
 
 @sgl.function
@@ -24,18 +24,6 @@ def synthesize(s, prompt: str, sampling: dict, seed: int):
     s.set_var(SEED_VAR, seed)
     s += prompt
     s += sgl.gen("synthesis", **sampling)
-
-
-@dataclass
-class Synthesis:
-    prompt: str
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    finish_reason: str | None
-    reference_order: list[int]  # explorer path index of each reference, in prompt order
-    trimmed_references: list[int] = field(default_factory=list)  # prompt positions (1-based) that were cut
 
 
 def reference_order(n: int, shuffle: bool, seed: int) -> list[int]:
@@ -104,30 +92,17 @@ def water_fill(lengths: list[int], room: int) -> list[int]:
 
 
 def run_synthesizer(
-    backend: Any,
-    tokenizer: Any,
-    query: str,
-    answer_parts: list[str],
-    sampling: SamplingConfig,
-    context_length: int,
-    seed: int,
-    shuffle: bool = False,
-    thinking: bool = True,
-) -> Synthesis:
-    order = reference_order(len(answer_parts), shuffle, seed)
-    budget = context_length - sampling.max_tokens - 1
-    prompt, trimmed = fit_references(tokenizer, query, [answer_parts[i] for i in order], budget, thinking)
-    state = synthesize.run(prompt=prompt, sampling=sampling.gen_kwargs(), seed=seed, backend=backend)
+    handle: EngineHandle, query: str, answer_parts: list[str], config: RunConfig, seed: int
+) -> SynthesisRecord:
+    """Synthesize over `answer_parts` (in path order) with the run's synthesizer sampling and template."""
+    sampling = config.synthesizer
+    order = reference_order(len(answer_parts), config.shuffle_references, seed)
+    budget = handle.context_length - sampling.max_tokens - 1
+    references = [answer_parts[i] for i in order]
+    prompt, trimmed = fit_references(handle.tokenizer, query, references, budget, config.thinking)
+    state = synthesize.run(prompt=prompt, sampling=sampling.gen_kwargs(), seed=seed, backend=handle.backend)
     if state.error() is not None:
         raise RuntimeError(f"the synthesizer failed: {state.error()}")
-    meta = state.get_meta_info("synthesis")
-    return Synthesis(
-        prompt=prompt,
-        text=state["synthesis"],
-        prompt_tokens=meta["prompt_tokens"],
-        completion_tokens=meta["completion_tokens"],
-        cached_tokens=meta.get("cached_tokens", 0),
-        finish_reason=finish_reason(meta),
-        reference_order=order,
-        trimmed_references=trimmed,
+    return SynthesisRecord.from_engine(
+        prompt, state["synthesis"], state.get_meta_info("synthesis"), order, trimmed
     )

@@ -21,24 +21,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from engine.launch import EngineError, serve
 from engine.layout import EngineConfig, Engines, plan
-from programs.cli import (
-    add_dataclass_args,
-    add_sampling_args,
-    dataclass_from_args,
-    gpu_count,
-    plan_engines,
-    sigterm_as_ctrl_c,
-)
-from programs.core.config import BUDGETS, RunConfig, SamplingConfig
+from programs import cli
+from programs.cli import console
+from programs.core.config import RunConfig
+from programs.core.flags import add_dataclass_args, dataclass_from_args
 from programs.core.jsonl import RecordFile, RecordsError
-from programs.datasets import DatasetError, Problem, load_problems
-from programs.pipeline import Pipeline, Stage
-
-console = Console()
+from programs.core.records import Problem, ProblemRecord
+from programs.datasets import DatasetError, load_problems
+from programs.engine_handle import EngineHandle
+from programs.pipeline import Pipeline
+from programs.profile import Profile
 
 RECORDS = "curated.jsonl"
 CANDIDATE_FIELDS = ("answer_part", "answer", "correct", "completion_tokens", "finish_reason", "seed")
@@ -117,7 +111,7 @@ def curated_record(problem_record: dict[str, Any], rule: KeepRule, thinking: boo
 def curate(
     problems: list[Problem],
     config: RunConfig,
-    explorer: Stage,
+    explorer: EngineHandle,
     records: RecordFile,
     rule: KeepRule,
     max_in_flight: int | None = None,
@@ -127,8 +121,8 @@ def curate(
         raise ValueError("curation explores only: give a RunConfig with synthesize=False")
     todo = [p for p in problems if p.id not in records]
 
-    def keep(problem_record: dict[str, Any]) -> None:
-        records.append(curated_record(problem_record, rule, config.thinking))
+    def keep(problem_record: ProblemRecord) -> None:
+        records.append(curated_record(problem_record.to_json(), rule, config.thinking))
 
     Pipeline(config, explorer, None).run(todo, keep, max_in_flight)
 
@@ -167,58 +161,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-in-flight", type=int, help="cap on queries explored at once (default: from KV pool)"
     )
     add_dataclass_args(parser.add_argument_group("which queries to keep"), KeepRule)
-    add_dataclass_args(parser.add_argument_group("engine"), EngineConfig, skip=EXPLORER_ONLY_SKIP)
-    add_sampling_args(parser)
+    cli.add_engine_args(parser, skip=EXPLORER_ONLY_SKIP)
+    cli.add_run_args(parser, skip=("synthesizer_max_tokens", "synthesize", "shuffle_references"))
     args = parser.parse_args(argv)
-    if args.samples < 1:
-        parser.error(f"--samples must be at least 1, got {args.samples}")
-    if args.max_in_flight is not None and args.max_in_flight < 1:
-        parser.error(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
-    if args.synthesizer_max_tokens is not None:
-        parser.error("--synthesizer-max-tokens has no effect here: curation runs the explorer only")
+    cli.check_positive(parser, args, "samples", "max_in_flight", "limit")
     return args
 
 
-def explorer_engines(args: argparse.Namespace) -> tuple[Engines, str]:
-    """One engine serving the explorer model alone (the A2R explorer by default, the tiny model on a CPU)."""
-    planned, device = plan_engines(args, console)  # the device, and the model when none is named
+def explorer_engines(args: argparse.Namespace) -> tuple[Engines, Profile]:
+    """One engine serving the explorer model alone (the profile's explorer; the tiny model offline)."""
+    profile, device = cli.profile_for(args)
+    planned = cli.plan_engines(args, profile, device, cli.build_offline_model(profile, args))
     model = planned.explorer.model or None  # None: a running server at --explorer-url
     config = dataclass_from_args(
         EngineConfig, args, device=device, explorer_model=model, synthesizer_model=model
     )
-    return plan(config, device=device, gpus=gpu_count(device)), device
-
-
-def run_config(args: argparse.Namespace, engines: Engines, rule: KeepRule, device: str) -> RunConfig:
-    sampling = SamplingConfig(
-        args.explorer_max_tokens or BUDGETS[device]["explorer"], args.temperature, args.top_p, args.top_k
-    )
-    model = engines.explorer.model or engines.explorer.base_url
-    return RunConfig(
-        n=args.samples,
-        explorer=sampling,
-        synthesizer=sampling,  # unused: synthesis is off
-        explorer_model=model,
-        synthesizer_model=model,
-        seed=args.seed,
-        thinking=not args.no_thinking,
-        synthesize=False,
-        extra={"keep": asdict(rule)},
-    )
+    return plan(config, device=device, gpus=cli.gpu_count(device)), profile
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with sigterm_as_ctrl_c():
-        return run(args)
+    return cli.run_main(run, parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         rule = dataclass_from_args(KeepRule, args)
         problems = load_problems(args.dataset, args.limit)
-        engines, device = explorer_engines(args)
-        config = run_config(args, engines, rule, device)
+        engines, profile = explorer_engines(args)
+        model = engines.explorer.model or engines.explorer.base_url
+        config = RunConfig.from_args(
+            args,
+            budgets=cli.budgets(profile),
+            n=args.samples,
+            explorer_model=model,
+            synthesizer_model=model,
+            synthesize=False,
+            extra={"keep": asdict(rule)},
+        )
         records = RecordFile(args.output, config.to_dict(), console, name=RECORDS)
     except (DatasetError, RecordsError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -231,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if todo:
             with serve(engines, args.output / "logs") as running:
-                curate(todo, config, Stage.attach(running.explorer), records, rule, args.max_in_flight)
+                curate(todo, config, EngineHandle.attach(running.explorer), records, rule, args.max_in_flight)
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted:[/] {len(records.records)} queries kept in {records.path}; rerun to resume"

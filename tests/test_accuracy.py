@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from benchmarks import accuracy
-from benchmarks.accuracy import ProblemRuns, accuracy_table, average, dataset_metrics, main, parse_args
+from benchmarks.accuracy import main, parse_args
 from benchmarks.cost import model_key
+from benchmarks.table1 import ProblemRuns, average, dataset_metrics, table1
+from programs import cli
 
 # Two problems, two runs of two paths each, N in {1, 2}.
 PROBLEMS = [
@@ -70,7 +71,7 @@ def test_table_is_laid_out_like_the_papers():
         "datasets": rows,
         "average": average(rows),
     }
-    table = accuracy_table(summary)
+    table = table1(summary)
     headers = [c.header for c in table.columns]
     assert headers == ["dataset", "model", "Pass@1", "Cons@1", "Pass@1", "A2R@1", "Cons@2", "Pass@2", "A2R@2"]
     assert list(table.columns[0].cells) == ["aime24", "Average"]
@@ -91,8 +92,8 @@ def test_the_table_is_printed_whole_when_piped(monkeypatch):
         "average": average(rows),
     }
     piped = Console(file=io.StringIO())  # not a terminal: 80 columns unless told otherwise
-    monkeypatch.setattr(accuracy, "console", piped)
-    accuracy.show(accuracy_table(summary))
+    monkeypatch.setattr(cli, "console", piped)
+    cli.show(table1(summary))
     printed = piped.file.getvalue()
     assert "…" not in printed and "beyond_aime" in printed and "a-long-local-checkpoint-name" in printed
     assert all(f"A2R@{n}" in printed for n in ns)
@@ -105,10 +106,17 @@ def test_bad_protocol_flags_are_refused(bad, capsys):
     assert "must be" in capsys.readouterr().err
 
 
-def test_default_datasets_follow_the_model():
-    assert parse_args([]).datasets == ["synthetic"]  # no GPU here, no model: the offline tiny model's task
-    assert parse_args(["--explorer-model", "Qwen/Qwen3-4B"]).datasets == ["aime24", "aime25", "beyond_aime"]
-    assert parse_args(["--datasets", "gsm8k"]).datasets == ["gsm8k"]
+@pytest.mark.parametrize(
+    ("argv", "datasets"),
+    [
+        ([], ["synthetic"]),  # no GPU here, no model: the offline tiny model's task
+        (["--explorer-model", "Qwen/Qwen3-4B"], ["aime24", "aime25", "beyond_aime"]),
+        (["--datasets", "gsm8k"], ["gsm8k"]),
+    ],
+)
+def test_default_datasets_follow_the_model(argv, datasets):
+    args = parse_args(argv)
+    assert (args.datasets or list(cli.profile_for(args)[0].datasets)) == datasets
 
 
 def read_lines(path: Path) -> list[dict]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from programs import cli
 from programs.a2r import main, parse_args
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,7 +122,9 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     ],
 )
 def test_default_dataset_follows_the_model(argv, dataset):
-    assert parse_args(argv).dataset == dataset
+    args = parse_args(argv)
+    default = None if args.question else cli.profile_for(args)[0].datasets[0]
+    assert (args.dataset or default) == dataset
 
 
 def test_unknown_dataset(capsys, tmp_path):
@@ -133,7 +136,15 @@ def test_malformed_jsonl_names_file_and_line(capsys, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": oops}\n')
     code, out = run_cli(["--dataset", str(bad), "--output", str(tmp_path / "r")], capsys)
-    assert code == 2 and "bad.jsonl:2" in out.replace("\n", "")
+    assert code == 2 and f"{bad}:2: malformed JSON" in out
+
+
+def test_messages_stay_whole_when_piped(capsys, tmp_path):
+    """Piped output is not a terminal: rich would wrap at 80 columns, cutting paths and phrases in two."""
+    missing = tmp_path / ("a-long-folder-name-" * 8) / "problems.jsonl"
+    code, out = run_cli(["--dataset", str(missing), "--output", str(tmp_path / "r")], capsys)
+    assert len(str(missing)) > 120 and code == 2
+    assert f"error: {missing}: no such file\n" in out
 
 
 def test_row_without_answer(capsys, tmp_path):

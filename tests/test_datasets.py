@@ -7,7 +7,8 @@ import json
 import datasets
 import pytest
 
-from programs.datasets import DatasetError, Problem, load_problems, question_problem, shipped_names
+from programs.core.records import Problem
+from programs.datasets import DatasetError, load_problems, question_problem, shipped_names
 
 SHIPPED_ROWS = {
     "aime24": 30,

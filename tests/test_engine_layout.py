@@ -4,6 +4,9 @@ import pytest
 
 from engine.layout import EngineConfig, plan
 from engine.spec import CPU_KERNEL_DIR, EngineSpec, launch_command, launch_env
+from programs import cli
+from programs.a2r import parse_args
+from programs.profile import OFFLINE, PAPER, choose_profile, default_models
 
 
 def flags(cmd: list[str]) -> dict[str, str | None]:
@@ -26,7 +29,7 @@ def test_same_model_is_one_engine():
 
 
 def test_default_gpu_layout_is_a2r_efficient_colocated():
-    engines = plan(EngineConfig(), device="cuda", gpus=1)
+    engines = cli.plan_engines(parse_args([]), PAPER, "cuda", offline_model=None)  # no GPU here: gpus=0
     assert (engines.explorer.model, engines.synthesizer.model) == ("Qwen/Qwen3-4B", "Qwen/Qwen3-8B")
     assert engines.layout == "co-located" and engines.sequential
     explorer, synthesizer = (flags(launch_command(s)) for s in engines.to_launch)
@@ -38,7 +41,7 @@ def test_default_gpu_layout_is_a2r_efficient_colocated():
 
 
 def test_split_layout_gives_each_engine_its_own_gpus():
-    engines = plan(EngineConfig(tp=2), device="cuda", gpus=4)
+    engines = plan(EngineConfig(explorer_model="a/b", synthesizer_model="c/d", tp=2), device="cuda", gpus=4)
     assert engines.layout == "split" and not engines.sequential
     explorer, synthesizer = (flags(launch_command(s)) for s in engines.to_launch)
     assert explorer["--tp-size"] == synthesizer["--tp-size"] == "2"
@@ -111,3 +114,25 @@ def test_bad_specs_are_refused(kwargs, message):
 def test_bad_gpu_shares_are_refused():
     with pytest.raises(ValueError, match="gpu_shares"):
         EngineConfig(gpu_shares=(0.6, 0.5))
+
+
+@pytest.mark.parametrize(
+    ("device", "named", "profile"),
+    [("cpu", False, OFFLINE), ("cpu", True, PAPER), ("cuda", False, PAPER), ("cuda", True, PAPER)],
+)
+def test_the_profile_is_offline_only_without_a_gpu_and_without_a_model(device, named, profile):
+    assert choose_profile(None, device, named) is profile
+    assert choose_profile("offline", device, named) is OFFLINE  # asked for by name, whatever the machine
+
+
+def test_a_named_model_on_the_cpu_gets_the_papers_budgets():
+    """`--device cpu --explorer-model Qwen/Qwen3-4B` once got the tiny model's 160-token budgets."""
+    args = parse_args(["--device", "cpu", "--explorer-model", "Qwen/Qwen3-4B"])
+    profile, device = cli.profile_for(args)
+    assert device == "cpu" and cli.budgets(profile) == (32768, 16384)
+
+
+def test_default_models():
+    assert default_models(PAPER, "cuda", None) == ("Qwen/Qwen3-4B", "Qwen/Qwen3-8B")
+    assert default_models(PAPER, "cuda", "my/explorer") == ("my/explorer", "Qwen/Qwen3-8B")
+    assert default_models(PAPER, "cpu", "my/explorer") == ("my/explorer", "my/explorer")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from engine.launch import check_port_free, model_info, serve
 from engine.layout import EngineConfig, plan
 from programs.core.config import RunConfig, SamplingConfig
-from programs.datasets import Problem
+from programs.core.records import Problem
+from programs.engine_handle import EngineHandle
 from programs.offline.model import tiny_model_path
-from programs.pipeline import Pipeline, Stage
+from programs.pipeline import Pipeline
 
 
 def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model, tmp_path, port):
@@ -23,10 +24,10 @@ def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model
             n=2, explorer=sampling, synthesizer=sampling, explorer_model="a", synthesizer_model="b"
         )
         records = []
-        stages = Stage.attach_roles(running)
+        stages = EngineHandle.attach_roles(running)
         assert stages[0] is not stages[1] and stages[0].backend.base_url != stages[1].backend.base_url
         Pipeline(run, *stages).run([Problem("x", "What is 2 + 2?", "4")], records.append)
-        assert len(records) == 1 and records[0]["synthesizer"]["completion_tokens"] > 0
+        assert len(records) == 1 and records[0].synthesizer.completion_tokens > 0
     assert {p.name for p in (tmp_path / "logs").iterdir()} == {"explorer.log", "synthesizer.log"}
     for spec in engines.to_launch:  # nothing listens any more: raises if a server survived
         check_port_free(spec.host, spec.port)
@@ -35,5 +36,5 @@ def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model
 def test_same_model_serves_both_roles_from_one_engine(cpu_engine):
     assert cpu_engine.explorer is cpu_engine.synthesizer
     assert len(cpu_engine.to_launch) == 1
-    explorer, synthesizer = Stage.attach_roles(cpu_engine)
+    explorer, synthesizer = EngineHandle.attach_roles(cpu_engine)
     assert explorer is synthesizer  # one tokenizer load, one backend

@@ -4,22 +4,27 @@ and the streaming pipeline."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 
 from programs.core.config import RunConfig, SamplingConfig
 from programs.core.prompts import chat_prompt
-from programs.datasets import Problem
+from programs.core.records import Problem
+from programs.engine_handle import EngineHandle
 from programs.explorer import run_explorer
-from programs.pipeline import Pipeline, Stage
+from programs.pipeline import Pipeline
 from programs.synthesizer import fit_references, run_synthesizer
 
 SAMPLING = SamplingConfig(max_tokens=24)
+CONFIG = RunConfig(
+    n=2, explorer=SAMPLING, synthesizer=SAMPLING, explorer_model="tiny", synthesizer_model="tiny"
+)
 
 
 @pytest.fixture(scope="module")
-def stage(cpu_engine) -> Stage:
-    return Stage.attach(cpu_engine.explorer)
+def stage(cpu_engine) -> EngineHandle:
+    return EngineHandle.attach(cpu_engine.explorer)
 
 
 def fresh_question() -> str:
@@ -43,9 +48,7 @@ def test_forks_share_the_prompt_prefill(stage):
 def test_synthesizer_prompt_is_the_papers_template_word_for_word(stage):
     query = fresh_question()
     parts = ["First answer. \\boxed{42}", "Second answer. \\boxed{41}"]
-    synthesis = run_synthesizer(
-        stage.backend, stage.tokenizer, query, parts, SAMPLING, stage.context_length, seed=7
-    )
+    synthesis = run_synthesizer(stage, query, parts, CONFIG, seed=7)
     expected_user_turn = (
         "Instruction: You can solve the problem using the provided references, or you can choose to find a new "
         "solution. The final answer should be placed in \\boxed{}.\n"
@@ -60,23 +63,21 @@ def test_synthesizer_prompt_is_the_papers_template_word_for_word(stage):
 
 def test_shuffled_references_follow_a_seeded_order(stage):
     parts = [f"answer {i} \\boxed{{{i}}}" for i in range(6)]
-    first = run_synthesizer(
-        stage.backend, stage.tokenizer, "q", parts, SAMPLING, stage.context_length, 3, shuffle=True
-    )
-    again = run_synthesizer(
-        stage.backend, stage.tokenizer, "q", parts, SAMPLING, stage.context_length, 3, shuffle=True
-    )
+    shuffled = replace(CONFIG, shuffle_references=True)
+    first = run_synthesizer(stage, "q", parts, shuffled, 3)
+    again = run_synthesizer(stage, "q", parts, shuffled, 3)
     assert first.reference_order == again.reference_order != list(range(6))
     tagged = [f"<reference{pos}>answer {i} " for pos, i in enumerate(first.reference_order, start=1)]
     assert all(t in first.prompt for t in tagged)
 
 
 def test_references_too_long_for_the_context_are_trimmed_from_the_front(stage):
-    tok = stage.tokenizer
     long = " ".join(f"step {i}:" for i in range(400)) + " so the answer is \\boxed{7}"
     parts = [long, "short \\boxed{7}", long]
     context = 600
-    synthesis = run_synthesizer(stage.backend, tok, "What is 3 + 4?", parts, SAMPLING, context, seed=1)
+    synthesis = run_synthesizer(
+        replace(stage, context_length=context), "What is 3 + 4?", parts, CONFIG, seed=1
+    )
     assert synthesis.trimmed_references == [1, 3]
     assert synthesis.prompt_tokens + SAMPLING.max_tokens <= context  # the engine accepted it and it fits
     assert "short \\boxed{7}" in synthesis.prompt and synthesis.prompt.count("\\boxed{7}</reference") == 3
@@ -90,18 +91,16 @@ def test_a_query_that_cannot_fit_is_refused_before_sending(stage):
 
 def test_pipeline_streams_synthesis_while_later_problems_explore(stage, monkeypatch):
     monkeypatch.setattr(
-        Stage, "in_flight", lambda self, tokens, fallback=8: 1
-    )  # one problem explored at a time
-    config = RunConfig(
-        n=2, explorer=SAMPLING, synthesizer=SAMPLING, explorer_model="tiny", synthesizer_model="tiny"
-    )
+        EngineHandle, "in_flight", lambda self, tokens, fallback=8: 1
+    )  # one synthesis at a time
+    config = CONFIG
     problems = [Problem(str(i), fresh_question(), "42") for i in range(3)]
     records = []
     Pipeline(config, stage, stage).run(problems, records.append, max_in_flight=1)  # one explored at a time
-    assert sorted(r["id"] for r in records) == ["0", "1", "2"]
-    by_id = {r["id"]: r["timings"] for r in records}
+    assert sorted(r.id for r in records) == ["0", "1", "2"]
+    by_id = {r.id: r.timings for r in records}
     # Problem 0 was synthesized before problem 2 had finished exploring: no stage waits for the dataset.
     assert by_id["0"]["synthesis_started_at"] < by_id["2"]["explored_at"]
     for record in records:
-        assert len(record["paths"]) == 2 and record["synthesizer"]["text"]
-        assert set(record["self_consistency"]) == {"answer", "correct"}
+        assert len(record.paths) == 2 and record.synthesizer.text
+        assert set(record.self_consistency) == {"answer", "correct"}

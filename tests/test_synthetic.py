@@ -9,14 +9,15 @@ from collections import Counter
 import pytest
 from transformers import AutoTokenizer
 
-from programs.core.config import SamplingConfig
+from programs.core.config import RunConfig, SamplingConfig
 from programs.core.grading import extract_answer
 from programs.core.prompts import chat_prompt, synthesizer_query
-from programs.datasets import DatasetError, Problem, load_problems
+from programs.core.records import Problem
+from programs.datasets import DatasetError, load_problems
+from programs.engine_handle import EngineHandle
 from programs.explorer import run_explorer
 from programs.offline import task as synthetic
 from programs.offline.model import tiny_model_path
-from programs.pipeline import Stage
 from programs.synthesizer import run_synthesizer
 
 QUESTION = re.compile(r"What is (\d+(?: [-+*] \d+){1,2})\?")
@@ -29,6 +30,9 @@ SYNTHESIZER_REPLY = re.compile(
     r"(?P<expression>[-+*\d ]+) = (?P=value), so the answer is \\boxed\{(?P=value)\}\."
 )
 SAMPLING = SamplingConfig(max_tokens=64)
+CONFIG = RunConfig(
+    n=4, explorer=SAMPLING, synthesizer=SAMPLING, explorer_model="tiny", synthesizer_model="tiny"
+)
 
 
 def expression_of(problem: str) -> str:
@@ -142,8 +146,8 @@ def test_task_rejects_bad_knobs():
 
 
 @pytest.fixture(scope="module")
-def stage(cpu_engine) -> Stage:
-    return Stage.attach(cpu_engine.explorer)
+def stage(cpu_engine) -> EngineHandle:
+    return EngineHandle.attach(cpu_engine.explorer)
 
 
 def test_explorer_paths_disagree_so_pass_at_1_is_below_pass_at_n(stage):
@@ -167,9 +171,7 @@ def test_synthesizer_follows_its_references_right_or_wrong(stage):
         for seed, problem in enumerate(problems):
             value = int(problem.answer) + shift
             parts = [synthetic.ANSWER_PART.format(expression=expression_of(problem.problem), value=value)] * 4
-            synthesis = run_synthesizer(
-                stage.backend, stage.tokenizer, problem.problem, parts, SAMPLING, stage.context_length, seed
-            )
+            synthesis = run_synthesizer(stage, problem.problem, parts, CONFIG, seed)
             out.append(extract_answer(synthesis.text))
         return out
 

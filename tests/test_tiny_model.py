@@ -16,16 +16,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from programs.offline import model as tiny_model
-from programs.offline.model import (
-    RECIPE,
-    TrainRecipe,
-    build_config,
-    build_key,
-    build_tiny_model,
-    init_weights,
-    tiny_model_path,
-    train,
-)
+from programs.offline.model import build_config, build_key, build_tiny_model, init_weights, tiny_model_path
+from programs.offline.training import RECIPE, TrainRecipe, train
 
 QUESTION = [{"role": "user", "content": "What is 1+1?"}]
 CHATML_PROMPT = "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n"

@@ -5,15 +5,12 @@ Every record and summary carries `RunConfig.to_dict()`, so a result always says 
 
 from __future__ import annotations
 
+import argparse
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Qwen3's recommended thinking-mode sampling; both roles think.
-QWEN3_THINKING = {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
-# Token budgets: the paper's paths run 15.7k-20.5k tokens and synthesis 4.4k-5.8k (Table 4) on a GPU; the
-# CPU tiny model only needs enough room to show the pipeline working.
-BUDGETS = {"cuda": {"explorer": 32768, "synthesizer": 16384}, "cpu": {"explorer": 160, "synthesizer": 160}}
+from programs.core.flags import dataclass_from_args, option
 
 
 @dataclass(frozen=True)
@@ -21,9 +18,10 @@ class SamplingConfig:
     """How one role samples; passed whole to `sgl.gen`."""
 
     max_tokens: int
-    temperature: float = QWEN3_THINKING["temperature"]
-    top_p: float = QWEN3_THINKING["top_p"]
-    top_k: int = QWEN3_THINKING["top_k"]
+    # Qwen3's recommended thinking-mode sampling; both roles think.
+    temperature: float = option(0.6, "sampling temperature (both roles)")
+    top_p: float = option(0.95, "nucleus sampling mass (both roles)")
+    top_k: int = option(20, "sample from the k likeliest tokens (both roles)")
     ignore_eos: bool = False  # decode exactly max_tokens (fixed-length throughput runs, random weights)
 
     def __post_init__(self) -> None:
@@ -42,20 +40,45 @@ class SamplingConfig:
 class RunConfig:
     """What an A2R run does, apart from where its engines are."""
 
-    n: int
+    n: int  # explorer paths per problem
     explorer: SamplingConfig
     synthesizer: SamplingConfig
     explorer_model: str
     synthesizer_model: str
-    seed: int = 0
-    shuffle_references: bool = False
-    thinking: bool = True
-    synthesize: bool = True  # False: exploration and self-consistency only
+    seed: int = option(0, "seeds every path and the reference shuffle")
+    shuffle_references: bool = option(False, "shuffle reference order (seeded)")
+    thinking: bool = option(True, "render chat prompts with thinking on (--no-thinking: off)")
+    synthesize: bool = option(True, "synthesize (--no-synthesis: explore and vote only)", flag="synthesis")
     extra: dict[str, Any] = field(default_factory=dict)  # anything else that shaped the results
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+
+    @classmethod
+    def from_args(
+        cls,
+        args: argparse.Namespace,
+        *,
+        budgets: tuple[int, int],
+        ignore_eos: bool = False,
+        **overrides: Any,
+    ) -> RunConfig:
+        """The run the shared flags describe (`programs.cli`); `budgets` are the profile's (explorer,
+        synthesizer) token budgets, used where `--explorer-max-tokens` / `--synthesizer-max-tokens` are not
+        given, and `overrides` fix what an entry point decides itself (the models, `synthesize=False`, ...)."""
+        explorer_budget, synthesizer_budget = budgets
+
+        def sampling(budget: int) -> SamplingConfig:
+            return dataclass_from_args(SamplingConfig, args, max_tokens=budget, ignore_eos=ignore_eos)
+
+        return dataclass_from_args(
+            cls,
+            args,
+            explorer=sampling(getattr(args, "explorer_max_tokens", None) or explorer_budget),
+            synthesizer=sampling(getattr(args, "synthesizer_max_tokens", None) or synthesizer_budget),
+            **overrides,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-THINK_END = "</think>"
+THINK_START, THINK_END = "<think>", "</think>"  # Qwen3 / R1 thinking delimiters
 
 # The paper's synthesizer template (section 3.2), word for word; references are tagged <referenceI>.
 SYNTHESIZER_TEMPLATE = (
@@ -38,7 +38,7 @@ def answer_part(path_text: str) -> AnswerPart:
     _, sep, tail = path_text.rpartition(THINK_END)
     if sep:
         return AnswerPart(tail.strip(), fallback=False)
-    return AnswerPart(path_text.removeprefix("<think>").strip(), fallback=True)
+    return AnswerPart(path_text.removeprefix(THINK_START).strip(), fallback=True)
 
 
 def format_references(answer_parts: list[str]) -> str:

@@ -18,25 +18,25 @@ import contextlib
 import hashlib
 import itertools
 import json
-import math
 import os
-import random
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from programs.core import prompts
+from programs.core.jsonl import read_jsonl
 from programs.datasets import DATA_DIR
 from programs.offline import task as synthetic
+from programs.offline import training
+from programs.offline.training import RECIPE, TrainRecipe, train
 
 if TYPE_CHECKING:  # heavy imports are deferred until a model is actually built
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config
 
 CORPUS_DIR = DATA_DIR  # the tokenizer also learns the words of the shipped problem sets
@@ -45,9 +45,11 @@ CACHE_ENV = "A2R_CACHE"
 TOKENIZER_TURNS = 2000  # synthetic turns the tokenizer also learns from
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
-THINK, END_THINK = "<think>", "</think>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
-THINK_TOKENS = (THINK, END_THINK)  # plain added tokens, like Qwen3's: kept when special tokens are skipped
+THINK_TOKENS = (
+    prompts.THINK_START,
+    prompts.THINK_END,
+)  # plain added tokens, like Qwen3's: kept when special tokens are skipped
 
 VOCAB_SIZE = 2048
 ARCHITECTURE = {
@@ -78,26 +80,6 @@ CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class TrainRecipe:
-    """How the tiny model learns the synthetic task; all of it is part of the model's cache key."""
-
-    steps: int = 2000
-    batch_tokens: int = 1024  # per step, padding included: turns of similar length are batched together
-    learning_rate: float = 5e-3  # AdamW peak, after a linear warm-up, then cosine down to a tenth
-    warmup_steps: int = 20
-    weight_decay: float = 0.1  # on matrices only; strong decay makes the sums generalise within budget
-    length_pool: int = 512  # turns sorted by length at a time, so batches waste little on padding
-    task: synthetic.Task = field(default_factory=synthetic.Task)
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_tokens < 1 or self.length_pool < 1 or self.warmup_steps < 0:
-            raise ValueError(f"steps, batch_tokens and length_pool must be positive: {self}")
-
-
-RECIPE = TrainRecipe()
-
-
 def corpus_files(corpus_dir: Path = CORPUS_DIR) -> list[Path]:
     """The JSONL files the tokenizer learns from, in a fixed order."""
     files = sorted(corpus_dir.glob("*.jsonl"))
@@ -109,13 +91,7 @@ def corpus_files(corpus_dir: Path = CORPUS_DIR) -> list[Path]:
 def corpus_texts(files: list[Path]) -> Iterator[str]:
     """Every problem/solution/answer string in `files`, in file and line order."""
     for path in files:
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+        for _, row in read_jsonl(path):
             for key, value in row.items():
                 if key.lower() in CORPUS_FIELDS and isinstance(value, str):
                     yield value
@@ -178,99 +154,6 @@ def init_weights(config: Qwen3Config, seed: int) -> PreTrainedModel:
     return Qwen3ForCausalLM(config).to(torch.bfloat16).eval()
 
 
-def encode_turn(tokenizer: PreTrainedTokenizerFast, turn: synthetic.Turn) -> tuple[list[int], int]:
-    """Token ids of prompt + reply, as the engine sees them (the prompt encoded alone, the reply after it),
-    and where the reply starts."""
-    prompt, reply = synthetic.render(tokenizer, turn)
-    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-    return prompt_ids + tokenizer.encode(reply, add_special_tokens=False), len(prompt_ids)
-
-
-def batches(
-    tokenizer: PreTrainedTokenizerFast, seed: int, recipe: TrainRecipe
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Endless (input ids, labels, attention mask) batches of about `batch_tokens` tokens each.
-
-    Labels are -100 on the prompt and the padding: the loss is on the assistant's reply alone.
-    """
-    import torch
-
-    turns = synthetic.training_turns(seed, sys.maxsize, recipe.task)
-    order = random.Random(f"tiny-model/batches/{seed}")
-    while True:
-        pool = sorted(
-            (encode_turn(tokenizer, turn) for turn in itertools.islice(turns, recipe.length_pool)),
-            key=lambda encoded: len(encoded[0]),
-        )
-        groups: list[list[tuple[list[int], int]]] = [[]]
-        for encoded in pool:  # sorted by length, so the newest member is the longest
-            if groups[-1] and (len(groups[-1]) + 1) * len(encoded[0]) > recipe.batch_tokens:
-                groups.append([])
-            groups[-1].append(encoded)
-        order.shuffle(groups)
-        for group in groups:
-            width = len(group[-1][0])
-            ids = torch.full((len(group), width), tokenizer.pad_token_id)
-            labels = torch.full((len(group), width), -100)
-            mask = torch.zeros((len(group), width), dtype=torch.long)
-            for row, (tokens, reply_start) in enumerate(group):
-                ids[row, : len(tokens)] = torch.tensor(tokens)
-                labels[row, reply_start : len(tokens)] = ids[row, reply_start : len(tokens)]
-                mask[row, : len(tokens)] = 1
-            yield ids, labels, mask
-
-
-def learning_rate(step: int, recipe: TrainRecipe) -> float:
-    warmup = min(1.0, (step + 1) / recipe.warmup_steps) if recipe.warmup_steps else 1.0
-    return recipe.learning_rate * warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * step / recipe.steps)))
-
-
-def train(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, seed: int, recipe: TrainRecipe = RECIPE
-) -> tuple[PreTrainedModel, list[float]]:
-    """Train on synthetic turns: causal-LM loss on the replies, AdamW, fixed steps, in float32 on every core.
-
-    The same seed, recipe and thread count give the same weights. Returns the bfloat16 model and the loss
-    of every step.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    try:
-        torch.manual_seed(seed)
-        model = model.float().train()
-        matrices = [p for p in model.parameters() if p.dim() >= 2]
-        vectors = [p for p in model.parameters() if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": matrices, "weight_decay": recipe.weight_decay},
-                {"params": vectors, "weight_decay": 0.0},
-            ],
-            lr=recipe.learning_rate,
-            betas=(0.9, 0.98),
-        )
-        losses = []
-        for step, (ids, labels, mask) in enumerate(
-            itertools.islice(batches(tokenizer, seed, recipe), recipe.steps)
-        ):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, recipe)
-            hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            targets = labels[:, 1:]
-            scored = targets != -100  # the vocabulary projection only where a reply token is predicted
-            logits = model.lm_head(hidden[:, :-1][scored])
-            loss = torch.nn.functional.cross_entropy(logits, targets[scored])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-    finally:
-        torch.set_num_threads(threads)
-    return model.to(torch.bfloat16).eval(), losses
-
-
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:
     """Write weights (safetensors), config, tokenizer and a generation config that stops at either end token."""
     from transformers import GenerationConfig
@@ -299,12 +182,14 @@ def build_tiny_model(
         )
         model = init_weights(build_config(tokenizer), seed)
         if recipe is not None:
-            say(f"Training the offline tiny model (seed {seed}, {recipe.steps} steps; about two minutes on two "
+            log_progress(f"Training the offline tiny model (seed {seed}, {recipe.steps} steps; about two minutes on two "
                 f"idle cores, once: it is cached in {out_dir.parent})")  # fmt: skip
             start = time.perf_counter()
             model, losses = train(model, tokenizer, seed, recipe)
             seconds = time.perf_counter() - start
-            say(f"Trained in {seconds:.0f} s, final loss {sum(losses[-100:]) / len(losses[-100:]):.3f}")
+            log_progress(
+                f"Trained in {seconds:.0f} s, final loss {sum(losses[-100:]) / len(losses[-100:]):.3f}"
+            )
             record = {"seed": seed, "recipe": asdict(recipe), "seconds": round(seconds, 1), "losses": losses}
             (staging / "training.json").write_text(json.dumps(record) + "\n")
         save_model(model, tokenizer, staging)
@@ -318,7 +203,7 @@ def build_tiny_model(
     return out_dir
 
 
-def say(message: str) -> None:
+def log_progress(message: str) -> None:
     """Progress on stderr: stdout may carry a result (the CLI prints the model path there)."""
     print(message, file=sys.stderr, flush=True)
 
@@ -327,7 +212,7 @@ def build_key(seed: int, recipe: TrainRecipe | None = RECIPE, corpus_dir: Path =
     """Names a build by everything that shapes it: the sources of this builder, of the synthetic task and of
     the prompt rendering, the corpus, library versions, the recipe (or none: random weights) and the seed."""
     digest = hashlib.sha256()
-    for source in (__file__, synthetic.__file__, prompts.__file__):
+    for source in (__file__, training.__file__, synthetic.__file__, prompts.__file__):
         digest.update(Path(source).read_bytes())
     for path in corpus_files(corpus_dir):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from programs.core.prompts import chat_prompt, synthesizer_query
+from programs.core.prompts import THINK_END, THINK_START, chat_prompt, synthesizer_query
 
 NAME = "synthetic"
 DEFAULT_SEED, DEFAULT_COUNT = 0, 100
@@ -158,7 +158,7 @@ def explorer_turn(rng: random.Random, task: Task) -> Turn:
         value = values[-1]
     expression, thinking = " ".join(tokens), "\n".join(lines)
     answer = ANSWER_PART.format(expression=expression, value=value)
-    return Turn(QUESTION.format(expression=expression), f"<think>\n{thinking}\n</think>\n\n{answer}")
+    return Turn(QUESTION.format(expression=expression), f"{THINK_START}\n{thinking}\n{THINK_END}\n\n{answer}")
 
 
 def synthesizer_turn(rng: random.Random, task: Task) -> Turn:
@@ -178,7 +178,7 @@ def synthesizer_turn(rng: random.Random, task: Task) -> Turn:
     answer = ANSWER_PART.format(expression=expression, value=value)
     return Turn(
         synthesizer_query(QUESTION.format(expression=expression), references),
-        f"<think>\nMost references give {value}.\n</think>\n\n{answer}",
+        f"{THINK_START}\nMost references give {value}.\n{THINK_END}\n\n{answer}",
     )
 
 

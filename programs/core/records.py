@@ -1,0 +1,247 @@
+"""What goes into a run and what comes out: a `Problem`, and the record of each path, synthesis and problem.
+
+Records are built here and only here (`ProblemRecord.build` grades the answers and takes the vote), and
+every figure that adds them up (token totals, prefix-cache reuse, stage times) comes from `usage`. On disk a
+record is one JSON object per line with the keys of `to_json`; `from_json` reads the same keys back, so run
+folders written before these types existed still resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
+
+from programs.core.grading import extract_answer, extract_boxed, is_equivalent
+from programs.core.metrics import majority_vote
+from programs.core.prompts import answer_part
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem; `answer` is the gold answer as text, "" when unknown (a single `--question`)."""
+
+    id: str
+    problem: str
+    answer: str
+
+
+def grade(gold: str, answer: str | None) -> bool | None:
+    """Correctness of one answer; None when the gold answer is unknown (a free-form question)."""
+    return is_equivalent(gold, answer) if gold else None
+
+
+def finish_reason(meta: dict[str, Any]) -> str | None:
+    """The engine's finish reason (`stop`, `length`, `abort`) from a `meta_info`."""
+    reason = meta.get("finish_reason")
+    return reason.get("type") if isinstance(reason, dict) else reason
+
+
+@dataclass(frozen=True)
+class PathRecord:
+    """One explorer path with the engine's own account of it; `correct` is set once graded."""
+
+    text: str
+    answer_part: str
+    answer_part_fallback: bool  # no </think>: the whole text stands in for the answer part
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    finish_reason: str | None
+    seed: int | None
+    answer: str | None = None
+    correct: bool | None = None
+
+    @classmethod
+    def from_engine(cls, text: str, meta: dict[str, Any], seed: int | None) -> PathRecord:
+        """A path from its text and the engine's `meta_info`; its answer is read from its answer part."""
+        part = answer_part(text)
+        return cls(
+            text=text,
+            answer_part=part.text,
+            answer_part_fallback=part.fallback,
+            prompt_tokens=meta["prompt_tokens"],
+            completion_tokens=meta["completion_tokens"],
+            cached_tokens=meta.get("cached_tokens", 0),
+            finish_reason=finish_reason(meta),
+            seed=seed,
+            answer=extract_boxed(part.text),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PathRecord:
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class SynthesisRecord:
+    """The synthesizer's call: the exact prompt it was sent, its reply and the engine's token counts."""
+
+    prompt: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    finish_reason: str | None
+    reference_order: list[int]  # explorer path index of each reference, in prompt order
+    trimmed_references: list[int] = field(default_factory=list)  # prompt positions (1-based) that were cut
+    answer: str | None = None
+    correct: bool | None = None
+
+    @classmethod
+    def from_engine(
+        cls, prompt: str, text: str, meta: dict[str, Any], order: list[int], trimmed: list[int]
+    ) -> SynthesisRecord:
+        return cls(
+            prompt=prompt,
+            text=text,
+            prompt_tokens=meta["prompt_tokens"],
+            completion_tokens=meta["completion_tokens"],
+            cached_tokens=meta.get("cached_tokens", 0),
+            finish_reason=finish_reason(meta),
+            reference_order=order,
+            trimmed_references=trimmed,
+            answer=extract_answer(text),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SynthesisRecord:
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        return cls(**values)
+
+
+PathOrSynthesis = TypeVar("PathOrSynthesis", PathRecord, SynthesisRecord)
+
+
+@dataclass(frozen=True)
+class ProblemRecord:
+    """One problem done: its paths, the self-consistency vote, the synthesis (None when synthesis was off)
+    and when each stage ran. `labels` carries an entry point's own keys (e.g. the accuracy protocol's
+    dataset and run), written after the others."""
+
+    id: str
+    problem: str
+    gold: str
+    config: dict[str, Any]
+    paths: list[PathRecord]
+    self_consistency: dict[str, Any]  # {"answer", "correct"}
+    synthesizer: SynthesisRecord | None
+    timings: dict[str, float]
+    labels: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        problem: Problem,
+        config: dict[str, Any],
+        paths: Sequence[PathRecord],
+        synthesis: SynthesisRecord | None,
+        timings: dict[str, float],
+        labels: dict[str, Any] | None = None,
+    ) -> ProblemRecord:
+        """Grade every answer against the problem's gold answer and take the majority vote."""
+        gold = problem.answer
+        graded_paths = [graded(path, gold) for path in paths]
+        voted = majority_vote([p.answer for p in graded_paths])
+        return cls(
+            id=problem.id,
+            problem=problem.problem,
+            gold=gold,
+            config=config,
+            paths=graded_paths,
+            self_consistency={"answer": voted, "correct": grade(gold, voted)},
+            synthesizer=graded(synthesis, gold) if synthesis else None,
+            timings=timings,
+            labels=dict(labels or {}),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "problem": self.problem,
+            "gold": self.gold,
+            "config": self.config,
+            "paths": [p.to_json() for p in self.paths],
+            "self_consistency": self.self_consistency,
+            "synthesizer": self.synthesizer.to_json() if self.synthesizer else None,
+            "timings": self.timings,
+            **self.labels,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProblemRecord:
+        own = {f.name for f in fields(cls)} - {"labels"}
+        synthesizer = data.get("synthesizer")
+        return cls(
+            id=data["id"],
+            problem=data["problem"],
+            gold=data["gold"],
+            config=data["config"],
+            paths=[PathRecord.from_json(p) for p in data["paths"]],
+            self_consistency=data["self_consistency"],
+            synthesizer=SynthesisRecord.from_json(synthesizer) if synthesizer else None,
+            timings=data["timings"],
+            labels={k: v for k, v in data.items() if k not in own},
+        )
+
+
+def graded(record: PathOrSynthesis, gold: str) -> PathOrSynthesis:
+    """A path or synthesis record with its answer graded against `gold`."""
+    return replace(record, correct=grade(gold, record.answer))
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a set of problem records cost and how the engines served it, from their own token counts."""
+
+    problems: int
+    paths: int
+    syntheses: int
+    explorer_prompt_tokens: int
+    explorer_cached_tokens: int
+    explorer_completion_tokens: int
+    synthesizer_prompt_tokens: int
+    synthesizer_completion_tokens: int
+    answer_part_fallbacks: int  # paths that never closed their thought
+    trimmed_prompts: int  # syntheses whose references were cut to fit the context
+    stage_seconds: dict[str, float]  # summed over problems: explore_s, synthesize_s, total_s
+
+    @property
+    def prefix_cache_hit_ratio(self) -> float:
+        """Share of the explorer's prompt tokens the engine served from its prefix cache."""
+        return (
+            self.explorer_cached_tokens / self.explorer_prompt_tokens if self.explorer_prompt_tokens else 0.0
+        )
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens generated by both stages: the work a throughput figure counts."""
+        return self.explorer_completion_tokens + self.synthesizer_completion_tokens
+
+
+STAGES = ("explore_s", "synthesize_s", "total_s")
+
+
+def usage(records: Sequence[ProblemRecord]) -> Usage:
+    """Token totals, prefix-cache reuse and stage times of `records`: the one place they are added up."""
+    paths = [p for r in records for p in r.paths]
+    syntheses = [r.synthesizer for r in records if r.synthesizer]
+    return Usage(
+        problems=len(records),
+        paths=len(paths),
+        syntheses=len(syntheses),
+        explorer_prompt_tokens=sum(p.prompt_tokens for p in paths),
+        explorer_cached_tokens=sum(p.cached_tokens for p in paths),
+        explorer_completion_tokens=sum(p.completion_tokens for p in paths),
+        synthesizer_prompt_tokens=sum(s.prompt_tokens for s in syntheses),
+        synthesizer_completion_tokens=sum(s.completion_tokens for s in syntheses),
+        answer_part_fallbacks=sum(bool(p.answer_part_fallback) for p in paths),
+        trimmed_prompts=sum(bool(s.trimmed_references) for s in syntheses),
+        stage_seconds={k: sum(r.timings.get(k, 0.0) for r in records) for k in STAGES},
+    )

@@ -1,0 +1,63 @@
+"""A running engine as the A2R programs use it: its frontend backend, its tokenizer and its reported limits."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from engine.endpoint import SeededEndpoint, connect
+from engine.launch import context_length, model_info, server_info
+from engine.layout import Engines
+from engine.spec import EngineSpec
+from programs.core.prompts import chat_prompt
+
+MAX_IN_FLIGHT = 64  # frontend threads per problem are cheap, but not free
+
+
+@dataclass
+class EngineHandle:
+    backend: SeededEndpoint
+    tokenizer: Any
+    context_length: int
+    kv_tokens: int | None  # the engine's KV pool; None when it does not say (e.g. behind a router)
+
+    @classmethod
+    def attach(cls, spec: EngineSpec) -> EngineHandle:
+        info = model_info(spec)
+        try:
+            server = server_info(spec)
+        except OSError:
+            server = {}
+        tokenizer = AutoTokenizer.from_pretrained(info.get("tokenizer_path") or info["model_path"])
+        return cls(connect(spec), tokenizer, context_length(spec), server.get("max_total_num_tokens"))
+
+    @classmethod
+    def attach_roles(cls, engines: Engines) -> tuple[EngineHandle, EngineHandle]:
+        """(explorer, synthesizer) handles of running engines; one engine serving both roles is one handle."""
+        explorer = cls.attach(engines.explorer)
+        same = engines.synthesizer is engines.explorer
+        return explorer, explorer if same else cls.attach(engines.synthesizer)
+
+    @property
+    def url(self) -> str:
+        return self.backend.base_url
+
+    def prompt(self, text: str, budget: int, thinking: bool, label: str) -> str:
+        """`text` as a chat prompt, refused before sending if it and `budget` new tokens overflow the context."""
+        prompt = chat_prompt(self.tokenizer, text, thinking)
+        tokens = len(self.tokenizer.encode(prompt, add_special_tokens=False))
+        if tokens + budget > self.context_length:
+            raise ValueError(
+                f"{label}: its prompt ({tokens} tokens) plus the budget ({budget}) exceed the context "
+                f"({self.context_length})"
+            )
+        return prompt
+
+    def in_flight(self, tokens_per_problem: int, fallback: int = 8) -> int:
+        """Problems this engine's KV pool holds at once at `tokens_per_problem` each."""
+        if not self.kv_tokens:
+            return fallback
+        return max(1, min(MAX_IN_FLIGHT, math.ceil(self.kv_tokens / tokens_per_problem)))

@@ -3,20 +3,20 @@
 `rl.train` turns a `GRPORecipe` into OpenRLHF 0.11.2 flags and its CLI flags are generated from these fields,
 so every value here is overridable from the command line and is declared nowhere else. The dataset builder
 reads `prompt_max_len` from here, so prompts are filtered to the budget the trainer will give them.
+The model trained by default is the paper profile's synthesizer (`programs.profile.PAPER`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from programs.core.flags import option
+from programs.profile import PAPER
+
+# OpenRLHF 0.11.2's trainer module: `rl.train` runs it for the vllm backend, `rl.sglang_rollout` for sglang.
+OPENRLHF_CLI = "openrlhf.cli.train_ppo_ray"
 ROLLOUT_BACKENDS = ("sglang", "vllm")
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")  # OpenRLHF 0.11.2's --actor.loss_agg_mode choices
-
-
-def _opt(default: Any, help: str) -> Any:
-    """A field with its one-line help, which `rl.train` shows on the generated flag."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -24,66 +24,74 @@ class GRPORecipe:
     """One GRPO run: what to train, on what, and with which algorithm, resources and outputs."""
 
     # -- model and data
-    model: str = _opt("Qwen/Qwen3-8B", "synthesizer to train: hub id or local path (actor and rollouts)")
-    dataset: str = _opt("data/rl/train.jsonl", "prompt/answer JSONL written by the training set builder")
-    input_key: str = _opt("prompt", "dataset field holding the synthesizer's user turn")
-    label_key: str = _opt("answer", "dataset field holding the gold answer the reward compares with")
-    apply_chat_template: bool = _opt(True, "render the user turn with the model's chat template")
+    model: str = option(
+        PAPER.synthesizer_model, "synthesizer to train: hub id or local path (actor and rollouts)"
+    )
+    dataset: str = option("data/rl/train.jsonl", "prompt/answer JSONL written by the training set builder")
+    input_key: str = option("prompt", "dataset field holding the synthesizer's user turn")
+    label_key: str = option("answer", "dataset field holding the gold answer the reward compares with")
+    apply_chat_template: bool = option(True, "render the user turn with the model's chat template")
 
     # -- rollout
-    rollout_backend: str = _opt("sglang", "rollout engine: sglang (rl.sglang_rollout) or vllm (OpenRLHF's)")
-    rollout_batch_size: int = _opt(32, "prompts per rollout batch (the paper's training batch size)")
-    n_samples_per_prompt: int = _opt(8, "responses sampled per prompt: the GRPO group (must be > 1)")
-    temperature: float = _opt(0.7, "rollout sampling temperature (the paper saw collapse at 1.0)")
-    top_p: float = _opt(1.0, "rollout nucleus sampling threshold")
-    max_len: int = _opt(8192, "max tokens per sequence, prompt + response")
-    max_new_tokens: int = _opt(4096, "max response tokens; the prompt budget is max_len minus this")
+    rollout_backend: str = option("sglang", "rollout engine: sglang (rl.sglang_rollout) or vllm (OpenRLHF's)")
+    rollout_batch_size: int = option(32, "prompts per rollout batch (the paper's training batch size)")
+    n_samples_per_prompt: int = option(8, "responses sampled per prompt: the GRPO group (must be > 1)")
+    temperature: float = option(0.7, "rollout sampling temperature (the paper saw collapse at 1.0)")
+    top_p: float = option(1.0, "rollout nucleus sampling threshold")
+    max_len: int = option(8192, "max tokens per sequence, prompt + response")
+    max_new_tokens: int = option(4096, "max response tokens; the prompt budget is max_len minus this")
 
     # -- reward shaping and sample filtering
-    overlong_buffer_len: int = _opt(1024, "overlong penalty ramps over the last N of max_new_tokens (0: off)")
-    overlong_penalty_factor: float = _opt(1.0, "penalty at max_new_tokens, subtracted from the 0/1 reward")
-    dynamic_filtering: bool = _opt(True, "drop groups whose mean score is outside the open range (all-0/1)")
-    dynamic_filtering_range: tuple[float, float] = _opt(
-        (0.0, 1.0), "keep groups with low < mean score < high"
+    overlong_buffer_len: int = option(
+        1024, "overlong penalty ramps over the last N of max_new_tokens (0: off)"
+    )
+    overlong_penalty_factor: float = option(1.0, "penalty at max_new_tokens, subtracted from the 0/1 reward")
+    dynamic_filtering: bool = option(True, "drop groups whose mean score is outside the open range (all-0/1)")
+    dynamic_filtering_range: tuple[float, float] = option(
+        (0.0, 1.0), "keep groups with low < mean score < high", metavar=("LOW", "HIGH")
     )
 
     # -- algorithm
-    advantage_estimator: str = _opt("group_norm", "OpenRLHF advantage estimator (group_norm is GRPO)")
-    kl_coef: float = _opt(0.0, "KL penalty coefficient; 0 means no reference model at all")
-    clip_low: float = _opt(0.2, "PPO ratio clip below 1 (1 - clip_low)")
-    clip_high: float = _opt(0.2, "PPO ratio clip above 1 (1 + clip_high); equal to clip_low: no clip-higher")
-    loss_agg_mode: str = _opt("token-mean", "policy loss aggregation: token-mean is the token-level loss")
-    updates_per_rollout: int = _opt(1, "optimizer steps per rollout batch; 1 is on-policy (the paper)")
-    max_epochs: int = _opt(1, "passes over each rollout batch; more than 1 goes off-policy")
-    episodes: int = _opt(1, "passes over the prompt dataset")
-    seed: int = _opt(42, "random seed for data order and sampling")
+    advantage_estimator: str = option("group_norm", "OpenRLHF advantage estimator (group_norm is GRPO)")
+    kl_coef: float = option(0.0, "KL penalty coefficient; 0 means no reference model at all")
+    clip_low: float = option(0.2, "PPO ratio clip below 1 (1 - clip_low)")
+    clip_high: float = option(
+        0.2, "PPO ratio clip above 1 (1 + clip_high); equal to clip_low: no clip-higher"
+    )
+    loss_agg_mode: str = option("token-mean", "policy loss aggregation: token-mean is the token-level loss")
+    updates_per_rollout: int = option(1, "optimizer steps per rollout batch; 1 is on-policy (the paper)")
+    max_epochs: int = option(1, "passes over each rollout batch; more than 1 goes off-policy")
+    episodes: int = option(1, "passes over the prompt dataset")
+    seed: int = option(42, "random seed for data order and sampling")
 
     # -- actor optimisation
-    learning_rate: float = _opt(1e-6, "actor AdamW learning rate")
-    train_micro_batch_size: int = _opt(1, "sequences per GPU per training forward/backward")
-    forward_micro_batch_size: int = _opt(1, "sequences per GPU per log-prob forward when making experience")
-    gradient_checkpointing: bool = _opt(True, "recompute activations in backward to save memory")
-    zero_stage: int = _opt(3, "DeepSpeed ZeRO stage (0-3)")
-    adam_offload: bool = _opt(True, "keep Adam state in CPU memory (needed for an 8B model on one GPU)")
+    learning_rate: float = option(1e-6, "actor AdamW learning rate")
+    train_micro_batch_size: int = option(1, "sequences per GPU per training forward/backward")
+    forward_micro_batch_size: int = option(1, "sequences per GPU per log-prob forward when making experience")
+    gradient_checkpointing: bool = option(True, "recompute activations in backward to save memory")
+    zero_stage: int = option(3, "DeepSpeed ZeRO stage (0-3)")
+    adam_offload: bool = option(True, "keep Adam state in CPU memory (needed for an 8B model on one GPU)")
 
     # -- resources and engines
-    num_nodes: int = _opt(1, "nodes for the actor (and, colocated, the rollout engines)")
-    gpus_per_node: int = _opt(1, "GPUs per node for the actor")
-    colocate: bool = _opt(
+    num_nodes: int = option(1, "nodes for the actor (and, colocated, the rollout engines)")
+    gpus_per_node: int = option(1, "GPUs per node for the actor")
+    colocate: bool = option(
         True, "actor and rollout engines share the GPUs, each sleeping while the other works"
     )
-    rollout_tp: int = _opt(1, "tensor-parallel GPUs per rollout engine")
-    rollout_engines: int | None = _opt(None, "rollout engines (default: the actor's GPUs / rollout_tp)")
-    rollout_gpu_memory_utilization: float = _opt(0.5, "share of GPU memory the rollout engine may take")
-    prefix_caching: bool = _opt(True, "reuse the shared prompt's KV cache across the group's samples")
+    rollout_tp: int = option(1, "tensor-parallel GPUs per rollout engine")
+    rollout_engines: int | None = option(None, "rollout engines (default: the actor's GPUs / rollout_tp)")
+    rollout_gpu_memory_utilization: float = option(0.5, "share of GPU memory the rollout engine may take")
+    prefix_caching: bool = option(True, "reuse the shared prompt's KV cache across the group's samples")
 
     # -- checkpoints and logging
-    save_path: str = _opt("checkpoints/synthesizer-grpo", "final model dir; resumable state under <it>/ckpt")
-    save_steps: int = _opt(20, "save a checkpoint every N steps (-1: only at the end)")
-    save_hf: bool = _opt(True, "also save Hugging Face weights with each checkpoint (servable by SGLang)")
-    resume: bool = _opt(True, "resume from <save_path>/ckpt when it exists")
-    logging_steps: int = _opt(1, "log training metrics every N steps")
-    tensorboard_dir: str | None = _opt(None, "TensorBoard log dir (needs the tensorboard package)")
+    save_path: str = option(
+        "checkpoints/synthesizer-grpo", "final model dir; resumable state under <it>/ckpt"
+    )
+    save_steps: int = option(20, "save a checkpoint every N steps (-1: only at the end)")
+    save_hf: bool = option(True, "also save Hugging Face weights with each checkpoint (servable by SGLang)")
+    resume: bool = option(True, "resume from <save_path>/ckpt when it exists")
+    logging_steps: int = option(1, "log training metrics every N steps")
+    tensorboard_dir: str | None = option(None, "TensorBoard log dir (needs the tensorboard package)")
 
     def __post_init__(self) -> None:
         for name in ("model", "dataset", "input_key", "label_key", "save_path"):

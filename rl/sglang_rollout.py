@@ -4,8 +4,8 @@
 
 OpenRLHF ships vLLM rollout actors only. This launcher swaps one piece and runs OpenRLHF's CLI module as
 `__main__`, so every upstream flag keeps its meaning: `openrlhf.trainer.ray.create_vllm_engines` becomes
-`create_sglang_engines`, whose Ray actors (`SGLangRollout`) each launch one SGLang server with this project's
-engine code (`engine.spec`) and answer the calls the trainer makes on a rollout actor: token-level
+`create_sglang_engines`, whose Ray actors (`SGLangRollout`) each launch one SGLang server (`rl.sglang_server`,
+with this project's engine code) and answer the calls the trainer makes on a rollout actor: token-level
 `generate` returning vLLM-shaped outputs, `generate_responses` through OpenRLHF's own agent executor (and so
 its reward function), weight sync, sleep/wake for colocation and prefix-cache flushes.
 
@@ -24,20 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import ctypes
 import json
 import runpy
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from engine.launch import READY_TIMEOUT_S, check_model, check_port_free, free_port, stop, wait_ready
-from engine.spec import EngineSpec, launch_command, launch_env
+from engine.launch import READY_TIMEOUT_S, stop, wait_ready
+from engine.ports import free_port
+from rl.recipe import OPENRLHF_CLI
+from rl.sglang_server import launch_tied, rollout_spec
 from rl.vllm_standin import (
     CompletionOutput,
     Logprob,
@@ -46,7 +43,6 @@ from rl.vllm_standin import (
     with_standin_hook,
 )
 
-OPENRLHF_CLI = "openrlhf.cli.train_ppo_ray"
 MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph")  # what SGLang's release/resume_memory_occupation manage
 IPC_DEVICE_ARG = 6  # position of the device index in torch's rebuild_cuda_tensor arguments
 
@@ -96,76 +92,6 @@ def tags_to_wake(asleep: set[str], tags: list[str] | None) -> list[str]:
         set(MEMORY_TAGS) if tags is None else set(tags) | ({"cuda_graph"} if "kv_cache" in tags else set())
     )
     return [t for t in MEMORY_TAGS if t in wanted & asleep]
-
-
-def rollout_spec(
-    model: str,
-    *,
-    port: int,
-    device: str = "cuda",
-    seed: int = 0,
-    max_model_len: int | None = None,
-    gpu_memory_utilization: float | None = None,
-    enable_prefix_caching: bool = True,
-    enable_sleep: bool = False,
-    deterministic: bool = False,
-    enforce_eager: bool = False,
-) -> EngineSpec:
-    """The SGLang server for one rollout engine, from the settings OpenRLHF gives its vLLM engines."""
-    if enable_sleep and device != "cuda":
-        raise ValueError(
-            "sleep/wake needs SGLang's memory saver, which needs CUDA; on the CPU run without sleep"
-        )
-    extra = ["--random-seed", str(seed)]
-    extra += ["--disable-radix-cache"] if not enable_prefix_caching else []
-    extra += ["--disable-cuda-graph"] if enforce_eager else []
-    # The first rollout runs before any weight sync, so weights released by sleep() must come back.
-    extra += ["--enable-memory-saver", "--enable-weights-cpu-backup"] if enable_sleep else []
-    return EngineSpec(
-        model=model,
-        device=device,
-        mem_fraction_static=gpu_memory_utilization if device == "cuda" else None,
-        context_length=max_model_len,
-        deterministic=deterministic,
-        port=port,
-        extra_args=tuple(extra),
-    )
-
-
-def launch_tied(spec: EngineSpec, log: Path) -> subprocess.Popen:
-    """Start the server so that it dies with this process even when Ray SIGKILLs the actor.
-
-    PR_SET_PDEATHSIG fires when the *thread* that started the child ends, so the child is started from a
-    thread that lives as long as the process. SGLang's own workers already die with the server.
-    """
-    check_model(spec.model)
-    check_port_free(spec.host, spec.port)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    ready: Future[subprocess.Popen] = Future()
-
-    def die_with_parent() -> None:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-
-    def keeper() -> None:
-        try:
-            with log.open("ab") as sink:
-                process = subprocess.Popen(
-                    launch_command(spec),
-                    env=launch_env(spec),
-                    stdout=sink,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent,
-                )
-        except OSError as exc:
-            ready.set_exception(exc)
-            return
-        ready.set_result(process)
-        threading.Event().wait()  # never set: this thread lives as long as the process, and so does the child
-
-    threading.Thread(target=keeper, name="sglang-server-keeper", daemon=True).start()
-    return ready.result()
 
 
 class SGLangRollout:

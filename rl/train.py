@@ -42,8 +42,6 @@ import os
 import shlex
 import subprocess
 import sys
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,11 +49,11 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python rl/train.py`: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rl.recipe import GRPORecipe  # noqa: E402
+from programs.core.flags import add_dataclass_args, dataclass_from_args  # noqa: E402
+from rl.recipe import OPENRLHF_CLI, GRPORecipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REWARD_FILE = Path(__file__).resolve().with_name("reward.py")
-OPENRLHF_CLI = "openrlhf.cli.train_ppo_ray"
 SGLANG_LAUNCHER = "rl.sglang_rollout"  # runs OPENRLHF_CLI as __main__ with SGLang rollout engines
 TRAINER_MODULES = {"vllm": OPENRLHF_CLI, "sglang": SGLANG_LAUNCHER}
 BACKEND_NEEDS = {  # module a backend cannot run without -> what to do about it
@@ -180,16 +178,6 @@ def recipe_json(recipe: GRPORecipe, extra: Sequence[str] = ()) -> dict:
     }
 
 
-def _flag_type(hint: typing.Any) -> tuple[type, int | None]:
-    """(element type, nargs) of a recipe field's annotation: `int`, `str | None`, `tuple[float, float]`."""
-    if isinstance(hint, types.UnionType):
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is tuple:
-        args = typing.get_args(hint)
-        return args[0], len(args)
-    return hint, None
-
-
 def build_parser() -> argparse.ArgumentParser:
     """One flag per `GRPORecipe` field, named after it; unset flags keep the dataclass default."""
     parser = argparse.ArgumentParser(
@@ -199,20 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the command and recipe; run nothing")
     group = parser.add_argument_group("recipe", "defaults are the paper's recipe (rl/recipe.py)")
-    hints = typing.get_type_hints(GRPORecipe)
-    for f in dataclasses.fields(GRPORecipe):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")
-        kind, nargs = _flag_type(hints[f.name])
-        if kind is bool:
-            group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
-            )
-        else:
-            metavar = ("LOW", "HIGH") if nargs == 2 else None
-            group.add_argument(
-                flag, type=kind, nargs=nargs, metavar=metavar, default=argparse.SUPPRESS, help=help_text
-            )
+    add_dataclass_args(group, GRPORecipe, suppress_defaults=True)
     return parser
 
 
@@ -250,14 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = build_parser()
-    ns = vars(parser.parse_args(own))
-    dry_run = ns.pop("dry_run")
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()}
+    args = parser.parse_args(own)
     try:
-        recipe = with_absolute_paths(GRPORecipe(**overrides))
+        recipe = with_absolute_paths(dataclass_from_args(GRPORecipe, args))
     except ValueError as e:
         parser.error(str(e))
-    if dry_run:
+    if args.dry_run:
         print(format_command(recipe, extra))
         print()
         print(json.dumps(recipe_json(recipe, extra), indent=2))

@@ -10,7 +10,7 @@ import pytest
 from programs.core.config import RunConfig, SamplingConfig
 from programs.core.jsonl import RecordFile
 from programs.datasets import load_problems
-from programs.pipeline import Stage
+from programs.engine_handle import EngineHandle
 from rl.curate import RECORDS, KeepRule, curate, curated_record, main
 
 
@@ -73,19 +73,19 @@ def test_curated_record_keeps_valid_candidates_only():
 
 def test_curation_on_the_engine_keeps_mixed_queries_and_resumes(cpu_engine, tmp_path):
     """The trained tiny model on its own task: its paths disagree on some problems, so some are kept."""
-    stage = Stage.attach(cpu_engine.explorer)
+    explorer = EngineHandle.attach(cpu_engine.explorer)
     sampling = SamplingConfig(max_tokens=64)
     config = RunConfig(n=8, explorer=sampling, synthesizer=sampling, explorer_model="tiny",
                        synthesizer_model="tiny", synthesize=False, extra={"keep": {}})  # fmt: skip
     problems = load_problems("synthetic", limit=8)
     records = RecordFile(tmp_path, config.to_dict(), name=RECORDS)
-    curate(problems[:5], config, stage, records, KeepRule())
+    curate(problems[:5], config, explorer, records, KeepRule())
     lines = (tmp_path / RECORDS).read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in lines) == sorted(p.id for p in problems[:5])
 
     # Resuming with more queries explores only the new ones and leaves the first lines as they were.
     records = RecordFile(tmp_path, config.to_dict(), name=RECORDS)
-    curate(problems, config, stage, records, KeepRule())
+    curate(problems, config, explorer, records, KeepRule())
     lines_after = (tmp_path / RECORDS).read_text().splitlines()
     assert lines_after[:5] == lines and len(lines_after) == 8
     curated = {record["id"]: record for record in map(json.loads, lines_after)}
@@ -102,6 +102,17 @@ def test_curation_on_the_engine_keeps_mixed_queries_and_resumes(cpu_engine, tmp_
     assert any(r["kept"] for r in curated.values()), [
         [c["answer"] for c in r["candidates"]] for r in curated.values()
     ]
+
+
+def default_rule_reason(correct: list[bool]) -> str | None:
+    """What the default rule (at least one valid, one right and one wrong) must answer, worked out by hand."""
+    if not correct:
+        return "too_few_valid"
+    if not any(correct):
+        return "too_few_correct"
+    if all(correct):
+        return "too_few_wrong"
+    return None
 
 
 def write_problems(path: Path, count: int) -> Path:
@@ -121,7 +132,9 @@ def test_cli_writes_one_line_per_query_and_resumes(cpu_engine, tmp_path, capsys)
         assert record["config"]["n"] == 2 and not record["config"]["synthesize"]
         assert record["config"]["extra"]["keep"] == {"min_valid": 1, "min_correct": 1, "min_wrong": 1}
         assert len(record["candidates"]) + sum(record["invalid"].values()) == 2
-        assert record["reason"] == KeepRule().verdict([c["correct"] for c in record["candidates"]])
+        gold = str(2 * int(record["id"].removeprefix("p")))
+        assert all(c["correct"] == (c["answer"] == gold) for c in record["candidates"])
+        assert record["reason"] == default_rule_reason([c["correct"] for c in record["candidates"]])
         assert record["kept"] == (record["reason"] is None)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["queries"] == 2 and summary["kept"] == sum(r["kept"] for r in records)
@@ -135,9 +148,9 @@ def test_cli_writes_one_line_per_query_and_resumes(cpu_engine, tmp_path, capsys)
     assert "another configuration" in capsys.readouterr().out
 
 
-def test_cli_rejects_flags_that_curation_cannot_use(capsys):
+@pytest.mark.parametrize("flag", ["--synthesizer-max-tokens", "--synthesizer-model", "--synthesizer-url"])
+def test_cli_has_no_synthesizer_flags(capsys, flag):
+    """Curation runs the explorer alone: a synthesizer setting would be silently ignored, so it is refused."""
     with pytest.raises(SystemExit):
-        main(["--dataset", "aime24", "--output", "x", "--synthesizer-max-tokens", "9"])
-    assert "explorer only" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--dataset", "aime24", "--output", "x", "--synthesizer-model", "m"])
+        main(["--dataset", "aime24", "--output", "x", flag, "9"])
+    assert f"unrecognized arguments: {flag} 9" in capsys.readouterr().err

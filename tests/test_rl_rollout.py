@@ -23,17 +23,13 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
+from engine.ports import free_port
 from engine.spec import launch_command
 from programs.core.grading import extract_answer, is_equivalent
 from programs.core.prompts import chat_prompt
 from rl import sglang_rollout, vllm_standin
-from rl.sglang_rollout import (
-    SGLangRollout,
-    free_port,
-    ipc_payload,
-    rollout_spec,
-    tags_to_wake,
-)
+from rl.sglang_rollout import SGLangRollout, ipc_payload, tags_to_wake
+from rl.sglang_server import rollout_spec
 from rl.train import REWARD_FILE
 from rl.vllm_standin import SamplingParams
 

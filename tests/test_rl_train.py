@@ -24,6 +24,7 @@ from unittest.mock import patch
 
 import pytest
 
+from programs.profile import PAPER
 from rl import train
 from rl.recipe import GRPORecipe
 
@@ -129,7 +130,8 @@ def test_recipe_defaults_are_the_papers():
         r.train_batch_size == r.rollout_batch_size * r.n_samples_per_prompt
     )  # on-policy: one step per rollout
     assert r.prompt_max_len + r.max_new_tokens == r.max_len
-    assert (r.model, r.rollout_backend, r.colocate, r.actor_gpus) == ("Qwen/Qwen3-8B", "sglang", True, 1)
+    assert r.model == PAPER.synthesizer_model
+    assert (r.rollout_backend, r.colocate, r.actor_gpus) == ("sglang", True, 1)
 
 
 def test_openrlhf_reads_the_recipe_defaults():

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, *, flag: str | None = None) -> Any:
+def option(default: Any, help: str, *, flag: str | None = None, metavar: Any = None) -> Any:
     """A dataclass field with its one-line help; `flag` names the flag when the field's name would not
-    (a bool field `synthesize` read as `--synthesis/--no-synthesis`)."""
-    metadata = {"help": help} if flag is None else {"help": help, "flag": flag}
+    (a bool field `synthesize` read as `--synthesis/--no-synthesis`), `metavar` its values in `--help`."""
+    metadata = {"help": help, "flag": flag, "metavar": metavar}
     if isinstance(default, (list, dict, set)):
         raise TypeError("give a mutable default through dataclasses.field(default_factory=...)")
     return dataclasses.field(default=default, metadata=metadata)
@@ -38,7 +38,8 @@ def add_dataclass_args(
     """One flag per field of `cls`, typed from its annotation and helped by its `metadata["help"]`.
 
     Bools get both forms (`--x/--no-x`); a tuple annotation takes that many values. With `suppress_defaults`
-    a flag that is not given leaves no attribute at all, so only what the user typed overrides a default.
+    a flag that is not given leaves no attribute at all, so only what the user typed overrides a default;
+    its help then names the dataclass default itself.
     """
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
@@ -46,8 +47,11 @@ def add_dataclass_args(
             continue
         kind = hints[field.name]
         default = field.default if field.default is not dataclasses.MISSING else None
+        help = field.metadata.get("help")
+        if suppress_defaults and help is not None:
+            help = f"{help} (default: {default})".replace("%", "%%")
         options: dict[str, Any] = {
-            "help": field.metadata.get("help"),
+            "help": help,
             "default": argparse.SUPPRESS if suppress_defaults else default,
             "dest": field.name,
         }
@@ -58,10 +62,12 @@ def add_dataclass_args(
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
-            options.update(type=args[0], nargs=len(args), metavar=field.name.upper())
+            options.update(
+                type=args[0], nargs=len(args), metavar=field.metadata.get("metavar") or field.name.upper()
+            )
         else:
             options["type"] = kind
-        group.add_argument(flag(field.metadata.get("flag", field.name)), **options)
+        group.add_argument(flag(field.metadata.get("flag") or field.name), **options)
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:

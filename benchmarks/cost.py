@@ -182,7 +182,8 @@ def record_cost(
     """Cost of one problem of a run from its own token counts (`paths` and `synthesizer`).
 
     Models come from the record's `config` unless given (to price a run at another model's prices); a config
-    without a synthesizer model means the symmetric case, where the explorer model also synthesizes.
+    without a synthesizer model means the symmetric case, where the explorer model also synthesizes. A record
+    of a run without synthesis (`--no-synthesis`: its `synthesizer` is null) costs its explorer paths only.
     """
     where = f"record {record.get('id')!r}"
     config = record.get("config") or {}
@@ -197,9 +198,13 @@ def record_cost(
     explorer = sum(
         call_cost(explorer_price, _tokens(path, f"{where} path {i}")) for i, path in enumerate(paths)
     )
-    synthesizer = record.get("synthesizer")
+    if "synthesizer" not in record:
+        raise ValueError(f"{where}: no 'synthesizer' entry (null for a run without synthesis)")
+    synthesizer = record["synthesizer"]
+    if synthesizer is None:
+        return Cost(explorer=explorer, synthesizer=0.0)
     if not isinstance(synthesizer, dict):
-        raise ValueError(f"{where}: no 'synthesizer' entry")
+        raise ValueError(f"{where}: 'synthesizer' must be an object or null, got {synthesizer!r:.80}")
     synth_cost = call_cost(price_of(synthesizer_model, prices), _tokens(synthesizer, f"{where} synthesizer"))
     return Cost(explorer=explorer, synthesizer=synth_cost)
 
@@ -258,19 +263,34 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--synthesizer-model and --synthesizer-tokens go together")
 
 
-Report = tuple[dict[str, Any], str, list[tuple[str, str, float]]]  # JSON result, table title, table rows
+# JSON result, table title, table rows (stage, detail, cost; None: not applicable, shown as "-")
+Report = tuple[dict[str, Any], str, list[tuple[str, str, float | None]]]
 
 
 def _records_report(args: argparse.Namespace, prices: dict[str, Price]) -> Report:
+    """Cons@N and A2R@N costs of a run's records; a run without synthesis has no A2R@N ("a2r": null)."""
     records = [row for _, row in read_jsonl(args.records)]
+    if not records:
+        raise ValueError(f"{args.records}: no records to price")
     run = mean_cost([record_cost(r, prices, args.explorer_model, args.synthesizer_model) for r in records])
-    result = {"problems": len(records), "cons": Cost(run.explorer, 0.0).as_dict(), "a2r": run.as_dict()}
-    rows = [
-        ("Cons@N", "explorer paths", run.explorer),
-        ("A2R@N", "explorer paths", run.explorer),
-        ("", "+ synthesizer", run.synthesizer),
-        ("", "= total", run.total),
-    ]
+    unsynthesized = [r.get("id") for r in records if r.get("synthesizer") is None]
+    if 0 < len(unsynthesized) < len(records):
+        raise ValueError(
+            f"{args.records}: {len(unsynthesized)} of {len(records)} records have no synthesizer "
+            f"(e.g. {unsynthesized[0]!r}); a mean over both kinds prices neither Cons@N nor A2R@N"
+        )
+    synthesized = not unsynthesized
+    cons = Cost(run.explorer, 0.0)
+    result = {"problems": len(records), "cons": cons.as_dict(), "a2r": run.as_dict() if synthesized else None}
+    rows: list[tuple[str, str, float | None]] = [("Cons@N", "explorer paths", run.explorer)]
+    if synthesized:
+        rows += [
+            ("A2R@N", "explorer paths", run.explorer),
+            ("", "+ synthesizer", run.synthesizer),
+            ("", "= total", run.total),
+        ]
+    else:
+        rows += [("A2R@N", "no synthesizer (a --no-synthesis run)", None)]
     return result, f"Mean cost per problem over {len(records)} records of {args.records}", rows
 
 
@@ -310,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table.add_column("stage")
     table.add_column("detail")
     table.add_column(f"cost ({CURRENCY}/problem)", justify="right")
-    for row in rows:
-        table.add_row(row[0], row[1], f"{row[2]:.4g}")
+    for stage, detail, cost in rows:
+        table.add_row(stage, detail, "-" if cost is None else f"{cost:.4g}")
     Console().print(table)
     return 0
 

@@ -2,9 +2,9 @@
 
     python -m benchmarks.score FILE --gold-key K (--responses-key K | --answers-key K) [--n N] [--json]
 
-Each line of FILE is one problem: its gold answer under --gold-key (a string or a number) and its k samples
-as a list, either raw model responses under --responses-key (the answer is the last `\\boxed{...}` after the
-last `</think>`, or in the whole response when there is none) or already-extracted answers under
+Each line of FILE is one problem: its gold answer under --gold-key (a string or a finite number) and its k
+samples as a list, either raw model responses under --responses-key (the answer is the last `\\boxed{...}`
+after the last `</think>`, or in the whole response when there is none) or already-extracted answers under
 --answers-key (a string, or null for no answer).
 Reported in percent, averaged over problems (conventions in full in `programs.core.metrics`):
 - pass@1: the fraction of correct samples (math-verify equivalence to the gold answer, gold first);
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ class SampledProblem:
 def _gold(value: Any, where: str, key: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ScoreInputError(f"{where}: gold answer {key!r} must be a string or a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN and Infinity parse as floats
+        raise ScoreInputError(f"{where}: gold answer {key!r} must be a finite number, got {value!r}")
     gold = str(value).strip()
     if not gold:
         raise ScoreInputError(f"{where}: gold answer {key!r} is empty")

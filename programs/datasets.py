@@ -6,13 +6,16 @@
     load_problems("synthetic:7:500")                  # generated arithmetic, see programs/offline/task.py
 
 Sources name their fields differently (problem / question / Question, answer / Answer, id / unique_id); they
-are mapped here once so nothing downstream has to know. GSM8K-style answers ("... #### 1,234") keep only
-the final number. Every error names the file and line (or row) and the field at fault.
+are mapped here once so nothing downstream has to know. A problem is text; an answer is text or a finite
+number (AIME answers are often integers); anything else (a list, an object, a bool) is refused, not turned
+into text. GSM8K-style answers ("... #### 1,234") keep only the final number. Every error names the file
+and line (or row) and the field at fault; a set with no problems at all is an error too.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +54,10 @@ def load_problems(spec: str, limit: int | None = None) -> list[Problem]:
     """
     if limit is not None and limit < 1:
         raise DatasetError(f"limit must be at least 1, got {limit}")
-    problems = _to_problems(_read_rows(spec))
-    return problems if limit is None else problems[:limit]
+    problems = _to_problems(_read_rows(spec))[:limit]
+    if not problems:
+        raise DatasetError(f"dataset {spec!r} has no problems")
+    return problems
 
 
 def question_problem(text: str) -> Problem:
@@ -104,6 +109,8 @@ def _read_json(path: Path) -> list[Located]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return [(f"{path}:{lineno}", row) for lineno, row in _read_jsonl(path)]
+    except ValueError as err:  # valid JSON Python will not read, e.g. an integer of more than 4300 digits
+        raise DatasetError(f"{path}: cannot be read as JSON ({err})") from None
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a list of objects at the top level, got {type(data).__name__}")
     for index, row in enumerate(data):
@@ -148,8 +155,8 @@ def _to_problems(rows: list[Located]) -> list[Problem]:
     problems: list[Problem] = []
     first_seen: dict[str, str] = {}
     for index, (where, row) in enumerate(rows):
-        problem = _text_field(row, PROBLEM_FIELDS, where, "problem")
-        answer = _gold_answer(_text_field(row, ANSWER_FIELDS, where, "answer"))
+        problem = _text_field(row, PROBLEM_FIELDS, where, "problem", numbers=False)
+        answer = _gold_answer(_text_field(row, ANSWER_FIELDS, where, "answer", numbers=True))
         raw_id = next((row[key] for key in ID_FIELDS if row.get(key) not in (None, "")), index)
         problem_id = str(raw_id)
         if problem_id in first_seen:
@@ -159,11 +166,19 @@ def _to_problems(rows: list[Located]) -> list[Problem]:
     return problems
 
 
-def _text_field(row: dict[str, Any], names: tuple[str, ...], where: str, label: str) -> str:
+def _text_field(row: dict[str, Any], names: tuple[str, ...], where: str, label: str, numbers: bool) -> str:
+    """The first of `names` the row fills, as stripped text; `numbers` also allows a finite int or float."""
     for name in names:
         value = row.get(name)
-        if value is not None and str(value).strip():
-            return str(value).strip()
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if not (isinstance(value, str) or (numbers and number and math.isfinite(value))):
+            kind = "text or a finite number" if numbers else "text"
+            raise DatasetError(
+                f"{where}: field {name!r} ({label}) must be {kind}, got {type(value).__name__} {value!r:.80}"
+            )
+        return str(value).strip()
     raise DatasetError(
         f"{where}: missing field {label!r} (looked for {', '.join(names)}; the row has "
         f"{', '.join(row) or 'no fields'})"

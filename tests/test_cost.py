@@ -19,6 +19,7 @@ from benchmarks.cost import (
     price_of,
     record_cost,
 )
+from programs.core.records import PathRecord, ProblemRecord
 
 # Paper appendix A.1, Table 4 (all 20 rows): explorer model, tokens in/out per path, synthesizer model (8B(Opt) is an 8B,
 # priced as one), tokens in/out, and the "Cost/1K" column. A2R rows use N=4; baseline rows are one sample.
@@ -180,8 +181,37 @@ def test_record_missing_token_counts_is_named():
     broken = dict(RECORDS[0], paths=[{"text": "...", "prompt_tokens": 3}])
     with pytest.raises(ValueError, match="record 'a' path 0: missing completion_tokens"):
         record_cost(broken, DEFAULT_PRICES)
-    with pytest.raises(ValueError, match="record 'a': no 'synthesizer'"):
-        record_cost(dict(RECORDS[0], synthesizer=None), DEFAULT_PRICES)
+    no_key = {k: v for k, v in RECORDS[0].items() if k != "synthesizer"}
+    with pytest.raises(ValueError, match="record 'a': no 'synthesizer' entry"):
+        record_cost(no_key, DEFAULT_PRICES)
+    with pytest.raises(ValueError, match="record 'a': 'synthesizer' must be an object or null, got 'x'"):
+        record_cost(dict(RECORDS[0], synthesizer="x"), DEFAULT_PRICES)
+
+
+def unsynthesized_records() -> list[dict]:
+    """Records as `python -m programs.a2r --no-synthesis` writes them: the paths, and a null synthesizer."""
+    config = {"explorer_model": "Qwen/Qwen3-4B", "synthesizer_model": "Qwen/Qwen3-8B", "synthesize": False}
+    return [
+        ProblemRecord(
+            id=record["id"],
+            problem="p",
+            gold="1",
+            config=config,
+            paths=[PathRecord.from_json(path) for path in record["paths"]],
+            self_consistency={"answer": None, "correct": False},
+            synthesizer=None,
+            timings={},
+        ).to_json()
+        for record in RECORDS
+    ]
+
+
+def test_record_without_synthesis_costs_its_paths_only():
+    record = unsynthesized_records()[0]
+    assert record["synthesizer"] is None
+    cost = record_cost(record, DEFAULT_PRICES)
+    assert cost.explorer == pytest.approx(record_cost(RECORDS[0], DEFAULT_PRICES).explorer)
+    assert cost.synthesizer == 0.0
 
 
 def test_cli_tokens_json(capsys):
@@ -231,6 +261,39 @@ def test_cli_records(tmp_path, capsys):
         "a2r": pytest.approx({"explorer": 0.00456, "synthesizer": 0.001375, "total": 0.005935}),
         "currency": "CNY",
     }
+
+
+def test_cli_records_without_synthesis_price_cons_only(tmp_path, capsys):
+    file = tmp_path / "records.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in unsynthesized_records()))
+    assert main(["--records", str(file), "--json"]) == 0
+    # The explorer side as in test_cli_records; there is no A2R@N to price.
+    assert json.loads(capsys.readouterr().out) == {
+        "problems": 2,
+        "cons": pytest.approx({"explorer": 0.00456, "synthesizer": 0.0, "total": 0.00456}),
+        "a2r": None,
+        "currency": "CNY",
+    }
+    assert main(["--records", str(file)]) == 0
+    assert table_rows(capsys.readouterr().out) == [
+        ["stage", "detail", "cost (CNY/problem)"],
+        ["Cons@N", "explorer paths", "0.00456"],
+        ["A2R@N", "no synthesizer (a --no-synthesis run)", "-"],
+    ]
+
+
+def test_cli_records_mixing_runs_with_and_without_synthesis_are_refused(tmp_path, capsys):
+    file = tmp_path / "records.jsonl"
+    file.write_text(json.dumps(RECORDS[0]) + "\n" + json.dumps(unsynthesized_records()[1]) + "\n")
+    assert main(["--records", str(file)]) == 2
+    assert f"{file}: 1 of 2 records have no synthesizer (e.g. 'b')" in capsys.readouterr().err
+
+
+def test_cli_empty_records_file_is_named(tmp_path, capsys):
+    file = tmp_path / "records.jsonl"
+    file.write_text("")
+    assert main(["--records", str(file)]) == 2
+    assert capsys.readouterr().err == f"error: {file}: no records to price\n"
 
 
 def test_cli_errors(capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import datasets
 import pytest
@@ -143,3 +144,74 @@ def test_question_problem():
     assert question_problem("  What is 2+2? ") == Problem("q0", "What is 2+2?", "")
     with pytest.raises(DatasetError, match="empty"):
         question_problem("   ")
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "got"),
+    [
+        ({"problem": "p", "answer": [1, 2]}, "answer", "list [1, 2]"),
+        ({"problem": "p", "answer": {"value": 1}}, "answer", "dict {'value': 1}"),
+        ({"problem": "p", "answer": True}, "answer", "bool True"),
+        ({"problem": "p", "answer": float("nan")}, "answer", "float nan"),
+        ({"problem": ["p"], "answer": "1"}, "problem", "list ['p']"),
+        ({"question": {"text": "p"}, "answer": "1"}, "question", "dict {'text': 'p'}"),
+        ({"problem": False, "answer": "1"}, "problem", "bool False"),
+        ({"problem": 12, "answer": "1"}, "problem", "int 12"),  # a number is an answer, not a problem
+    ],
+)
+def test_values_that_are_not_text_are_refused_naming_line_and_field(tmp_path, row, field, got):
+    path = write_jsonl(tmp_path / "typed.jsonl", [{"problem": "ok", "answer": "1"}, row])
+    with pytest.raises(
+        DatasetError, match=rf"typed\.jsonl:2: field '{field}' \(\w+\) must be .*, got {re.escape(got)}$"
+    ):
+        load_problems(path)
+
+
+def test_numbers_are_answers(tmp_path):
+    rows = [{"problem": "a", "answer": 70}, {"problem": "b", "answer": 2.5}, {"problem": "c", "answer": 0}]
+    assert [p.answer for p in load_problems(write_jsonl(tmp_path / "n.jsonl", rows))] == ["70", "2.5", "0"]
+
+
+def test_json_list_row_that_is_not_text_names_the_row(tmp_path):
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps([{"problem": "p", "answer": "1"}, {"problem": "q", "Answer": [3]}]))
+    with pytest.raises(DatasetError, match=r"set\.json row 1: field 'Answer' \(answer\) must be text"):
+        load_problems(str(path))
+
+
+def test_json_number_python_will_not_read_names_the_file(tmp_path):
+    path = tmp_path / "huge.json"
+    path.write_text('[{"problem": "p", "answer": ' + "9" * 5000 + "}]")
+    with pytest.raises(DatasetError, match=r"huge\.json: cannot be read as JSON \(Exceeds the limit"):
+        load_problems(str(path))
+
+
+@pytest.mark.parametrize(
+    ("name", "text"), [("empty.jsonl", ""), ("blank.jsonl", "\n\n"), ("empty.json", "[]")]
+)
+def test_a_set_with_no_problems_is_an_error(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(DatasetError, match=rf"^dataset '.*{name}' has no problems$"):
+        load_problems(str(path), limit=3)
+
+
+@pytest.mark.parametrize(
+    "entry_point",
+    [
+        ["programs.a2r", "--dataset", "{data}"],
+        ["rl.curate", "--dataset", "{data}", "--output", "{out}"],
+    ],
+)
+def test_entry_points_refuse_an_empty_set_in_one_line(tmp_path, capsys, monkeypatch, entry_point):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)  # a default output folder, if one were made, lands here
+    data, out = tmp_path / "empty.jsonl", tmp_path / "out"
+    data.write_text("")
+    module, *argv = [arg.format(data=data, out=out) for arg in entry_point]
+    # A port nothing listens on: nothing may start or call an engine before the dataset is read.
+    main = importlib.import_module(module).main
+    assert main([*argv, "--explorer-url", "http://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().out == f"error: dataset '{data}' has no problems\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl"]

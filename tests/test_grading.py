@@ -176,3 +176,110 @@ def test_start_verifier_starts_one_worker_ahead_of_the_first_comparison():
     assert len(started) == 1 and started[0].is_alive()
     start_verifier()
     assert is_equivalent("\\frac{1}{2}", "0.5") and verifier_workers() == started  # the same worker serves
+
+
+HUGE = "1" + "0" * 5000  # past int()'s 4300-digit limit for strings
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer", "expected"),
+    [
+        (HUGE, HUGE + "0", False),
+        (HUGE, f" +000{HUGE} ", True),  # sign, leading zeros and spaces do not matter
+        (HUGE, f"-{HUGE}", False),
+        ("-0", "0", True),
+        ("25", HUGE, False),
+        (HUGE, "25", False),
+        ("٣", "3", True),  # Unicode decimal digits read as int() reads them
+    ],
+)
+def test_integers_of_any_length_are_compared_exactly(gold, answer, expected):
+    assert is_equivalent(gold, answer) is expected
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer"),
+    [
+        (HUGE, rf"\frac{{{HUGE}}}{{3}}"),
+        (f"{HUGE}.5", "1"),
+        ("nan", "NaN"),
+        ("NaN", "5"),
+        ("inf", r"\infty"),
+        ("1e999999", "1"),
+        ("\x00", "1"),
+        ("\ud800", "1"),  # a lone surrogate
+        ("𝟙𝟚", "12"),
+        (r"\frac{1}{0}", "1"),
+    ],
+)
+def test_any_pair_of_strings_gets_a_verdict(gold, answer):
+    assert is_equivalent(gold, answer, timeout_s=60) in (True, False)
+
+
+class _FakeConnection:
+    """The worker's end of the pipe: hands out `requests`, then reports the parent gone."""
+
+    def __init__(self, requests: list[tuple[str, str]]) -> None:
+        self.requests, self.sent = requests, []
+
+    def recv(self) -> tuple[str, str]:
+        if not self.requests:
+            raise EOFError
+        return self.requests.pop(0)
+
+    def send(self, message: object) -> None:
+        self.sent.append(message)
+
+
+def test_a_pair_that_makes_math_verify_raise_is_answered_and_the_worker_goes_on(monkeypatch):
+    import math_verify
+
+    from programs.core import grading
+
+    real_parse = math_verify.parse
+
+    def parse(text, *args, **kwargs):
+        if "boom" in text:
+            raise RecursionError("maximum recursion depth exceeded")
+        return real_parse(text, *args, **kwargs)
+
+    monkeypatch.setattr(math_verify, "parse", parse)
+    math_verify_logger = logging.getLogger("math_verify")
+    monkeypatch.setattr(math_verify_logger, "level", math_verify_logger.level)  # the worker loop sets it
+    conn = _FakeConnection([("boom", "1"), ("2", "2.0")])
+    grading._serve(conn)
+    assert conn.sent == [
+        "ready",
+        "made math-verify raise RecursionError: maximum recursion depth exceeded",
+        True,
+    ]
+
+
+def test_an_error_from_the_worker_is_logged_with_the_label(monkeypatch):
+    from programs.core import grading
+
+    gold = f"\\frac{{1}}{{{uuid.uuid4().int}}}"  # a pair no earlier call cached
+    monkeypatch.setattr(grading._VERIFIER, "verify", lambda *_: "made math-verify raise ValueError: x")
+    with grading_warnings() as warnings:
+        assert is_equivalent(gold, "0", label="aime25/I-1") is False
+    assert [w.getMessage() for w in warnings] == [
+        f"aime25/I-1: Comparing gold {gold!r} with answer '0' made math-verify raise ValueError: x; "
+        "counted as not equivalent"
+    ]
+
+
+def test_a_worker_that_died_unnoticed_counts_as_a_crash(monkeypatch):
+    from programs.core import grading
+
+    start_verifier()
+    (worker,) = verifier_workers()
+    worker.kill()
+    worker.join()
+    # As if it died between the liveness check and the request: sending then fails on a closed pipe.
+    monkeypatch.setattr(grading._VERIFIER, "_ensure_started", lambda: None)
+    with grading_warnings() as warnings:
+        assert is_equivalent(f"\\frac{{1}}{{{uuid.uuid4().int}}}", "0", label="p7") is False
+    assert len(warnings) == 1 and "p7: " in warnings[0].getMessage()
+    assert "crashed the math-verify worker" in warnings[0].getMessage()
+    monkeypatch.undo()
+    assert is_equivalent(r"\frac{1}{2}", "0.5")  # the next call starts a fresh worker

@@ -89,6 +89,16 @@ def test_table_by_default(tmp_path, capsys):
         ([{"gold": "1", "answers": ["1", 2]}], [], "samples.jsonl:1: 'answers'[1] is int"),
         ([{"gold": None, "answers": ["1"]}], [], "samples.jsonl:1: gold answer 'gold' must be a string"),
         ([{"gold": " ", "answers": ["1"]}], [], "samples.jsonl:1: gold answer 'gold' is empty"),
+        (
+            [{"gold": "1", "answers": ["1"]}, '{"gold": NaN, "answers": ["1"]}'],
+            [],
+            "samples.jsonl:2: gold answer 'gold' must be a finite number, got nan",
+        ),
+        (
+            ['{"gold": -Infinity, "answers": ["1"]}'],
+            [],
+            "samples.jsonl:1: gold answer 'gold' must be a finite",
+        ),
         (["[1, 2]"], [], "samples.jsonl:1: expected a JSON object"),
         ([""], [], "no problems"),
         (
@@ -111,6 +121,26 @@ def test_bad_input_names_file_and_line(tmp_path, capsys, rows, extra, message):
     assert str(path) in err
 
 
+def test_a_response_with_a_huge_integer_is_scored(tmp_path, capsys):
+    huge = "9" * 5000  # past int()'s 4300-digit limit for strings
+    responses = [rf"\boxed{{{huge}}}", rf"\boxed{{{huge}0}}", r"\boxed{7}", r"\boxed{7}"]
+    rows = [{"gold": huge, "responses": responses}, {"gold": 7, "responses": responses}]
+    path = _write(tmp_path, rows)
+    out = _run_json(capsys, [str(path), "--gold-key", "gold", "--responses-key", "responses", "--n", "2"])
+    # 1 of 4 right on line 1, 2 of 4 on line 2; the votes: [huge, huge0] a tie won by huge, [7, 7] is 7, so
+    # each line has one right vote of two. pass@2: 1 - C(3,2)/C(4,2) = 1/2 and 1 - C(2,2)/C(4,2) = 5/6.
+    assert out == pytest.approx(
+        {
+            "pass@1": (25 + 50) / 2,
+            "cons@2": 50.0,
+            "pass@2": (50 + 100 * 5 / 6) / 2,
+            "problems": 2,
+            "samples": 8,
+            "no_answer": 0,
+        }
+    )
+
+
 def test_responses_must_be_strings(tmp_path, capsys):
     path = _write(tmp_path, [{"gold": "1", "responses": [r"\boxed{1}", None]}])
     assert main([str(path), "--gold-key", "gold", "--responses-key", "responses"]) == 2
@@ -121,7 +151,7 @@ def test_file_that_is_not_utf8(tmp_path, capsys):
     path = tmp_path / "samples.jsonl"
     path.write_bytes(b'{"gold": "1", "answers": ["\xff"]}\n')
     assert main([str(path), "--gold-key", "gold", "--answers-key", "answers"]) == 2
-    assert f"{path}: not UTF-8 text" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"error: {path}: not UTF-8 text (byte 27: invalid start byte)\n"
 
 
 def test_missing_file(tmp_path, capsys):

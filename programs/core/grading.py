@@ -5,7 +5,9 @@ streaming pipeline and OpenRLHF's reward (`asyncio.to_thread`) call us from work
 runs with its timeouts off, inside one long-lived worker process started with `spawn` (no inherited engine
 threads or CUDA state); a call that exceeds `VERIFY_TIMEOUT_S` kills that process, is logged and counts as
 not equivalent, and the next call starts a fresh worker. Results are cached per (gold, answer), and plain
-integers (AIME answers) are compared in-process, so the common case never leaves this process.
+integers (AIME answers) are compared in-process, exactly and at any length, so the common case never leaves
+this process. Grading never raises on a pair of strings: a pair math-verify cannot compare (it raises, times
+out or crashes its worker) is logged and counts as not equivalent.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import multiprocessing as mp
 import re
 import threading
+import unicodedata
 from multiprocessing.connection import Connection
 
 from programs.core.prompts import answer_part
@@ -25,7 +28,7 @@ VERIFY_TIMEOUT_S = 5.0  # per (gold, answer) comparison, parsing included; math-
 _STARTUP_TIMEOUT_S = 120.0  # importing sympy and math-verify in a fresh interpreter on a loaded machine
 
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+_INTEGER = re.compile(r"\s*([+-]?)(\d+)\s*")
 
 
 def extract_boxed(text: str) -> str | None:
@@ -70,13 +73,17 @@ def extract_answer(response: str) -> str | None:
     return extract_boxed(answer_part(response).text)
 
 
-def is_equivalent(gold: str, answer: str | None, *, timeout_s: float = VERIFY_TIMEOUT_S) -> bool:
+def is_equivalent(
+    gold: str, answer: str | None, *, timeout_s: float = VERIFY_TIMEOUT_S, label: str = ""
+) -> bool:
     """Whether `answer` is mathematically equivalent to `gold` by math-verify, gold first.
 
     Both are bare answers (e.g. the content of a box, or a dataset's answer field); each is parsed as if it
     were boxed, with math-verify's LaTeX and plain-expression extraction. A missing or blank answer is never
-    equivalent; identical strings always are. Safe from any thread. A comparison that takes longer than
-    `timeout_s` (or crashes the worker) is logged and counts as not equivalent.
+    equivalent; identical strings always are. Safe from any thread. A comparison that math-verify cannot make
+    (it raises, takes longer than `timeout_s`, or crashes the worker) is logged, with `label` (e.g. the
+    problem's id) when given, and counts as not equivalent. Only an empty gold answer or a non-positive
+    `timeout_s` raises: those are the caller's mistakes, not the data's.
 
     >>> is_equivalent("25", "025"), is_equivalent("336", "336^\\\\circ"), is_equivalent("1", None)
     (True, True, False)
@@ -89,9 +96,38 @@ def is_equivalent(gold: str, answer: str | None, *, timeout_s: float = VERIFY_TI
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     if gold.strip() == answer.strip():
         return True  # even when math-verify cannot parse it, e.g. two identical free-text answers
-    if _INTEGER.fullmatch(gold) and _INTEGER.fullmatch(answer):
-        return int(gold) == int(answer)  # exact, where math-verify would compare floats to 15 digits
-    return _verify_cached(gold, answer, timeout_s)
+    gold_integer, answer_integer = _integer(gold), _integer(answer)
+    if gold_integer is not None and answer_integer is not None:
+        return gold_integer == answer_integer  # exact, where math-verify would compare floats to 15 digits
+    verdict = _verify_cached(gold, answer, timeout_s)
+    if isinstance(verdict, str):
+        logger.warning(
+            "%sComparing gold %.200r with answer %.200r %s; counted as not equivalent",
+            f"{label}: " if label else "",
+            gold,
+            answer,
+            verdict,
+        )
+        return False
+    return verdict
+
+
+def _integer(text: str) -> tuple[bool, str] | None:
+    """A plain integer as (negative, its decimal digits without leading zeros), else None.
+
+    Exact at any length, where `int()` refuses strings of more than 4300 digits.
+
+    >>> _integer(" -007 "), _integer("-0") == _integer("0"), _integer("1.5")
+    ((True, '7'), True, None)
+    """
+    match = _INTEGER.fullmatch(text)
+    if match is None:
+        return None
+    sign, digits = match.groups()
+    if not digits.isascii():  # any Unicode decimal digit, as int() reads them
+        digits = "".join(str(unicodedata.decimal(digit)) for digit in digits)
+    digits = digits.lstrip("0")
+    return sign == "-" and digits != "", digits
 
 
 def start_verifier() -> None:
@@ -101,16 +137,18 @@ def start_verifier() -> None:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _verify_cached(gold: str, answer: str, timeout_s: float) -> bool:
-    """Cached so that majority votes, which compare the same answers again and again, stay cheap.
+def _verify_cached(gold: str, answer: str, timeout_s: float) -> bool | str:
+    """math-verify's verdict, or why there is none (e.g. "took longer than 5 s").
 
-    A pair that timed out is cached as False too: it would only time out again.
+    Cached so that majority votes, which compare the same answers again and again, stay cheap. A pair that
+    could not be compared is cached too: it would only fail again.
     """
     return _VERIFIER.verify(gold, answer, timeout_s)
 
 
 def _serve(conn: Connection) -> None:
-    """Worker loop: answer (gold, answer) pairs with math-verify's verdict until the pipe closes."""
+    """Worker loop: answer (gold, answer) pairs with math-verify's verdict until the pipe closes; a pair that
+    makes math-verify raise is answered with a description of the error instead."""
     # We enforce the time limit from outside, so math-verify's "timeout is disabled" warning is noise here.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
@@ -132,9 +170,12 @@ def _serve(conn: Connection) -> None:
             gold, answer = conn.recv()
         except EOFError:
             return
-        gold_parsed, answer_parsed = parsed(gold), parsed(answer)
-        ok = bool(gold_parsed and answer_parsed and verify(gold_parsed, answer_parsed, timeout_seconds=None))
-        conn.send(ok)
+        try:
+            gold_parsed, answer_parsed = parsed(gold), parsed(answer)
+            ok = gold_parsed and answer_parsed and verify(gold_parsed, answer_parsed, timeout_seconds=None)
+            conn.send(bool(ok))
+        except Exception as e:  # one bad pair; the worker stays up and the caller logs it
+            conn.send(f"made math-verify raise {type(e).__name__}: {str(e):.200}")
 
 
 class _VerifierProcess:
@@ -149,23 +190,21 @@ class _VerifierProcess:
         with self._lock:
             self._ensure_started()
 
-    def verify(self, gold: str, answer: str, timeout_s: float) -> bool:
+    def verify(self, gold: str, answer: str, timeout_s: float) -> bool | str:
+        """The worker's verdict on one pair, or why there is none (a timeout, a crash, an error)."""
         with self._lock:
             self._ensure_started()
             assert self._conn is not None and self._proc is not None
-            self._conn.send((gold, answer))
             try:
+                self._conn.send((gold, answer))
                 if self._conn.poll(timeout_s):
                     return self._conn.recv()
                 problem = f"took longer than {timeout_s:g} s"
-            except (EOFError, ConnectionResetError):
+            except (EOFError, OSError):  # the worker died: a closed pipe, on sending or on reading
                 self._proc.join(1.0)
                 problem = f"crashed the math-verify worker (exit code {self._proc.exitcode})"
             self._stop()
-        logger.warning(
-            "Comparing gold %.200r with answer %.200r %s; counted as not equivalent", gold, answer, problem
-        )
-        return False
+        return problem
 
     def _ensure_started(self) -> None:
         if self._proc is None or not self._proc.is_alive():

@@ -7,6 +7,7 @@ text and the synthetic task, and a Qwen3-style ChatML chat template with the `en
 The first build trains it for `TrainRecipe.steps` steps on `programs.offline.task` explorer and synthesizer
 turns (about two minutes on two idle cores), so its answers mean something: it often gets small sums right,
 its samples disagree, and its synthesizer follows its references. Random weights stay one flag away.
+A cache entry is built by one process at a time (a file lock next to it): the others wait and reuse it.
 
     python -m programs.offline.model [--seed N] [--out DIR] [--untrained]    # prints the model directory
 """
@@ -15,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -171,10 +175,16 @@ def build_tiny_model(
 ) -> Path:
     """Build the tiny model into `out_dir`, trained by `recipe` (None: random weights), atomically: it is
     staged next to it and renamed into place, so readers see a complete model or none. If another process
-    finishes the same build first, its copy stays. A trained model keeps its account in training.json."""
+    finishes the same build first, its copy stays. A trained model keeps its account in training.json.
+    SIGTERM removes the staging folder before it ends the process (see `_unwind_on_sigterm`)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    with _unwind_on_sigterm():
+        return _build(out_dir, seed, corpus_dir, recipe)
+
+
+def _build(out_dir: Path, seed: int, corpus_dir: Path, recipe: TrainRecipe | None) -> Path:
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out_dir), dir=out_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the model is meant to be shared like any cache entry
     try:
         tokenizer = build_tokenizer(
@@ -203,6 +213,62 @@ def build_tiny_model(
     return out_dir
 
 
+def _staging_prefix(out_dir: Path) -> str:
+    """Staging folders of `out_dir` are hidden siblings named `.<name>.XXXXXXXX`."""
+    return f".{out_dir.name}."
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived during a build: unwinds it like Ctrl-C, but is not caught as an error anywhere."""
+
+
+@contextlib.contextmanager
+def _unwind_on_sigterm() -> Iterator[None]:
+    """Where SIGTERM would end the process outright (on the main thread, with no handler of the program's
+    own), let it first unwind the build, which removes the staging folder, then end the process by SIGTERM
+    as it would have. A program that handles SIGTERM itself (the entry points take it as Ctrl-C) unwinds
+    the build its own way."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def unwind(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _build_lock(out_dir: Path) -> Iterator[None]:
+    """Hold `<out_dir>.lock` (flock, freed by the kernel however the holder ends) while building `out_dir`:
+    the other processes that want the same cache entry wait here instead of building it a second time."""
+    with open(out_dir.with_name(f"{out_dir.name}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log_progress(f"Waiting for another process to finish building {out_dir.name}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Remove what builders of `out_dir` that died (SIGKILL, a crash) left staged. Called with the build lock
+    held, so no live builder owns any of them."""
+    for stale in out_dir.parent.glob(f"{_staging_prefix(out_dir)}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def log_progress(message: str) -> None:
     """Progress on stderr: stdout may carry a result (the CLI prints the model path there)."""
     print(message, file=sys.stderr, flush=True)
@@ -228,7 +294,8 @@ def cache_root() -> Path:
 
 
 def tiny_model_path(seed: int = 0, root: Path | None = None, trained: bool = True) -> Path:
-    """The cached tiny model for `seed`, built on first use and safe to call from parallel processes.
+    """The cached tiny model for `seed`, built on first use and safe to call from parallel processes: one
+    builds it, the others wait for it.
 
     Trained (the default) the first build takes minutes; `trained=False` gives random weights in seconds,
     for tests that need an engine and not answers.
@@ -239,7 +306,12 @@ def tiny_model_path(seed: int = 0, root: Path | None = None, trained: bool = Tru
     path = (root or cache_root()) / build_key(seed, recipe)
     if (path / "config.json").is_file():
         return path
-    return build_tiny_model(path, seed, recipe=recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(path):
+        if (path / "config.json").is_file():  # built while this process waited for the lock
+            return path
+        _remove_stale_staging(path)
+        return build_tiny_model(path, seed, recipe=recipe)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """The paper's accuracy protocol (its Table 1): Pass@1, Cons@N, Pass@N and A2R@N per dataset, over many runs.
 
-    python -m benchmarks.accuracy                       # GPU: Qwen3-4B -> Qwen3-8B, 16 runs, N = 4 8 12
+    python -m benchmarks.accuracy                       # GPU: the paper profile's models, 16 runs, N = 4 8 12
     python -m benchmarks.accuracy --synthesizer-model Qwen/Qwen3-32B --ns 4 8 --prices prices.json
     python -m benchmarks.accuracy --runs 4 --ns 2 4 8 --limit 30      # CPU: the tiny model on `synthetic`
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -140,7 +139,8 @@ class Protocol:
         n = self.pipeline.config.n
         paths = self.pipeline.explore(trial.problem, first_path=trial.run * n)
         labels = {"dataset": trial.dataset, "problem_id": trial.problem.id, "run": trial.run}
-        return ProblemRecord.build(trial.problem, self.config, paths, None, {}, labels)
+        record = ProblemRecord.build(trial.problem, self.config, paths, None, {}, labels)
+        return replace(record, id=trial.id)  # keyed by trial; `problem_id` names the problem
 
     def syntheses(
         self, trial: Trial, exploration: ProblemRecord
@@ -165,8 +165,9 @@ class Protocol:
 
         def synthesized(trial: Trial, result: tuple[int, SynthesisRecord], seconds: float) -> None:
             n, synthesis = result
+            synthesis = graded(synthesis, trial.problem.answer, trial.id)
             line = {"id": trial.synthesis_id(n), "dataset": trial.dataset, "problem_id": trial.problem.id,
-                    "run": trial.run, "n": n, "config": self.config, "synthesizer": graded(synthesis, trial.problem.answer).to_json(),
+                    "run": trial.run, "n": n, "config": self.config, "synthesizer": synthesis.to_json(),
                     "timings": {"synthesize_s": seconds}}  # fmt: skip
             records.syntheses.append(line)
             on_record()
@@ -242,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
         prices = load_prices(args.prices, args.price)
         explorations, syntheses = (RecordFile(args.output, config.to_dict(), console, name=n) for n in FILES)
         records = ProtocolRecords(problems, args.runs, args.ns, explorations, syntheses)
+        explorations.check_problems((trial.id, trial.problem) for trial in records.trials())
     except (DatasetError, RecordsError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
@@ -253,17 +255,14 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         if explore or synth:
+            cli.log_frontend_warnings(args.output / "logs")
             with serve(engines, args.output / "logs") as running:
                 pipeline = Pipeline(config, *EngineHandle.attach_roles(running))
                 with Progress(*Progress.get_default_columns(), TimeElapsedColumn(), console=console) as bar:
                     task = bar.add_task("explorations + syntheses", total=explore + synth)
                     Protocol(pipeline, records).run(lambda: bar.advance(task))
-    except (RuntimeError, ValueError) as exc:  # an engine (EngineError), or a request it refused
-        console.print(f"[red]error:[/] {exc}\nfinished records are kept in {args.output}; rerun to resume")
-        return 1
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted:[/] finished records kept in {args.output}; rerun to resume")
-        return 130
+    except (KeyboardInterrupt, RuntimeError, ValueError) as exc:  # RuntimeError: an engine (EngineError)
+        return cli.stopped(exc, f"finished records are kept in {args.output}")
     summary = summarize(records, config, prices, args.output)
     cli.show(table1(summary))
     console.print(f"summary: {args.output / 'summary.json'}, plots: {args.output / ACCURACY_PNG}")
@@ -271,4 +270,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_with(main())

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
@@ -90,7 +89,9 @@ def run_config(args: argparse.Namespace, engines: Engines, profile: Profile) -> 
             args.explorer_tokens or round(scale * TABLE4_4B_TO_8B["explorer_out"]),
             args.synthesizer_tokens or round(scale * TABLE4_4B_TO_8B["synthesizer_out"]),
         )
-        reference_tokens = max(1, round(scale * PAPER_REFERENCE_TOKENS))
+        # A reference keeps the paper's share of its path (1069 of 18597 tokens), whatever the path's length.
+        share = PAPER_REFERENCE_TOKENS / TABLE4_4B_TO_8B["explorer_out"]
+        reference_tokens = max(1, round(share * budgets[0]))
     config = RunConfig.from_args(
         args, budgets=budgets, ignore_eos=args.fixed_length, **cli.role_models(engines)
     )
@@ -176,6 +177,7 @@ def measure(
     problems: list[Problem], engines: Engines, config: RunConfig, reference_tokens: int | None, output: Path
 ) -> dict[str, dict[str, Any]]:
     """Start the engines once and run the three modes on them in turn, each from a flushed prefix cache."""
+    cli.log_frontend_warnings(output / "logs")
     with serve(engines, output / "logs") as running:
         explorer, synthesizer = EngineHandle.attach_roles(running)
         urls = list(dict.fromkeys(handle.url for handle in (explorer, synthesizer)))
@@ -298,4 +300,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_with(main())

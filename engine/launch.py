@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
-import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,8 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from engine.layout import Engines
+from engine.ports import check_port_free, listeners
 from engine.spec import EngineSpec, launch_command, launch_env
+
+logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 600.0  # a large model's first load (and CUDA graph capture) can take minutes
 REMOTE_TIMEOUT_S = 10.0
@@ -56,13 +62,6 @@ def flush_cache(url: str, wait_s: float = FLUSH_WAIT_S) -> None:
     post(url, f"/flush_cache?timeout={wait_s:g}", timeout=wait_s + 10)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (the OS's choice)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def server_info(spec: EngineSpec) -> dict[str, Any]:
     """SGLang's own description of a running server (`max_total_num_tokens`, limits, flags)."""
     return get_json(f"{spec.base_url}/get_server_info")
@@ -74,7 +73,13 @@ def model_info(spec: EngineSpec) -> dict[str, Any]:
 
 def context_length(spec: EngineSpec) -> int:
     """The context the server enforces (prompt + new tokens), from its OpenAI-style model list."""
-    return int(get_json(f"{spec.base_url}/v1/models")["data"][0]["max_model_len"])
+    try:
+        return int(get_json(f"{spec.base_url}/v1/models")["data"][0]["max_model_len"])
+    except (urllib.error.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise EngineError(
+            f"{spec.base_url} answers as an SGLang server but its /v1/models gives no context length ({exc}); "
+            "is it SGLang 0.5.23 or a router in front of one?"
+        ) from None
 
 
 def check_model(model: str) -> None:
@@ -84,18 +89,6 @@ def check_model(model: str) -> None:
     looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") != 1
     if looks_like_path:
         raise EngineError(f"model path does not exist: {model}")
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Refuse a port another server listens on; like uvicorn, ignore connections lingering in TIME_WAIT."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise EngineError(
-                f"port {port} on {host} is in use ({exc.strerror}); pick another --port"
-            ) from None
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -109,17 +102,31 @@ def wait_ready(spec: EngineSpec, process: subprocess.Popen, log: Path, timeout: 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise EngineError(
-                f"engine for {spec.model} exited with code {process.returncode} before it was ready; "
+                f"engine for {spec.model} on port {spec.port} exited with code {process.returncode} before it "
+                "was ready; "
                 f"last lines of {log}:\n{log_tail(log)}"
             )
         with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
             with urllib.request.urlopen(f"{spec.base_url}/health", timeout=5) as response:
                 if response.status == 200:
+                    check_ours(spec, process, log)
                     return
         time.sleep(0.5)
     raise EngineError(
         f"engine for {spec.model} was not ready after {timeout:.0f} s; last lines of {log}:\n{log_tail(log)}"
     )
+
+
+def check_ours(spec: EngineSpec, process: subprocess.Popen, log: Path) -> None:
+    """Refuse a server that answers on our port but is not the process we started: another run's engine
+    would otherwise serve this run under our model's name."""
+    pids = listeners(spec.port)
+    if process.pid not in pids:
+        others = ", ".join(map(str, sorted(pids))) or "unknown"
+        raise EngineError(
+            f"port {spec.port} is answered by another process (pid {others}), not the engine started for "
+            f"{spec.model}, which did not bind it; last lines of {log}:\n{log_tail(log)}"
+        )
 
 
 def check_remote(spec: EngineSpec) -> None:
@@ -150,13 +157,31 @@ def start(spec: EngineSpec, log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as sink:
         return subprocess.Popen(
-            launch_command(spec),
+            [sys.executable, "-m", "engine.tether", str(os.getpid()), *launch_command(spec)],
             env=launch_env(spec),
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group, so stop() reaches every worker
-        )
+        )  # tethered: it dies with this process, even on kill -9
+
+
+def stop_stale(pid_file: Path) -> None:
+    """Stop the engine an earlier run of this folder left behind, if it is still up, and say so.
+
+    Engines are tethered to their run, so only one started before tethering (or whose tether failed) can be
+    left; the folder's lock (`programs.core.jsonl.lock_run_folder`) means no live run still owns it.
+    """
+    if not pid_file.exists():
+        return
+    with contextlib.suppress(ValueError, psutil.Error):
+        process = psutil.Process(int(pid_file.read_text()))
+        if "sglang.launch_server" in process.cmdline():
+            logger.warning("stopping engine %d, left running by an earlier run of this folder", process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+    pid_file.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -169,8 +194,11 @@ def serve(engines: Engines, log_dir: Path, timeout: float = READY_TIMEOUT_S) -> 
     started: list[tuple[EngineSpec, subprocess.Popen, Path]] = []
     try:
         for spec in engines.to_launch:
-            log = log_dir / f"{roles[id(spec)]}.log"
+            role = roles[id(spec)]
+            log, pid_file = log_dir / f"{role}.log", log_dir / f"{role}.pid"
+            stop_stale(pid_file)
             started.append((spec, start(spec, log), log))
+            pid_file.write_text(f"{started[-1][1].pid}\n")
             if engines.sequential:
                 wait_ready(*started[-1], timeout)
         for spec, process, log in started:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
+from engine.ports import free_ports
 from engine.spec import EngineSpec
 
 
@@ -47,7 +48,9 @@ class EngineConfig:
         default=None, metadata={"help": "'dummy' serves random weights from config"}
     )
     deterministic: bool = field(default=False, metadata={"help": "engines honour per-path sampling seeds"})
-    port: int = field(default=30000, metadata={"help": "first port; the synthesizer takes the next"})
+    port: int | None = field(
+        default=None, metadata={"help": "first port; the synthesizer takes the next (default: free ports)"}
+    )
 
     def __post_init__(self) -> None:
         explorer_share, synthesizer_share = self.gpu_shares
@@ -76,6 +79,7 @@ def plan(config: EngineConfig, *, device: str, gpus: int = 0, cpu_count: int | N
     synthesizer_model = config.synthesizer_model or explorer_model
     if explorer_model is None and config.explorer_url is None:
         raise ValueError("no explorer model: give --explorer-model or --explorer-url")
+    ports = [config.port, config.port + 1] if config.port else free_ports(2)
     base = EngineSpec(
         model=explorer_model or "",
         device=device,
@@ -85,7 +89,7 @@ def plan(config: EngineConfig, *, device: str, gpus: int = 0, cpu_count: int | N
         context_length=config.context_length,
         load_format=config.load_format,
         deterministic=config.deterministic,
-        port=config.port,
+        port=ports[0],
     )
     explorer = replace(base, url=config.explorer_url)
     # An explorer URL alone serves both roles, as one model named twice does.
@@ -95,9 +99,7 @@ def plan(config: EngineConfig, *, device: str, gpus: int = 0, cpu_count: int | N
     )
     if same:
         return Engines(explorer, explorer, layout="same-model")
-    synthesizer = replace(
-        base, model=synthesizer_model or "", port=config.port + 1, url=config.synthesizer_url
-    )
+    synthesizer = replace(base, model=synthesizer_model or "", port=ports[1], url=config.synthesizer_url)
     if not (explorer.launched and synthesizer.launched):
         return Engines(explorer, synthesizer, layout="remote")
     if device == "cpu":

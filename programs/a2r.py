@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -47,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--limit", type=int, help="only the first LIMIT problems")
     run.add_argument("--output", type=Path, help="run folder (default: runs/<dataset>-n<N>)")
     run.add_argument(
+        "--retry-failed", action="store_true", help="solve again the problems whose records say they failed"
+    )
+    run.add_argument(
         "--max-in-flight", type=int, help="cap on problems explored at once (default: from KV pool)"
     )
     cli.add_engine_args(parser)
@@ -72,10 +74,11 @@ def run(args: argparse.Namespace) -> int:
         config = RunConfig.from_args(args, budgets=cli.budgets(profile), **cli.role_models(engines))
         output = args.output or cli.default_output(dataset, args.n)
         records = RecordFile(output, config.to_dict(), console)
+        records.check_problems((p.id, p) for p in problems)
     except (DatasetError, RecordsError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    todo = [p for p in problems if p.id not in records]
+    todo = [p for p in problems if p.id not in records or (args.retry_failed and records.failed(p.id))]
     console.print(
         f"{len(problems)} problems, {len(problems) - len(todo)} already in {records.path}; engines "
         f"({engines.layout}): explorer {config.explorer_model}, synthesizer {config.synthesizer_model}"
@@ -84,17 +87,17 @@ def run(args: argparse.Namespace) -> int:
         if todo:
             solve(todo, engines, config, records, output, args.max_in_flight)
         finished = [ProblemRecord.from_json(records.records[p.id]) for p in problems if p.id in records]
-        summary = run_summary(finished, config.to_dict())
+        summary = {**run_summary(finished, config.to_dict()), "dataset": dataset or "question"}
         (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, EngineError, RuntimeError, ValueError) as exc:
+        return cli.stopped(exc, f"{len(records.records)} records kept in {records.path}")
+    if summary["failed"]:
+        first = next(r for r in finished if r.error)
         console.print(
-            f"[yellow]interrupted:[/] {len(records.records)} records kept in {records.path}; rerun to resume"
+            f"[red]{summary['failed']} of {len(finished)} problems failed[/] (first: {first.id}: {first.error}); "
+            "their records say why; rerun with --retry-failed to try them again"
         )
-        return 130
-    except (EngineError, RuntimeError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}\n{len(records.records)} records kept in {records.path}")
-        return 1
-    if args.question:
+    if args.question and not finished[0].error:
         cli.show(question_table(finished[0]))
         synthesis = finished[0].synthesizer
         if synthesis is not None:
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cli.show(run_table(summary))
     console.print(f"records: {records.path}\nsummary: {output / 'summary.json'}")
-    return 0
+    return 1 if summary["failed"] else 0
 
 
 def solve(
@@ -113,6 +116,7 @@ def solve(
     output: Path,
     max_in_flight: int | None,
 ) -> None:
+    cli.log_frontend_warnings(output / "logs")
     with serve(engines, output / "logs") as running:
         explorer, synthesizer = EngineHandle.attach_roles(running)
         pipeline = Pipeline(config, explorer, synthesizer if config.synthesize else None)
@@ -131,4 +135,4 @@ def solve(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_with(main())

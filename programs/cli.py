@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import logging
+import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.measure import Measurement
@@ -137,8 +142,15 @@ def budgets(profile: Profile) -> tuple[int, int]:
 
 
 def default_output(dataset: str | None, n: int, kind: str = "") -> Path:
-    """`runs/[<kind>-]<name>-n<N>`, the name being the dataset's file stem (`question` for one question)."""
-    name = Path(dataset).stem if dataset else "question"
+    """`runs/[<kind>-]<name>-n<N>`: the name is a shipped or generated set's own, a local file's stem with a
+    hash of its full path (two `test.jsonl` in different folders must not share a run folder), or
+    `question` for one question."""
+    name = "question"
+    if dataset:
+        path = Path(dataset)
+        name = path.stem
+        if path.is_file():
+            name += "-" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
     return Path("runs") / "-".join(filter(None, [kind, name, f"n{n}"]))
 
 
@@ -156,3 +168,34 @@ def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     """Run an entry point's `run(args)` with SIGTERM handled as Ctrl-C; its exit status."""
     with sigterm_as_ctrl_c():
         return run(args)
+
+
+def stopped(exc: BaseException, kept: str) -> int:
+    """Say why a run stopped early and what it `kept`; its exit status: 130 for Ctrl-C or SIGTERM, else 1."""
+    if isinstance(exc, KeyboardInterrupt):
+        console.print(f"[yellow]interrupted:[/] {kept}; rerun to resume")
+        return 130
+    console.print(f"[red]error:[/] {exc}\n{kept}")
+    return 1
+
+
+def log_frontend_warnings(log_dir: Path) -> None:
+    """Send Python warnings to `log_dir/frontend.log`. SGLang's frontend reports every request that fails
+    as a warning with its traceback: when the engines stop under a run that was interrupted, that is dozens
+    of lines per request in flight, and the user is better served by the one line the run prints."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logging.captureWarnings(True)
+    logger = logging.getLogger("py.warnings")
+    logger.handlers = [logging.FileHandler(log_dir / "frontend.log")]
+    logger.propagate = False
+
+
+def exit_with(code: int) -> NoReturn:
+    """Leave the process with `code`. After an interrupt or an engine failure SGLang's frontend threads may
+    still wait on engines that are gone (non-daemon threads in `Queue.get`), and a normal exit would wait
+    for them forever; records are already on disk and engines stopped, so leave without waiting."""
+    if code in (0, 2):
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

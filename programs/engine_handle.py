@@ -9,12 +9,17 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from engine.endpoint import SeededEndpoint, connect
-from engine.launch import context_length, model_info, server_info
+from engine.launch import EngineError, context_length, model_info, server_info
 from engine.layout import Engines
 from engine.spec import EngineSpec
 from programs.core.prompts import chat_prompt
 
 MAX_IN_FLIGHT = 64  # frontend threads per problem are cheap, but not free
+
+
+class UnservableProblem(ValueError):
+    """A problem the engine cannot take (its prompt overflows the context), found before anything is sent:
+    that problem fails alone, the run goes on."""
 
 
 @dataclass
@@ -26,13 +31,17 @@ class EngineHandle:
 
     @classmethod
     def attach(cls, spec: EngineSpec) -> EngineHandle:
-        info = model_info(spec)
+        info, context = model_info(spec), context_length(spec)
         try:
             server = server_info(spec)
         except OSError:
             server = {}
-        tokenizer = AutoTokenizer.from_pretrained(info.get("tokenizer_path") or info["model_path"])
-        return cls(connect(spec), tokenizer, context_length(spec), server.get("max_total_num_tokens"))
+        path = info.get("tokenizer_path") or info["model_path"]
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"cannot load the tokenizer {path} that {spec.base_url} serves: {exc}") from None
+        return cls(connect(spec), tokenizer, context, server.get("max_total_num_tokens"))
 
     @classmethod
     def attach_roles(cls, engines: Engines) -> tuple[EngineHandle, EngineHandle]:
@@ -50,7 +59,7 @@ class EngineHandle:
         prompt = chat_prompt(self.tokenizer, text, thinking)
         tokens = len(self.tokenizer.encode(prompt, add_special_tokens=False))
         if tokens + budget > self.context_length:
-            raise ValueError(
+            raise UnservableProblem(
                 f"{label}: its prompt ({tokens} tokens) plus the budget ({budget}) exceed the context "
                 f"({self.context_length})"
             )

@@ -26,6 +26,7 @@ class _Job(Generic[Item]):
     explored: Any = None
     results: list[Any] = field(default_factory=list)
     left: int = 0  # syntheses still running
+    failed: bool = False  # an item error was reported for it
 
 
 def stage_timings(clock: dict[str, float], finished_at: float) -> dict[str, float]:
@@ -54,13 +55,17 @@ class TwoStageExecutor:
         on_explored: Callable[[Item, Explored, float], None] | None = None,
         on_synthesized: Callable[[Item, Synthesized, float], None] | None = None,
         on_finished: Callable[[Item, Explored, list[Synthesized], dict[str, float]], None] | None = None,
+        on_failed: Callable[[Item, Explored | None, Exception], None] | None = None,
+        item_errors: tuple[type[Exception], ...] = (),
     ) -> None:
         """Explore every item, then run the syntheses `syntheses(item, explored)` asks for.
 
         Callbacks run in the caller's thread, in completion order: `on_explored` once an item is explored (with its seconds),
         `on_synthesized` with each synthesis and its seconds, `on_finished` with the item's syntheses (in
-        the order asked) and its `stage_timings`. An error ends the run and is raised; what the callbacks
-        already received stays theirs. Requests still in flight are not waited for: stopping the engines
+        the order asked) and its `stage_timings`. An error of one of the `item_errors` types fails that item
+        alone: `on_failed` gets it (with the exploration, if it got that far) and the run goes on, the item's
+        other syntheses left to finish or fail. Any other error ends the run and is raised; what the
+        callbacks already received stays theirs. Requests still in flight are not waited for: stopping the engines
         ends them.
         """
         t0 = time.perf_counter()
@@ -103,6 +108,16 @@ class TwoStageExecutor:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     job, index = running.pop(future)
+                    error = future.exception()
+                    if error is not None and isinstance(error, item_errors) and on_failed:
+                        if index is None:
+                            explore_next()
+                        else:
+                            job.left -= 1
+                        if not job.failed:  # reported once; its other syntheses still count
+                            job.failed = True
+                            on_failed(job.item, job.explored, error)
+                        continue
                     if index is None:  # an exploration ended
                         explore_next()
                         job.explored = future.result()
@@ -120,7 +135,7 @@ class TwoStageExecutor:
                     job.results[index], job.left = result, job.left - 1
                     if on_synthesized:
                         on_synthesized(job.item, result, seconds)
-                    if job.left == 0:
+                    if job.left == 0 and not job.failed:
                         finish(job)
         finally:
             for pool in (explore_pool, synthesize_pool):

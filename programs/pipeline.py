@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 from programs.core.config import RunConfig
 from programs.core.records import PathRecord, Problem, ProblemRecord, SynthesisRecord
-from programs.engine_handle import MAX_IN_FLIGHT, EngineHandle
+from programs.engine_handle import MAX_IN_FLIGHT, EngineHandle, UnservableProblem
 from programs.executor import TwoStageExecutor
 from programs.explorer import run_explorer
 from programs.synthesizer import run_synthesizer
@@ -66,8 +66,9 @@ class Pipeline:
     ) -> None:
         """Solve every problem, handing each finished record to `on_record` as soon as it is done.
 
-        `max_in_flight` caps the problems explored at once below what the KV pool would allow. An engine
-        error ends the run: records already handed over stay, unfinished problems are redone by the next run.
+        `max_in_flight` caps the problems explored at once below what the KV pool would allow. A problem the
+        engine cannot take fails alone: its record carries the `error`. An engine error ends the run: records
+        already handed over stay, unfinished problems are redone by the next run.
         """
         config = self.config.to_dict()
 
@@ -79,5 +80,16 @@ class Pipeline:
         ) -> None:
             on_record(ProblemRecord.build(problem, config, paths, done[0] if done else None, timings))
 
+        def failed(problem: Problem, paths: list[PathRecord] | None, error: Exception) -> None:
+            stage = "synthesis" if paths is not None else "exploration"
+            on_record(ProblemRecord.build(problem, config, paths or [], None, {}, error=f"{stage}: {error}"))
+
         slots = stage_slots(self.config, self.explorer, self.synthesizer, max_in_flight)
-        TwoStageExecutor(*slots).run(problems, self.explore, syntheses, on_finished=finished)
+        TwoStageExecutor(*slots).run(
+            problems,
+            self.explore,
+            syntheses,
+            on_finished=finished,
+            on_failed=failed,
+            item_errors=(UnservableProblem,),
+        )

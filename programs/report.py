@@ -30,6 +30,9 @@ def accuracy(records: Sequence[ProblemRecord]) -> dict[str, float | int] | None:
 
 
 def run_summary(records: Sequence[ProblemRecord], config: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy, tokens and time over the solved problems; problems that failed alone are counted apart."""
+    failed = [r.id for r in records if r.error]
+    records = [r for r in records if not r.error]
     used = usage(records)
 
     def mean(total: float, count: int) -> float:
@@ -38,6 +41,8 @@ def run_summary(records: Sequence[ProblemRecord], config: dict[str, Any]) -> dic
     return {
         "config": config,
         "problems": len(records),
+        "failed": len(failed),
+        "failed_ids": failed,
         "accuracy": accuracy(records),
         "explorer": {
             "mean_prompt_tokens": mean(used.explorer_prompt_tokens, used.paths),

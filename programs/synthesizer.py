@@ -16,7 +16,7 @@ from engine.endpoint import SEED_VAR
 from programs.core.config import RunConfig
 from programs.core.prompts import chat_prompt, synthesizer_query
 from programs.core.records import SynthesisRecord
-from programs.engine_handle import EngineHandle
+from programs.engine_handle import EngineHandle, UnservableProblem
 
 
 @sgl.function
@@ -64,7 +64,7 @@ def fit_references(
         if overflow <= 0:
             return prompt, [p for p, (i, k) in enumerate(zip(ids, keep, strict=True), start=1) if k < len(i)]
         room -= max(overflow, len(references))  # token merges at the seams: tighten and retry
-    raise ValueError(
+    raise UnservableProblem(
         f"the synthesizer prompt does not fit its context: the query and template alone take "
         f"{length(render([''] * len(references)))} of {budget} tokens"
     )

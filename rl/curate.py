@@ -1,7 +1,7 @@
 """Curate synthesizer RL data: sample up to 16 explorer paths per query and keep the queries synthesis can help.
 
     python -m rl.curate --dataset data/skywork_math.jsonl --samples 16 --output data/rl/curated
-    python -m rl.curate --dataset hf:REPO:SPLIT --limit 10000 --output data/rl/curated   # GPU: Qwen3-4B explorer
+    python -m rl.curate --dataset hf:REPO:SPLIT --limit 10000 --output data/rl/curated   # GPU: the paper profile's explorer
 
 The explorer runs through the A2R pipeline itself (`programs.pipeline.Pipeline`, synthesis off), so candidates
 are sampled exactly as at inference. A candidate is valid when its answer part holds a boxed answer (and,
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,7 +92,9 @@ def curated_record(problem_record: dict[str, Any], rule: KeepRule, thinking: boo
             invalid[reason] += 1
         else:
             candidates.append({k: path[k] for k in CANDIDATE_FIELDS})
-    reason = rule.verdict([bool(c["correct"]) for c in candidates])
+    reason = (
+        "failed" if problem_record.get("error") else rule.verdict([bool(c["correct"]) for c in candidates])
+    )
     return {
         "id": problem_record["id"],
         "problem": problem_record["problem"],
@@ -105,6 +106,7 @@ def curated_record(problem_record: dict[str, Any], rule: KeepRule, thinking: boo
         "candidates": candidates,
         "invalid": dict(invalid),
         "timings": problem_record["timings"],
+        **({"error": problem_record["error"]} if problem_record.get("error") else {}),
     }
 
 
@@ -199,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
             extra={"keep": asdict(rule)},
         )
         records = RecordFile(args.output, config.to_dict(), console, name=RECORDS)
+        records.check_problems((p.id, p) for p in problems)
     except (DatasetError, RecordsError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
@@ -209,16 +212,11 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         if todo:
+            cli.log_frontend_warnings(args.output / "logs")
             with serve(engines, args.output / "logs") as running:
                 curate(todo, config, EngineHandle.attach(running.explorer), records, rule, args.max_in_flight)
-    except KeyboardInterrupt:
-        console.print(
-            f"[yellow]interrupted:[/] {len(records.records)} queries kept in {records.path}; rerun to resume"
-        )
-        return 130
-    except (EngineError, RuntimeError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}\n{len(records.records)} queries kept in {records.path}")
-        return 1
+    except (KeyboardInterrupt, EngineError, RuntimeError, ValueError) as exc:
+        return cli.stopped(exc, f"{len(records.records)} queries kept in {records.path}")
     result = summary([records.records[p.id] for p in problems if p.id in records], config.to_dict())
     (args.output / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     console.print(
@@ -230,4 +228,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_with(main())

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.launch import free_port, serve
+from engine.launch import serve
 from engine.layout import EngineConfig, Engines, plan
+from engine.ports import free_port
 from programs.offline.model import tiny_model_path
 
 

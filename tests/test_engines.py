@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from engine.launch import check_port_free, model_info, serve
+from engine.launch import model_info, serve
 from engine.layout import EngineConfig, plan
+from engine.ports import check_port_free
 from programs.core.config import RunConfig, SamplingConfig
 from programs.core.records import Problem
 from programs.engine_handle import EngineHandle

@@ -7,12 +7,18 @@ record keyed by its own `id` (e.g. `benchmarks.accuracy`'s one line per problem 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
+
+from programs.core.records import Problem
+
+LOCK_FILE = ".lock"
 
 
 class JsonlError(ValueError):
@@ -44,6 +50,8 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
                 raise JsonlError(
                     f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})"
                 ) from None
+            except ValueError as err:  # e.g. an integer past int()'s 4300-digit limit
+                raise JsonlError(f"{path}:{lineno}: {err}") from None
             if not isinstance(row, dict):
                 raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             rows.append((lineno, row))
@@ -55,6 +63,40 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
+_HELD_LOCKS: dict[Path, TextIO] = {}  # run folders this process writes, each locked once
+
+
+def lock_run_folder(run_dir: Path) -> None:
+    """Take the run folder for this process, or refuse: two runs writing one folder would solve every problem
+    twice and interleave their records and logs. The kernel drops the lock when its holder dies, so a killed
+    run never blocks the next one."""
+    run_dir = run_dir.resolve()
+    if run_dir in _HELD_LOCKS:
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RecordsError(f"--output {run_dir} is a file, not a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = (run_dir / LOCK_FILE).open("a+")
+    except OSError as exc:
+        raise RecordsError(f"--output {run_dir} cannot be created: {exc.strerror}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RecordsError(
+            f"{run_dir} is being written by another run (process {holder}); wait for it to end or give "
+            "another --output"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _HELD_LOCKS[run_dir] = handle
+
+
 class RecordFile:
     def __init__(
         self,
@@ -63,12 +105,27 @@ class RecordFile:
         console: Console | None = None,
         name: str = "records.jsonl",
     ) -> None:
+        lock_run_folder(run_dir)
         self.path = run_dir / name
         self.config = config
         self.console = console or Console(stderr=True)
         self.records: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             self._load()
+
+    def check_problems(self, problems: Iterable[tuple[str, Problem]]) -> None:
+        """Refuse to resume records of another problem under the same id: a record resumes only if its
+        problem text and gold answer are the ones asked for now (`problems` pairs record ids with problems)."""
+        for record_id, problem in problems:
+            record = self.records.get(record_id)
+            if record is not None and (record["problem"], record["gold"]) != (
+                problem.problem,
+                problem.answer,
+            ):
+                raise RecordsError(
+                    f"{self.path} holds {record_id} with another problem text or gold answer: it was written "
+                    "for another dataset; give another --output"
+                )
 
     def _load(self) -> None:
         raw = self.path.read_bytes()
@@ -92,6 +149,10 @@ class RecordFile:
                     "use another --output, or the same settings to resume"
                 )
             self.records[record["id"]] = record
+
+    def failed(self, record_id: str) -> bool:
+        """Whether the record of `record_id` is a failure (it carries an `error`)."""
+        return bool(self.records.get(record_id, {}).get("error"))
 
     def __contains__(self, problem_id: str) -> bool:
         return problem_id in self.records

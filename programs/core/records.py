@@ -26,9 +26,10 @@ class Problem:
     answer: str
 
 
-def grade(gold: str, answer: str | None) -> bool | None:
-    """Correctness of one answer; None when the gold answer is unknown (a free-form question)."""
-    return is_equivalent(gold, answer) if gold else None
+def grade(gold: str, answer: str | None, label: str = "") -> bool | None:
+    """Correctness of one answer; None when the gold answer is unknown (a free-form question). An answer that
+    cannot be compared is wrong, and logged with `label`."""
+    return is_equivalent(gold, answer, label=label) if gold else None
 
 
 def finish_reason(meta: dict[str, Any]) -> str | None:
@@ -134,6 +135,7 @@ class ProblemRecord:
     synthesizer: SynthesisRecord | None
     timings: dict[str, float]
     labels: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # why this problem failed alone (its prompt did not fit, ...); None when solved
 
     @classmethod
     def build(
@@ -144,10 +146,11 @@ class ProblemRecord:
         synthesis: SynthesisRecord | None,
         timings: dict[str, float],
         labels: dict[str, Any] | None = None,
+        error: str | None = None,
     ) -> ProblemRecord:
         """Grade every answer against the problem's gold answer and take the majority vote."""
         gold = problem.answer
-        graded_paths = [graded(path, gold) for path in paths]
+        graded_paths = [graded(path, gold, problem.id) for path in paths]
         voted = majority_vote([p.answer for p in graded_paths])
         return cls(
             id=problem.id,
@@ -155,10 +158,11 @@ class ProblemRecord:
             gold=gold,
             config=config,
             paths=graded_paths,
-            self_consistency={"answer": voted, "correct": grade(gold, voted)},
-            synthesizer=graded(synthesis, gold) if synthesis else None,
+            self_consistency={"answer": voted, "correct": grade(gold, voted, problem.id)},
+            synthesizer=graded(synthesis, gold, problem.id) if synthesis else None,
             timings=timings,
             labels=dict(labels or {}),
+            error=error,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -171,6 +175,7 @@ class ProblemRecord:
             "self_consistency": self.self_consistency,
             "synthesizer": self.synthesizer.to_json() if self.synthesizer else None,
             "timings": self.timings,
+            **({"error": self.error} if self.error else {}),
             **self.labels,
         }
 
@@ -188,12 +193,13 @@ class ProblemRecord:
             synthesizer=SynthesisRecord.from_json(synthesizer) if synthesizer else None,
             timings=data["timings"],
             labels={k: v for k, v in data.items() if k not in own},
+            error=data.get("error"),
         )
 
 
-def graded(record: PathOrSynthesis, gold: str) -> PathOrSynthesis:
+def graded(record: PathOrSynthesis, gold: str, label: str = "") -> PathOrSynthesis:
     """A path or synthesis record with its answer graded against `gold`."""
-    return replace(record, correct=grade(gold, record.answer))
+    return replace(record, correct=grade(gold, record.answer, label))
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         offline_model = cli.build_offline_model(profile, args)
         engines = cli.plan_engines(args, profile, device, offline_model)
         config = RunConfig.from_args(args, budgets=cli.budgets(profile), **cli.role_models(engines))
-        output = args.output or cli.default_output(dataset, args.n)
+        output = args.output or cli.default_output(dataset, args.n, question=args.question)
         records = RecordFile(output, config.to_dict(), console)
         records.check_problems((p.id, p) for p in problems)
     except (DatasetError, RecordsError, ValueError) as exc:

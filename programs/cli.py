@@ -141,17 +141,20 @@ def budgets(profile: Profile) -> tuple[int, int]:
     return profile.explorer_max_tokens, profile.synthesizer_max_tokens
 
 
-def default_output(dataset: str | None, n: int, kind: str = "") -> Path:
+def default_output(dataset: str | None, n: int, kind: str = "", question: str | None = None) -> Path:
     """`runs/[<kind>-]<name>-n<N>`: the name is a shipped or generated set's own, a local file's stem with a
-    hash of its full path (two `test.jsonl` in different folders must not share a run folder), or
-    `question` for one question."""
-    name = "question"
-    if dataset:
-        path = Path(dataset)
-        name = path.stem
-        if path.is_file():
-            name += "-" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    hash of its full path (two `test.jsonl` in different folders must not share a run folder), or, for one
+    question, `question` with a hash of its text."""
+    if question is not None:
+        name = f"question-{short_hash(question)}"
+    else:
+        path = Path(dataset or "")
+        name = f"{path.stem}-{short_hash(str(path.resolve()))}" if path.is_file() else path.stem
     return Path("runs") / "-".join(filter(None, [kind, name, f"n{n}"]))
+
+
+def short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 @contextlib.contextmanager

@@ -315,3 +315,14 @@ def test_a_stale_engine_of_the_run_folder_is_stopped_and_nothing_else_is(tmp_pat
         for process in (stale, unrelated):
             process.kill()
             process.wait()
+
+
+def test_default_run_folders_differ_by_question_and_keep_shipped_names():
+    assert cli.default_output(None, 4, question="What is 2 + 2?") == cli.default_output(
+        None, 4, question="What is 2 + 2?"
+    )
+    assert cli.default_output(None, 4, question="What is 2 + 2?") != cli.default_output(
+        None, 4, question="What is 3?"
+    )
+    assert cli.default_output("aime24", 4) == Path("runs/aime24-n4")  # old run folders of shipped sets resume
+    assert cli.default_output("aime24", 4, kind="throughput") == Path("runs/throughput-aime24-n4")

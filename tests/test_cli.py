@@ -44,8 +44,8 @@ def test_run_writes_complete_records_then_resumes(cpu_engine, tmp_path):
     for record in first:
         assert record["gold"] and record["config"]["n"] == 4
         assert len(record["paths"]) == 4
-        cached = [p["cached_tokens"] >= p["prompt_tokens"] - 1 for p in record["paths"]]
-        assert sum(cached) >= 3, record["paths"]
+        # Every path reuses the forked prompt: the engine recomputes only its last token.
+        assert all(p["cached_tokens"] >= p["prompt_tokens"] - 1 for p in record["paths"]), record["paths"]
         for path in record["paths"]:
             assert {"text", "answer_part", "answer", "correct", "prompt_tokens", "completion_tokens",
                     "cached_tokens", "finish_reason"} <= set(path)  # fmt: skip

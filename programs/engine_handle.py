@@ -40,7 +40,9 @@ class EngineHandle:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as exc:
-            raise EngineError(f"cannot load the tokenizer {path} that {spec.base_url} serves: {exc}") from None
+            raise EngineError(
+                f"cannot load the tokenizer {path} that {spec.base_url} serves: {exc}"
+            ) from None
         return cls(connect(spec), tokenizer, context, server.get("max_total_num_tokens"))
 
     @classmethod

@@ -205,5 +205,6 @@ def serve(engines: Engines, log_dir: Path, timeout: float = READY_TIMEOUT_S) -> 
             wait_ready(spec, process, log, timeout)
         yield engines
     finally:
-        for _, process, _ in reversed(started):
+        for spec, process, _ in reversed(started):
             stop(process)
+            (log_dir / f"{roles[id(spec)]}.pid").unlink(missing_ok=True)

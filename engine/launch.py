@@ -25,7 +25,7 @@ import psutil
 
 from engine.layout import Engines
 from engine.ports import check_port_free, listeners
-from engine.spec import EngineSpec, launch_command, launch_env
+from engine.spec import EngineError, EngineSpec, launch_command, launch_env
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,6 @@ READY_TIMEOUT_S = 600.0  # a large model's first load (and CUDA graph capture) c
 REMOTE_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
 FLUSH_WAIT_S = 30.0
-
-
-class EngineError(RuntimeError):
-    """An engine could not be started or reached; the message says which and why."""
 
 
 def get_json(url: str, timeout: float = REMOTE_TIMEOUT_S) -> dict[str, Any]:
@@ -194,17 +190,16 @@ def serve(engines: Engines, log_dir: Path, timeout: float = READY_TIMEOUT_S) -> 
     started: list[tuple[EngineSpec, subprocess.Popen, Path]] = []
     try:
         for spec in engines.to_launch:
-            role = roles[id(spec)]
-            log, pid_file = log_dir / f"{role}.log", log_dir / f"{role}.pid"
-            stop_stale(pid_file)
+            log = log_dir / f"{roles[id(spec)]}.log"
+            stop_stale(log.with_suffix(".pid"))
             started.append((spec, start(spec, log), log))
-            pid_file.write_text(f"{started[-1][1].pid}\n")
+            log.with_suffix(".pid").write_text(f"{started[-1][1].pid}\n")
             if engines.sequential:
                 wait_ready(*started[-1], timeout)
         for spec, process, log in started:
             wait_ready(spec, process, log, timeout)
         yield engines
     finally:
-        for spec, process, _ in reversed(started):
+        for _, process, log in reversed(started):
             stop(process)
-            (log_dir / f"{roles[id(spec)]}.pid").unlink(missing_ok=True)
+            log.with_suffix(".pid").unlink(missing_ok=True)  # the pid file lives as long as its engine

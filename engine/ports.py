@@ -7,9 +7,7 @@ import socket
 
 import psutil
 
-
-class PortError(RuntimeError):
-    """A port cannot be used as asked; the message names it."""
+from engine.spec import EngineError
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -26,7 +24,7 @@ def check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise PortError(
+            raise EngineError(
                 f"port {port} on {host} is in use ({exc.strerror}); pick another --port"
             ) from None
 

@@ -22,6 +22,10 @@ CPU_ATTENTION_BACKEND = (
 )
 
 
+class EngineError(RuntimeError):
+    """An engine could not be started or reached; the message says which and why."""
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """One SGLang server: launched here, or already running at `url` (then nothing else is used)."""

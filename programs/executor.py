@@ -60,13 +60,13 @@ class TwoStageExecutor:
     ) -> None:
         """Explore every item, then run the syntheses `syntheses(item, explored)` asks for.
 
-        Callbacks run in the caller's thread, in completion order: `on_explored` once an item is explored (with its seconds),
-        `on_synthesized` with each synthesis and its seconds, `on_finished` with the item's syntheses (in
-        the order asked) and its `stage_timings`. An error of one of the `item_errors` types fails that item
-        alone: `on_failed` gets it (with the exploration, if it got that far) and the run goes on, the item's
-        other syntheses left to finish or fail. Any other error ends the run and is raised; what the
-        callbacks already received stays theirs. Requests still in flight are not waited for: stopping the engines
-        ends them.
+        Callbacks run in the caller's thread, in completion order: `on_explored` once an item is explored
+        (with its seconds), `on_synthesized` with each synthesis and its seconds, `on_finished` with the
+        item's syntheses (in the order asked) and its `stage_timings`. An error of one of the `item_errors`
+        types fails that item alone: `on_failed` gets it (with the exploration, if it got that far) and the
+        run goes on, the item's other syntheses left to finish or fail. Any other error ends the run and is
+        raised; what the callbacks already received stays theirs. Requests still in flight are not waited
+        for: stopping the engines ends them.
         """
         t0 = time.perf_counter()
 

@@ -32,18 +32,18 @@ def accuracy(records: Sequence[ProblemRecord]) -> dict[str, float | int] | None:
 def run_summary(records: Sequence[ProblemRecord], config: dict[str, Any]) -> dict[str, Any]:
     """Accuracy, tokens and time over the solved problems; problems that failed alone are counted apart."""
     failed = [r.id for r in records if r.error]
-    records = [r for r in records if not r.error]
-    used = usage(records)
+    solved = [r for r in records if not r.error]
+    used = usage(solved)
 
     def mean(total: float, count: int) -> float:
         return total / count if count else 0
 
     return {
         "config": config,
-        "problems": len(records),
+        "problems": len(solved),
         "failed": len(failed),
         "failed_ids": failed,
-        "accuracy": accuracy(records),
+        "accuracy": accuracy(solved),
         "explorer": {
             "mean_prompt_tokens": mean(used.explorer_prompt_tokens, used.paths),
             "mean_completion_tokens": mean(used.explorer_completion_tokens, used.paths),
@@ -55,7 +55,7 @@ def run_summary(records: Sequence[ProblemRecord], config: dict[str, Any]) -> dic
             "mean_completion_tokens": mean(used.synthesizer_completion_tokens, used.syntheses),
             "trimmed_prompts": used.trimmed_prompts,
         },
-        "mean_seconds": {k: used.stage_seconds[k] / len(records) for k in STAGES} if records else {},
+        "mean_seconds": {k: used.stage_seconds[k] / len(solved) for k in STAGES} if solved else {},
     }
 
 

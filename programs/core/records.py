@@ -38,6 +38,11 @@ def finish_reason(meta: dict[str, Any]) -> str | None:
     return reason.get("type") if isinstance(reason, dict) else reason
 
 
+def own_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `data` that are fields of the dataclass `cls` (the others are not its to read)."""
+    return {f.name: data[f.name] for f in fields(cls) if f.name in data}
+
+
 @dataclass(frozen=True)
 class PathRecord:
     """One explorer path with the engine's own account of it; `correct` is set once graded."""
@@ -74,7 +79,7 @@ class PathRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PathRecord:
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+        return cls(**own_fields(cls, data))
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,7 @@ class SynthesisRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SynthesisRecord:
-        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        return cls(**values)
+        return cls(**own_fields(cls, data))
 
 
 PathOrSynthesis = TypeVar("PathOrSynthesis", PathRecord, SynthesisRecord)

@@ -152,8 +152,10 @@ def test_a_second_writer_of_a_run_folder_is_refused_until_the_first_dies(tmp_pat
     RecordFile(run, {})  # the kernel dropped the dead holder's lock: nothing stale blocks
 
 
-@pytest.mark.parametrize("make", ["file", "unwritable"])
-def test_an_output_that_cannot_be_a_folder_is_one_line(tmp_path, capsys, make):
+@pytest.mark.parametrize(
+    ("make", "reason"), [("file", "is a file, not a folder"), ("unwritable", "cannot be created")]
+)
+def test_an_output_that_cannot_be_a_folder_is_one_line(tmp_path, capsys, make, reason):
     output = tmp_path / "out"
     if make == "file":
         output.write_text("")
@@ -162,7 +164,7 @@ def test_an_output_that_cannot_be_a_folder_is_one_line(tmp_path, capsys, make):
     data = write_problems(tmp_path / "p.jsonl", [("What is 1 + 1?", "2")])
     code = main(run_args("http://127.0.0.1:9", data, output))
     out = capsys.readouterr().out
-    assert code == 2 and f"--output {output}" in out and "Traceback" not in out
+    assert code == 2 and f"--output {output} {reason}" in out and "Traceback" not in out
 
 
 def test_a_dataset_with_other_problems_under_the_same_ids_does_not_resume(cpu_engine, tmp_path, capsys):

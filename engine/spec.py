@@ -16,6 +16,10 @@ CPU_KERNEL_DIR = Path(__file__).resolve().parent / "cpu_kernel"
 
 DEVICES = ("cuda", "cpu")
 # SGLang's CPU engine, as these machines run it (the one place its defaults live):
+# SGLang binds its inter-process ZMQ sockets as files in the temporary directory, and a unix socket path holds at
+# most 107 bytes: past this directory length a server cannot start, so it gets a short one instead.
+MAX_SOCKET_DIR = 64
+SHORT_TMPDIR = "/tmp"
 CPU_KV_TOKENS = 65536  # without a bound SGLang sizes the CPU KV pool from system memory (~15 GB, 30 s)
 CPU_ATTENTION_BACKEND = (
     "torch_native"  # the only attention backend SGLang's CPU engine has without AMX kernels
@@ -111,5 +115,7 @@ def launch_env(spec: EngineSpec, base: dict[str, str] | None = None) -> dict[str
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CPU_KERNEL_DIR), env.get("PYTHONPATH")]))
         threads = len(spec.cpu_cores) or os.cpu_count() or 1
         env["OMP_NUM_THREADS"] = str(threads)
+    if len(env.get("TMPDIR", "")) > MAX_SOCKET_DIR:
+        env["TMPDIR"] = SHORT_TMPDIR  # SGLang's ZMQ sockets go there; a longer path fails to bind
     env.update(spec.env)
     return env

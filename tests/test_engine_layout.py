@@ -136,3 +136,11 @@ def test_default_models():
     assert default_models(PAPER, "cuda", None) == ("Qwen/Qwen3-4B", "Qwen/Qwen3-8B")
     assert default_models(PAPER, "cuda", "my/explorer") == ("my/explorer", "Qwen/Qwen3-8B")
     assert default_models(PAPER, "cpu", "my/explorer") == ("my/explorer", "my/explorer")
+
+
+def test_a_long_temporary_directory_is_not_handed_to_the_server():
+    """SGLang binds its ZMQ sockets in TMPDIR; a unix socket path longer than 107 bytes cannot be bound."""
+    spec = EngineSpec(model="/m/a", device="cpu")
+    deep = "/tmp/" + "a-long-folder-name/" * 8
+    assert launch_env(spec, base={"TMPDIR": deep})["TMPDIR"] == "/tmp"
+    assert launch_env(spec, base={"TMPDIR": "/var/tmp"})["TMPDIR"] == "/var/tmp"

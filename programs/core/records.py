@@ -38,11 +38,6 @@ def finish_reason(meta: dict[str, Any]) -> str | None:
     return reason.get("type") if isinstance(reason, dict) else reason
 
 
-def own_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """The keys of `data` that are fields of the dataclass `cls` (the others are not its to read)."""
-    return {f.name: data[f.name] for f in fields(cls) if f.name in data}
-
-
 @dataclass(frozen=True)
 class PathRecord:
     """One explorer path with the engine's own account of it; `correct` is set once graded."""
@@ -79,7 +74,8 @@ class PathRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PathRecord:
-        return cls(**own_fields(cls, data))
+        """A path from JSON; a key it lacks (throughput's raw mode keeps token counts only) reads as None."""
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -118,7 +114,7 @@ class SynthesisRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SynthesisRecord:
-        return cls(**own_fields(cls, data))
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 PathOrSynthesis = TypeVar("PathOrSynthesis", PathRecord, SynthesisRecord)

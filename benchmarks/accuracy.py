@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         profile, device = cli.profile_for(args)
         datasets = args.datasets or list(profile.datasets)
         problems = {name: load_problems(name, args.limit) for name in datasets}
-        engines = cli.plan_engines(args, profile, device, cli.build_offline_model(profile, args))
+        engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
         # One RunConfig, at the largest N, stamps both files: resuming with other models, sampling or
         # largest N is refused, while runs, problems, datasets and smaller N may change.
         config = RunConfig.from_args(

@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         profile, device = cli.profile_for(args)
         problems = load_problems(args.dataset, args.limit or profile.throughput_limit)
-        engines = cli.plan_engines(args, profile, device, cli.build_offline_model(profile, args))
+        engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
         config, reference_tokens = run_config(args, engines, profile)
         output = args.output or cli.default_output(args.dataset, args.n, kind="throughput")
         output.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,9 @@
     python -m programs.a2r --n 4 --dataset aime25 --limit 5
     python -m programs.a2r --n 8 --question "What is 17 * 23?"
 
-With no GPU it runs on the CPU with the project's offline tiny model, on the synthetic arithmetic set it
-was trained on (programs/offline/task.py) unless `--dataset` names another. Results go to
+With no GPU it runs on the CPU with the project's offline pair, a small explorer and a larger synthesizer on
+two engines pinned to their own cores (`--one-model`: the explorer alone), on the arithmetic chains they
+were trained on (programs/offline/task.py) unless `--dataset` names another. Results go to
 `OUTPUT/records.jsonl`, one line per problem as soon as it is done; rerunning the same command resumes.
 """
 
@@ -69,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
         profile, device = cli.profile_for(args)
         dataset = None if args.question else args.dataset or profile.datasets[0]
         problems = [question_problem(args.question)] if args.question else load_problems(dataset, args.limit)
-        offline_model = cli.build_offline_model(profile, args)
-        engines = cli.plan_engines(args, profile, device, offline_model)
+        engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
         config = RunConfig.from_args(args, budgets=cli.budgets(profile), **cli.role_models(engines))
         output = args.output or cli.default_output(dataset, args.n, question=args.question)
         records = RecordFile(output, config.to_dict(), console)

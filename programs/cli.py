@@ -25,6 +25,7 @@ from rich.table import Table
 from engine.layout import EngineConfig, Engines, plan
 from programs.core.config import RunConfig, SamplingConfig
 from programs.core.flags import add_dataclass_args, dataclass_from_args
+from programs.offline.model import OfflineModels, offline_models
 from programs.profile import OFFLINE, PROFILES, Profile, choose_profile, default_models
 
 # soft_wrap: rich never breaks a printed line itself. Piped output (CI, logs, tests) otherwise wraps at 80
@@ -57,6 +58,13 @@ def add_engine_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
         choices=sorted(PROFILES),
         help="defaults for models, problem sets and budgets (default: offline with no GPU and no model named, "
         "else paper)",
+    )
+    if "one_model" in skip:
+        return
+    group.add_argument(
+        "--one-model",
+        action="store_true",
+        help="serve both roles from the explorer's engine (symmetric A2R; offline: the small model alone)",
     )
 
 
@@ -103,29 +111,36 @@ def profile_for(args: argparse.Namespace) -> tuple[Profile, str]:
     return choose_profile(args.profile, device, named), device
 
 
-def build_offline_model(profile: Profile, args: argparse.Namespace) -> str | None:
-    """The offline profile's model when no model is named: built on first use (minutes), then cached."""
+def build_offline_models(profile: Profile, args: argparse.Namespace) -> OfflineModels | None:
+    """The offline profile's pair when no model is named: built on first use (minutes), then cached."""
     if profile is not OFFLINE or args.explorer_model or args.explorer_url:
         return None
-    from programs.offline.model import tiny_model_path
-
-    path = str(tiny_model_path())
+    models = offline_models()
     console.print(
-        f"[bold yellow]No GPU: running on the CPU with the project's offline tiny model ({path}).[/] "
-        f"It was trained here on small arithmetic (`--dataset {OFFLINE.datasets[0]}`); on other problems its "
-        "answers show the pipeline working, not accuracy."
+        f"[bold yellow]No GPU: running on the CPU with the project's offline models ({models.explorer.parent}).[/] "
+        f"They were trained here on small arithmetic (`--dataset {OFFLINE.datasets[0]}`); on other problems "
+        "their answers show the pipeline working, not accuracy."
     )
-    return path
+    return models
 
 
 def plan_engines(
-    args: argparse.Namespace, profile: Profile, device: str, offline_model: str | None
+    args: argparse.Namespace, profile: Profile, device: str, offline: OfflineModels | None
 ) -> Engines:
-    """The engines the flags ask for, with the profile's models wherever none is named."""
+    """The engines the flags ask for, with the profile's (or the offline kit's) models wherever none is named."""
     config = dataclass_from_args(EngineConfig, args, device=device)
+    one_model = getattr(args, "one_model", False)
+    if one_model and (config.synthesizer_model or config.synthesizer_url):
+        raise ValueError(
+            "--one-model serves the synthesizer from the explorer's engine: drop --synthesizer-*"
+        )
     if not config.explorer_url:
-        explorer, synthesizer = default_models(profile, device, offline_model or config.explorer_model)
-        config.explorer_model, config.synthesizer_model = explorer, config.synthesizer_model or synthesizer
+        if offline is not None:
+            explorer, synthesizer = str(offline.explorer), str(offline.synthesizer)
+        else:
+            explorer, synthesizer = default_models(profile, device, config.explorer_model)
+        config.explorer_model = explorer
+        config.synthesizer_model = config.synthesizer_model or (explorer if one_model else synthesizer)
     return plan(config, device=device, gpus=gpu_count(device))
 
 

@@ -3,7 +3,7 @@
     load_problems("aime24")                           # shipped, see programs/data/SOURCES.md
     load_problems("mine.jsonl", limit=10)             # a local .jsonl / .json / .parquet file
     load_problems("hf:HuggingFaceH4/MATH-500:test")   # hf:REPO[:SPLIT] or hf:REPO:CONFIG:SPLIT (needs network)
-    load_problems("synthetic:7:500")                  # generated arithmetic, see programs/offline/task.py
+    load_problems("chain:7:500")                      # generated arithmetic (also `synthetic`), programs/offline/task.py
 
 Sources name their fields differently (problem / question / Question, answer / Answer, id / unique_id); they
 are mapped here once so nothing downstream has to know. A problem is text; an answer is text or a finite
@@ -42,9 +42,9 @@ class DatasetError(ValueError):
 
 
 def shipped_names() -> list[str]:
-    """The problem sets shipped with the project: the files in programs/data/, and the generated
-    `synthetic` set (`synthetic:SEED:COUNT` for another draw)."""
-    return sorted([*(path.stem for path in DATA_DIR.glob("*.jsonl")), synthetic.NAME])
+    """The problem sets shipped with the project: the files in programs/data/, and the generated arithmetic
+    sets (`chain:SEED:COUNT` for another draw)."""
+    return sorted([*(path.stem for path in DATA_DIR.glob("*.jsonl")), *synthetic.SETS])
 
 
 def load_problems(spec: str, limit: int | None = None) -> list[Problem]:
@@ -80,9 +80,9 @@ def _read_rows(spec: str) -> list[Located]:
     try:
         generated = synthetic.parse_spec(spec)
         if generated is not None:
-            return [
-                (f"{spec} row {index}", row) for index, row in enumerate(synthetic.problem_rows(*generated))
-            ]
+            seed, count, name = generated
+            rows = synthetic.problem_rows(seed, count, name)
+            return [(f"{spec} row {index}", row) for index, row in enumerate(rows)]
     except ValueError as err:
         raise DatasetError(str(err)) from err
     if spec in shipped_names():

@@ -36,7 +36,7 @@ from programs.profile import Profile
 RECORDS = "curated.jsonl"
 CANDIDATE_FIELDS = ("answer_part", "answer", "correct", "completion_tokens", "finish_reason", "seed")
 # Curation runs the explorer alone, so the synthesizer's engine flags have nothing to act on.
-EXPLORER_ONLY_SKIP = ("synthesizer_model", "synthesizer_url", "gpu_shares")
+EXPLORER_ONLY_SKIP = ("synthesizer_model", "synthesizer_url", "gpu_shares", "one_model")
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def explorer_engines(args: argparse.Namespace) -> tuple[Engines, Profile]:
     """One engine serving the explorer model alone (the profile's explorer; the tiny model offline)."""
     profile, device = cli.profile_for(args)
-    planned = cli.plan_engines(args, profile, device, cli.build_offline_model(profile, args))
+    planned = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
     model = planned.explorer.model or None  # None: a running server at --explorer-url
     config = dataclass_from_args(
         EngineConfig, args, device=device, explorer_model=model, synthesizer_model=model

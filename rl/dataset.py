@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # transformers' way of saying: no such local path, and the hub is out of reach
         print(
             f"error: cannot load the tokenizer of --model {args.model}: {str(exc).splitlines()[0]}\n"
-            "Give a local model folder or a reachable hub id; offline, the project's tiny model is "
-            "--model $(python -m programs.offline.model)",
+            "Give a local model folder or a reachable hub id; offline, the project's synthesizer is "
+            "--model $(python -m programs.offline.model --role synthesizer)",
             file=sys.stderr,
         )
         return 2

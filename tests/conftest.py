@@ -1,4 +1,5 @@
-"""One real SGLang engine on the CPU, with the tiny model, shared by every test that needs an engine."""
+"""Real SGLang engines on the CPU with the offline models, shared by every test that needs one: the small
+explorer serving both roles on one engine, and the asymmetric pair on two."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from engine.launch import serve
 from engine.layout import EngineConfig, Engines, plan
 from engine.ports import free_port
-from programs.offline.model import tiny_model_path
+from programs.offline.model import OfflineModels, offline_models
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -27,14 +28,31 @@ def port() -> int:
 
 
 @pytest.fixture(scope="session")
-def tiny_model() -> Path:
-    return tiny_model_path(seed=0)
+def offline_pair() -> OfflineModels:
+    """The trained pair, built once per cache (so once per CI run)."""
+    return offline_models(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(offline_pair: OfflineModels) -> Path:
+    return offline_pair.explorer
 
 
 @pytest.fixture(scope="session")
 def cpu_engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
-    """The tiny model serving both roles (symmetric A2R), on all cores."""
+    """The small explorer serving both roles (symmetric A2R), on all cores."""
     config = EngineConfig(explorer_model=str(tiny_model), port=free_port())
     engines = plan(config, device="cpu")
     with serve(engines, tmp_path_factory.mktemp("engine-logs")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def cpu_pair(offline_pair: OfflineModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
+    """The asymmetric pair as the CPU default runs it: two engines, each pinned to its own cores."""
+    config = EngineConfig(
+        explorer_model=str(offline_pair.explorer), synthesizer_model=str(offline_pair.synthesizer)
+    )
+    engines = plan(config, device="cpu")
+    with serve(engines, tmp_path_factory.mktemp("pair-logs")) as running:
         yield running

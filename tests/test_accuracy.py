@@ -109,7 +109,7 @@ def test_bad_protocol_flags_are_refused(bad, capsys):
 @pytest.mark.parametrize(
     ("argv", "datasets"),
     [
-        ([], ["synthetic"]),  # no GPU here, no model: the offline tiny model's task
+        ([], ["chain"]),  # no GPU here, no model: the offline pair's task
         (["--explorer-model", "Qwen/Qwen3-4B"], ["aime24", "aime25", "beyond_aime"]),
         (["--datasets", "gsm8k"], ["gsm8k"]),
     ],

@@ -113,7 +113,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("argv", "dataset"),
     [
-        ([], "synthetic"),  # no GPU, no model: the offline tiny model, on the task it was trained on
+        ([], "chain"),  # no GPU, no model: the offline pair, on the task it was trained on
         (["--explorer-model", "Qwen/Qwen3-4B"], "aime24"),
         (["--explorer-url", "http://127.0.0.1:1"], "aime24"),
         (["--device", "cuda"], "aime24"),

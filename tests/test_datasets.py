@@ -17,6 +17,7 @@ SHIPPED_ROWS = {
     "beyond_aime": 100,
     "math500": 500,
     "gsm8k": 1319,
+    "chain": 100,
     "synthetic": 100,
 }
 

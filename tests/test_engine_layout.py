@@ -6,6 +6,7 @@ from engine.layout import EngineConfig, plan
 from engine.spec import CPU_KERNEL_DIR, EngineSpec, launch_command, launch_env
 from programs import cli
 from programs.a2r import parse_args
+from programs.offline.model import OfflineModels
 from programs.profile import OFFLINE, PAPER, choose_profile, default_models
 
 
@@ -29,7 +30,7 @@ def test_same_model_is_one_engine():
 
 
 def test_default_gpu_layout_is_a2r_efficient_colocated():
-    engines = cli.plan_engines(parse_args([]), PAPER, "cuda", offline_model=None)  # no GPU here: gpus=0
+    engines = cli.plan_engines(parse_args([]), PAPER, "cuda", offline=None)  # no GPU here: gpus=0
     assert (engines.explorer.model, engines.synthesizer.model) == ("Qwen/Qwen3-4B", "Qwen/Qwen3-8B")
     assert engines.layout == "co-located" and engines.sequential
     explorer, synthesizer = (flags(launch_command(s)) for s in engines.to_launch)
@@ -38,6 +39,26 @@ def test_default_gpu_layout_is_a2r_efficient_colocated():
     assert float(synthesizer["--mem-fraction-static"]) == pytest.approx(0.75)
     assert explorer["--port"] != synthesizer["--port"]
     assert "--base-gpu-id" not in synthesizer
+
+
+def test_default_cpu_layout_is_the_offline_pair_on_two_pinned_engines(tmp_path):
+    pair = OfflineModels(tmp_path / "explorer", tmp_path / "synthesizer")
+    engines = cli.plan_engines(parse_args([]), OFFLINE, "cpu", offline=pair)
+    assert engines.layout == "cpu" and len(engines.to_launch) == 2
+    assert (engines.explorer.model, engines.synthesizer.model) == (str(pair.explorer), str(pair.synthesizer))
+    assert not set(engines.explorer.cpu_cores) & set(engines.synthesizer.cpu_cores)
+
+
+def test_one_model_serves_both_roles_from_the_explorers_engine(tmp_path):
+    pair = OfflineModels(tmp_path / "explorer", tmp_path / "synthesizer")
+    engines = cli.plan_engines(parse_args(["--one-model"]), OFFLINE, "cpu", offline=pair)
+    assert engines.layout == "same-model" and engines.synthesizer.model == str(pair.explorer)
+    on_gpu = cli.plan_engines(parse_args(["--one-model"]), PAPER, "cuda", offline=None)
+    assert on_gpu.layout == "same-model" and on_gpu.explorer.model == "Qwen/Qwen3-4B"
+    with pytest.raises(ValueError, match="--one-model serves the synthesizer"):
+        cli.plan_engines(
+            parse_args(["--one-model", "--synthesizer-model", "x/y"]), PAPER, "cuda", offline=None
+        )
 
 
 def test_split_layout_gives_each_engine_its_own_gpus():

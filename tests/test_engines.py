@@ -8,12 +8,14 @@ from engine.ports import check_port_free
 from programs.core.config import RunConfig, SamplingConfig
 from programs.core.records import Problem
 from programs.engine_handle import EngineHandle
-from programs.offline.model import tiny_model_path
+from programs.offline.model import offline_models
 from programs.pipeline import Pipeline
 
 
 def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model, tmp_path, port):
-    other = tiny_model_path(seed=1, trained=False)  # any second model will do: random weights build fast
+    other = offline_models(
+        seed=1, trained=False
+    ).synthesizer  # any second model will do: random ones build fast
     config = EngineConfig(explorer_model=str(tiny_model), synthesizer_model=str(other), port=port)
     engines = plan(config, device="cpu", cpu_count=2)
     assert engines.layout == "cpu" and len(engines.to_launch) == 2

@@ -35,7 +35,11 @@ def test_a_run_folder_written_before_the_record_types_resumes(tmp_path, capsys):
         line["config"]["explorer_model"] = line["config"]["synthesizer_model"] = url
     (run / "records.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     before = (run / "records.jsonl").read_text()
-    argv = ["--n", "2", "--dataset", "synthetic", "--limit", "3", "--explorer-url", url, "--output", str(run),
+    # The old run's problems, as the `synthetic` set drew them then (the set has been redrawn since).
+    dataset = tmp_path / "old-synthetic.jsonl"
+    rows = [{"id": line["id"], "problem": line["problem"], "answer": line["gold"]} for line in lines]
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["--n", "2", "--dataset", str(dataset), "--explorer-url", url, "--output", str(run),
             "--explorer-max-tokens", "160", "--synthesizer-max-tokens", "160"]  # fmt: skip
     assert main(argv) == 0
     assert "3 problems, 3 already in" in capsys.readouterr().out

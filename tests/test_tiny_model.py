@@ -1,8 +1,8 @@
-"""The offline tiny model's builder: seeded, cached, atomic, with a tokenizer and chat template shaped like
-Qwen3's, and a seeded training step whose recipe names the cache entry.
+"""The offline models' builder: a seeded, cached, atomic pair (a small explorer and the synthesizer grown
+from it), with a tokenizer and chat template shaped like Qwen3's, and a seeded training step.
 
 Random-weight builds (seconds) stand in wherever the weights do not matter; the trained default is the
-session's `tiny_model`, built once per cache."""
+session's `offline_pair`, built once per cache."""
 
 from __future__ import annotations
 
@@ -15,15 +15,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
 from programs.offline import model as tiny_model
-from programs.offline.model import build_config, build_key, build_tiny_model, init_weights, tiny_model_path
-from programs.offline.training import RECIPE, TrainRecipe, train
+from programs.offline.model import (
+    OfflineModels,
+    build_config,
+    build_key,
+    build_offline_models,
+    grow,
+    init_weights,
+    offline_models,
+)
+from programs.offline.training import EXPLORER_RECIPE, SYNTHESIZER_RECIPE, TrainRecipe, train
 
 QUESTION = [{"role": "user", "content": "What is 1+1?"}]
 CHATML_PROMPT = "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n"
@@ -34,8 +42,13 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model_path(0, root=tmp_path_factory.mktemp("cache"), trained=False)
+def pair(tmp_path_factory: pytest.TempPathFactory) -> OfflineModels:
+    return offline_models(0, root=tmp_path_factory.mktemp("cache"), trained=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(pair: OfflineModels) -> Path:
+    return pair.explorer
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +56,48 @@ def tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def test_same_seed_builds_identical_files_in_separate_caches(model_dir: Path, tmp_path: Path) -> None:
-    again = tiny_model_path(0, root=tmp_path, trained=False)
-    assert again != model_dir and again.name == model_dir.name
-    for name in ("model.safetensors", "tokenizer.json", "config.json", "generation_config.json"):
-        assert sha256(again / name) == sha256(model_dir / name), name
+MODEL_FILES = ("model.safetensors", "tokenizer.json", "config.json", "generation_config.json")
 
 
-def test_other_seed_gives_other_weights_and_directory(model_dir: Path, tmp_path: Path) -> None:
-    other = tiny_model_path(1, root=tmp_path, trained=False)
-    assert other.name != model_dir.name
-    assert sha256(other / "model.safetensors") != sha256(model_dir / "model.safetensors")
-    assert sha256(other / "tokenizer.json") == sha256(model_dir / "tokenizer.json")
+def test_same_seed_builds_identical_files_in_separate_caches(pair: OfflineModels, tmp_path: Path) -> None:
+    again = offline_models(0, root=tmp_path, trained=False)
+    assert again != pair and again.explorer.parent.name == pair.explorer.parent.name
+    for role in ("explorer", "synthesizer"):
+        for name in MODEL_FILES:
+            assert sha256(getattr(again, role) / name) == sha256(getattr(pair, role) / name), (role, name)
+
+
+def test_other_seed_gives_other_weights_and_directory(pair: OfflineModels, tmp_path: Path) -> None:
+    other = offline_models(1, root=tmp_path, trained=False)
+    assert other.explorer.parent.name != pair.explorer.parent.name
+    for role in ("explorer", "synthesizer"):
+        mine, theirs = getattr(pair, role), getattr(other, role)
+        assert sha256(theirs / "model.safetensors") != sha256(mine / "model.safetensors")
+        assert sha256(theirs / "tokenizer.json") == sha256(mine / "tokenizer.json")
+
+
+def test_the_synthesizer_is_the_explorer_deeper_with_the_same_tokenizer(pair: OfflineModels) -> None:
+    explorer, synthesizer = (
+        json.loads((p / "config.json").read_text()) for p in (pair.explorer, pair.synthesizer)
+    )
+    assert (explorer["num_hidden_layers"], synthesizer["num_hidden_layers"]) == (2, 4)
+    depth = ("num_hidden_layers", "layer_types")  # one attention type per layer
+    assert {k: v for k, v in explorer.items() if k not in depth} == {
+        k: v for k, v in synthesizer.items() if k not in depth
+    }
+    assert sha256(pair.explorer / "tokenizer.json") == sha256(pair.synthesizer / "tokenizer.json")
+
+
+def test_a_grown_model_starts_out_computing_what_the_small_one_does(tokenizer) -> None:
+    import torch
+
+    small = init_weights(build_config(tokenizer), seed=3).float()
+    grown = grow(small, tokenizer, 4).float()
+    assert grown.config.num_hidden_layers == 4
+    ids = torch.tensor([tokenizer.encode("What is (3 + 4) * 2?", add_special_tokens=False)])
+    assert torch.allclose(grown(ids).logits, small(ids).logits, atol=1e-5)
+    with pytest.raises(ValueError, match="not a multiple"):
+        grow(small, tokenizer, 3)
 
 
 def test_config_is_the_tiny_qwen3_with_chatml_stop_tokens(model_dir: Path, tokenizer) -> None:
@@ -100,29 +143,32 @@ def test_chat_template_without_thinking_prefills_an_empty_think_block(tokenizer)
     assert prompt == CHATML_PROMPT + "<think>\n\n</think>\n\n"
 
 
-def test_cached_model_is_reused_without_rebuilding(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_pair_is_reused_without_rebuilding(
+    pair: OfflineModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_rebuild(*args: object, **kwargs: object) -> Path:
-        raise AssertionError("the cached model was rebuilt")
+        raise AssertionError("the cached pair was rebuilt")
 
-    monkeypatch.setattr(tiny_model, "build_tiny_model", no_rebuild)
-    monkeypatch.setenv(tiny_model.CACHE_ENV, str(model_dir.parent))
-    assert tiny_model_path(0, trained=False) == model_dir
+    monkeypatch.setattr(tiny_model, "build_offline_models", no_rebuild)
+    monkeypatch.setenv(tiny_model.CACHE_ENV, str(pair.explorer.parent.parent))
+    assert offline_models(0, trained=False) == pair
 
 
-def test_concurrent_builds_leave_one_complete_model_and_no_staging(tmp_path: Path) -> None:
-    target = tmp_path / "model"
-    results: list[Path] = []
+def test_concurrent_builds_leave_one_complete_pair_and_no_staging(tmp_path: Path) -> None:
+    target = tmp_path / "models"
+    results: list[OfflineModels] = []
     threads = [
-        threading.Thread(target=lambda: results.append(build_tiny_model(target, 0, recipe=None)))
+        threading.Thread(target=lambda: results.append(build_offline_models(target, 0, trained=False)))
         for _ in range(2)
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert results == [target, target]
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]
-    assert (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
+    assert results == [OfflineModels.inside(target)] * 2
+    assert [p.name for p in tmp_path.iterdir()] == ["models"]
+    for folder in results[0].explorer, results[0].synthesizer:
+        assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
 
 
 # `python -m programs.offline.model --untrained` with one of the module's functions (argv[1]) wrapped: the
@@ -179,10 +225,10 @@ def staging_folders(cache: Path) -> list[str]:
 
 def test_two_processes_building_the_same_model_build_it_once(tmp_path: Path) -> None:
     cache, calls, gate = tmp_path / "cache", tmp_path / "builds", tmp_path / "gate"
-    first = start_cli("build_tiny_model", calls, gate, cache, tmp_path / "first.err")
+    first = start_cli("build_offline_models", calls, gate, cache, tmp_path / "first.err")
     try:
-        wait_until(lambda: lines(calls) == ["build_tiny_model"], "the first process to start building")
-        second = start_cli("build_tiny_model", calls, gate, cache, tmp_path / "second.err")
+        wait_until(lambda: lines(calls) == ["build_offline_models"], "the first process to start building")
+        second = start_cli("build_offline_models", calls, gate, cache, tmp_path / "second.err")
         try:
             # The first build is held open until the second process has either queued behind it or started a
             # build of its own: whichever it does, the overlap is certain, not a matter of timing.
@@ -200,9 +246,9 @@ def test_two_processes_building_the_same_model_build_it_once(tmp_path: Path) -> 
     finally:
         first.kill()
     assert [first.returncode, second.returncode] == [0, 0], (tmp_path / "second.err").read_text()
-    assert lines(calls) == ["build_tiny_model"]  # the second process reused the first one's model
+    assert lines(calls) == ["build_offline_models"]  # the second process reused the first one's models
     (model,) = {Path(out.strip()) for out in outputs}
-    assert (model / "config.json").is_file() and model.parent == cache
+    assert (model / "config.json").is_file() and model.name == "explorer" and model.parent.parent == cache
     assert staging_folders(cache) == []
 
 
@@ -222,25 +268,25 @@ def test_sigterm_during_a_build_leaves_no_staging_folder(tmp_path: Path) -> None
 
 
 def test_a_build_removes_the_staging_folders_of_builders_that_died(tmp_path: Path) -> None:
-    stale = tmp_path / f".{build_key(0, recipe=None)}.x1y2z3"  # as SIGKILL leaves one, mid-build
+    stale = tmp_path / f".{build_key(0, trained=False)}.x1y2z3"  # as SIGKILL leaves one, mid-build
     stale.mkdir()
     (stale / "tokenizer.json").write_text("{}")
-    other = tmp_path / f".{build_key(1, recipe=None)}.a4b5c6"  # another entry's: not this build's business
+    other = tmp_path / f".{build_key(1, trained=False)}.a4b5c6"  # another entry's: not this build's business
     other.mkdir()
-    model = tiny_model_path(0, root=tmp_path, trained=False)
-    assert (model / "config.json").is_file()
+    models = offline_models(0, root=tmp_path, trained=False)
+    assert (models.synthesizer / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.glob(".*")) == [other.name]
 
 
 def test_bad_seed_and_missing_corpus_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="seed must be >= 0"):
-        tiny_model_path(-1, root=tmp_path)
+        offline_models(-1, root=tmp_path)
     with pytest.raises(FileNotFoundError, match="no \\*.jsonl files"):
-        build_tiny_model(tmp_path / "model", 0, corpus_dir=tmp_path / "empty")
+        build_offline_models(tmp_path / "models", 0, corpus_dir=tmp_path / "empty")
     assert list(tmp_path.iterdir()) == []
 
 
-SHORT = TrainRecipe(steps=4, batch_tokens=512, warmup_steps=0, length_pool=32)
+SHORT = TrainRecipe(steps=4, short_steps=2, batch_tokens=512, warmup_steps=0, length_pool=32)
 
 
 def test_training_is_seeded_and_lowers_the_loss(tokenizer) -> None:
@@ -254,17 +300,24 @@ def test_training_is_seeded_and_lowers_the_loss(tokenizer) -> None:
     assert losses[-1] < losses[0] - 0.5
 
 
-def test_the_recipe_names_the_cache_entry() -> None:
-    trained, untrained = build_key(0), build_key(0, recipe=None)
-    assert trained.startswith("qwen3-tiny-arith-seed0-") and untrained.startswith("qwen3-tiny-random-seed0-")
-    assert len({trained, untrained, build_key(0, replace(RECIPE, steps=RECIPE.steps + 1)), build_key(1)}) == 4
+def test_the_build_is_named_by_seed_and_training() -> None:
+    trained, untrained = build_key(0), build_key(0, trained=False)
+    assert trained.startswith("qwen3-tiny-pair-seed0-") and untrained.startswith("qwen3-tiny-random-seed0-")
+    assert len({trained, untrained, build_key(1)}) == 3
     with pytest.raises(ValueError, match="must be positive"):
         TrainRecipe(steps=0)
+    with pytest.raises(ValueError, match="short_steps must be in"):
+        TrainRecipe(steps=10, short_steps=11)
 
 
-def test_the_default_model_is_the_trained_one(tiny_model: Path) -> None:
-    assert tiny_model.name == build_key(0)
-    record = json.loads((tiny_model / "training.json").read_text())
-    assert record["seed"] == 0 and record["recipe"] == json.loads(json.dumps(asdict(RECIPE)))
-    losses = record["losses"]
-    assert len(losses) == RECIPE.steps and sum(losses[-50:]) / 50 < 0.5 < losses[0]
+def test_the_default_pair_is_the_trained_one(offline_pair: OfflineModels) -> None:
+    assert offline_pair.explorer.parent.name == build_key(0)
+    for folder, recipe in (
+        (offline_pair.explorer, EXPLORER_RECIPE),
+        (offline_pair.synthesizer, SYNTHESIZER_RECIPE),
+    ):
+        record = json.loads((folder / "training.json").read_text())
+        assert record["seed"] == 0 and record["recipe"] == json.loads(json.dumps(asdict(recipe)))
+        losses = record["losses"]
+        assert len(losses) == recipe.steps and sum(losses[-50:]) / 50 < 0.5, folder.name
+    assert json.loads((offline_pair.explorer / "training.json").read_text())["losses"][0] > 2

@@ -1,15 +1,19 @@
-"""The project's offline tiny model: a Qwen3-architecture model with its own tokenizer, trained here on a
-synthetic arithmetic task in the A2R format, seeded and cached on disk.
+"""The project's offline models: a small explorer and a larger synthesizer of the Qwen3 architecture, with
+their own tokenizer, trained here on a synthetic arithmetic task in the A2R format, seeded and cached on disk.
 
-No weights can be downloaded on the CPU machines, so the CPU default and the tests serve this model instead:
-2 layers, hidden 128, 4 query / 2 KV heads, a byte-level BPE tokenizer learned from the project's own math
-text and the synthetic task, and a Qwen3-style ChatML chat template with the `enable_thinking` switch.
-The first build trains it for `TrainRecipe.steps` steps on `programs.offline.task` explorer and synthesizer
-turns (about two minutes on two idle cores), so its answers mean something: it often gets small sums right,
-its samples disagree, and its synthesizer follows its references. Random weights stay one flag away.
-A cache entry is built by one process at a time (a file lock next to it): the others wait and reuse it.
+No weights can be downloaded on the CPU machines, so the CPU default and the tests serve these instead, as the
+asymmetric pair A2R is built for:
+- explorer: 2 layers, hidden 128, 4 query / 2 KV heads; it learns both roles;
+- synthesizer: the trained explorer grown to 4 layers (`grow`: the new layers start as identities), then
+  trained on synthesizer turns alone, to re-derive the answer with the references as evidence.
+Both share a byte-level BPE tokenizer learned from the project's own math text and the synthetic task, and a
+Qwen3-style ChatML chat template with the `enable_thinking` switch. The first build trains both (about five
+minutes on two idle cores), so their answers mean something: the explorer's paths disagree and differ in
+length, and the synthesizer re-derives its answer instead of taking their vote. Random weights stay one flag away. A cache entry holds the
+pair and is built by one process at a time (a file lock next to it): the others wait and reuse it.
 
-    python -m programs.offline.model [--seed N] [--out DIR] [--untrained]    # prints the model directory
+    python -m programs.offline.model [--seed N] [--out DIR] [--untrained] [--role synthesizer]
+                                                          # prints the role's model directory (explorer)
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +42,7 @@ from programs.core.jsonl import read_jsonl
 from programs.datasets import DATA_DIR
 from programs.offline import task as synthetic
 from programs.offline import training
-from programs.offline.training import RECIPE, TrainRecipe, train
+from programs.offline.training import EXPLORER_RECIPE, SYNTHESIZER_RECIPE, TrainRecipe, train
 
 if TYPE_CHECKING:  # heavy imports are deferred until a model is actually built
     from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config
@@ -56,7 +60,8 @@ THINK_TOKENS = (
 )  # plain added tokens, like Qwen3's: kept when special tokens are skipped
 
 VOCAB_SIZE = 2048
-ARCHITECTURE = {
+SYNTHESIZER_LAYERS = 4
+ARCHITECTURE = {  # the explorer's; the synthesizer's differs in depth alone
     "num_hidden_layers": 2,
     "hidden_size": 128,
     "num_attention_heads": 4,
@@ -135,8 +140,21 @@ def build_tokenizer(texts: Iterator[str]) -> PreTrainedTokenizerFast:
     )
 
 
-def build_config(tokenizer: PreTrainedTokenizerFast) -> Qwen3Config:
-    """The tiny Qwen3 architecture, with the vocabulary and stop tokens of `tokenizer`."""
+@dataclass(frozen=True)
+class OfflineModels:
+    """The model folders of one cache entry."""
+
+    explorer: Path
+    synthesizer: Path
+
+    @classmethod
+    def inside(cls, entry: Path) -> OfflineModels:
+        return cls(entry / "explorer", entry / "synthesizer")
+
+
+def build_config(tokenizer: PreTrainedTokenizerFast, layers: int | None = None) -> Qwen3Config:
+    """The tiny Qwen3 architecture (`layers` deep: the explorer's 2 by default), with the vocabulary and stop
+    tokens of `tokenizer`."""
     from transformers import Qwen3Config
 
     return Qwen3Config(
@@ -145,7 +163,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> Qwen3Config:
         eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
         pad_token_id=tokenizer.pad_token_id,
         dtype="bfloat16",
-        **ARCHITECTURE,
+        **{**ARCHITECTURE, "num_hidden_layers": layers or ARCHITECTURE["num_hidden_layers"]},
     )
 
 
@@ -156,6 +174,32 @@ def init_weights(config: Qwen3Config, seed: int) -> PreTrainedModel:
 
     torch.manual_seed(seed)
     return Qwen3ForCausalLM(config).to(torch.bfloat16).eval()
+
+
+def grow(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, layers: int) -> PreTrainedModel:
+    """`model` made `layers` deep: each layer is followed by new ones whose output projections are zero, so
+    the grown model starts out computing exactly what `model` does and training only adds to it."""
+    import torch
+
+    old = model.config.num_hidden_layers
+    if layers % old:
+        raise ValueError(f"cannot grow {old} layers to {layers}: not a multiple")
+    grown = init_weights(build_config(tokenizer, layers), seed=0)
+    weights, spread = grown.state_dict(), layers // old
+    for name, tensor in model.state_dict().items():
+        if not name.startswith("model.layers."):
+            weights[name] = tensor
+            continue
+        index, rest = name.removeprefix("model.layers.").split(".", 1)
+        weights[f"model.layers.{int(index) * spread}.{rest}"] = tensor
+    for index in range(layers):
+        if index % spread:
+            for projection in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
+                weights[f"model.layers.{index}.{projection}"] = torch.zeros_like(
+                    weights[f"model.layers.{index}.{projection}"]
+                )
+    grown.load_state_dict(weights)
+    return grown
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:
@@ -170,47 +214,74 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, out_d
     ).save_pretrained(out_dir)
 
 
-def build_tiny_model(
-    out_dir: Path, seed: int = 0, corpus_dir: Path = CORPUS_DIR, recipe: TrainRecipe | None = RECIPE
-) -> Path:
-    """Build the tiny model into `out_dir`, trained by `recipe` (None: random weights), atomically: it is
-    staged next to it and renamed into place, so readers see a complete model or none. If another process
-    finishes the same build first, its copy stays. A trained model keeps its account in training.json.
-    SIGTERM removes the staging folder before it ends the process (see `_unwind_on_sigterm`)."""
+def build_offline_models(
+    out_dir: Path, seed: int = 0, corpus_dir: Path = CORPUS_DIR, trained: bool = True
+) -> OfflineModels:
+    """Build the pair into `out_dir` (`explorer/`, `synthesizer/`), trained or with random weights,
+    atomically: it is staged next to it and renamed into place, so readers see a complete pair or none. If
+    another process finishes the same build first, its copy stays. A trained model keeps its account in
+    training.json. SIGTERM removes the staging folder before it ends the process (see `_unwind_on_sigterm`)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _unwind_on_sigterm():
-        return _build(out_dir, seed, corpus_dir, recipe)
+        return _build(out_dir, seed, corpus_dir, trained)
 
 
-def _build(out_dir: Path, seed: int, corpus_dir: Path, recipe: TrainRecipe | None) -> Path:
+def _build(out_dir: Path, seed: int, corpus_dir: Path, trained: bool) -> OfflineModels:
     staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out_dir), dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the model is meant to be shared like any cache entry
+    staging.chmod(0o755)  # mkdtemp makes it private; the models are meant to be shared like any cache entry
+    staged = OfflineModels.inside(staging)
     try:
         tokenizer = build_tokenizer(
             itertools.chain(corpus_texts(corpus_files(corpus_dir)), synthetic_texts())
         )
-        model = init_weights(build_config(tokenizer), seed)
-        if recipe is not None:
-            log_progress(f"Training the offline tiny model (seed {seed}, {recipe.steps} steps; about two minutes on two "
-                f"idle cores, once: it is cached in {out_dir.parent})")  # fmt: skip
-            start = time.perf_counter()
-            model, losses = train(model, tokenizer, seed, recipe)
-            seconds = time.perf_counter() - start
-            log_progress(
-                f"Trained in {seconds:.0f} s, final loss {sum(losses[-100:]) / len(losses[-100:]):.3f}"
+        if trained:
+            log_progress(f"Training the offline explorer and synthesizer (seed {seed}; about five minutes on two "
+                f"idle cores, once: they are cached in {out_dir.parent})")  # fmt: skip
+        explorer = init_weights(build_config(tokenizer), seed)
+        if trained:
+            explorer = _train(explorer, tokenizer, seed, EXPLORER_RECIPE, staged.explorer, "explorer")
+        save_model(explorer, tokenizer, staged.explorer)
+        synthesizer = grow(explorer, tokenizer, SYNTHESIZER_LAYERS)
+        if trained:
+            synthesizer = _train(
+                synthesizer, tokenizer, seed, SYNTHESIZER_RECIPE, staged.synthesizer, "synthesizer"
             )
-            record = {"seed": seed, "recipe": asdict(recipe), "seconds": round(seconds, 1), "losses": losses}
-            (staging / "training.json").write_text(json.dumps(record) + "\n")
-        save_model(model, tokenizer, staging)
+        save_model(synthesizer, tokenizer, staged.synthesizer)
         try:
             os.rename(staging, out_dir)
         except OSError:
-            if not (out_dir / "config.json").is_file():
+            if not complete(out_dir):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already when the rename succeeded
-    return out_dir
+    return OfflineModels.inside(out_dir)
+
+
+def _train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    seed: int,
+    recipe: TrainRecipe,
+    out: Path,
+    role: str,
+) -> PreTrainedModel:
+    """`model` trained by `recipe`, its account (seed, recipe, seconds, losses) written to out/training.json."""
+    start = time.perf_counter()
+    model, losses = train(model, tokenizer, seed, recipe)
+    seconds = time.perf_counter() - start
+    log_progress(
+        f"Trained the {role} in {seconds:.0f} s, final loss {sum(losses[-100:]) / len(losses[-100:]):.3f}"
+    )
+    out.mkdir(parents=True)
+    record = {"seed": seed, "recipe": asdict(recipe), "seconds": round(seconds, 1), "losses": losses}
+    (out / "training.json").write_text(json.dumps(record) + "\n")
+    return model
+
+
+def complete(entry: Path) -> bool:
+    """Whether a cache entry holds both models (its last write is the synthesizer's config)."""
+    return all((folder / "config.json").is_file() for folder in asdict(OfflineModels.inside(entry)).values())
 
 
 def _staging_prefix(out_dir: Path) -> str:
@@ -274,9 +345,9 @@ def log_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def build_key(seed: int, recipe: TrainRecipe | None = RECIPE, corpus_dir: Path = CORPUS_DIR) -> str:
-    """Names a build by everything that shapes it: the sources of this builder, of the synthetic task and of
-    the prompt rendering, the corpus, library versions, the recipe (or none: random weights) and the seed."""
+def build_key(seed: int, trained: bool = True, corpus_dir: Path = CORPUS_DIR) -> str:
+    """Names a build by everything that shapes it: the sources of this builder, of the training recipes, of the
+    synthetic task and of the prompt rendering, the corpus, library versions, trained or not, and the seed."""
     digest = hashlib.sha256()
     for source in (__file__, training.__file__, synthetic.__file__, prompts.__file__):
         digest.update(Path(source).read_bytes())
@@ -284,8 +355,7 @@ def build_key(seed: int, recipe: TrainRecipe | None = RECIPE, corpus_dir: Path =
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     for package in ("torch", "transformers", "tokenizers"):
         digest.update(f"{package}=={metadata.version(package)}".encode())
-    digest.update(repr(recipe).encode())
-    kind = "random" if recipe is None else "arith"
+    kind = "pair" if trained else "random"
     return f"qwen3-tiny-{kind}-seed{seed}-{digest.hexdigest()[:12]}"
 
 
@@ -293,25 +363,24 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "a2r").expanduser()
 
 
-def tiny_model_path(seed: int = 0, root: Path | None = None, trained: bool = True) -> Path:
-    """The cached tiny model for `seed`, built on first use and safe to call from parallel processes: one
-    builds it, the others wait for it.
+def offline_models(seed: int = 0, root: Path | None = None, trained: bool = True) -> OfflineModels:
+    """The cached pair for `seed`, built on first use and safe to call from parallel processes: one builds it,
+    the others wait for it.
 
     Trained (the default) the first build takes minutes; `trained=False` gives random weights in seconds,
     for tests that need an engine and not answers.
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    recipe = RECIPE if trained else None
-    path = (root or cache_root()) / build_key(seed, recipe)
-    if (path / "config.json").is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(path):
-        if (path / "config.json").is_file():  # built while this process waited for the lock
-            return path
-        _remove_stale_staging(path)
-        return build_tiny_model(path, seed, recipe=recipe)
+    entry = (root or cache_root()) / build_key(seed, trained)
+    if complete(entry):
+        return OfflineModels.inside(entry)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(entry):
+        if complete(entry):  # built while this process waited for the lock
+            return OfflineModels.inside(entry)
+        _remove_stale_staging(entry)
+        return build_offline_models(entry, seed, trained=trained)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -319,18 +388,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the training data")
     parser.add_argument("--out", type=Path, help="build into this new directory instead of the cache")
     parser.add_argument("--untrained", action="store_true", help="random weights, no training")
+    parser.add_argument(
+        "--role", choices=("explorer", "synthesizer"), default="explorer", help="whose folder to print"
+    )
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.out and args.out.exists():
         parser.error(f"--out {args.out} already exists; give a new directory")
-    recipe = None if args.untrained else RECIPE
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the path alone: M=$(python -m ...)
         if args.out:
-            path = build_tiny_model(args.out, args.seed, recipe=recipe)
+            models = build_offline_models(args.out, args.seed, trained=not args.untrained)
         else:
-            path = tiny_model_path(args.seed, trained=not args.untrained)
-    print(path)
+            models = offline_models(args.seed, trained=not args.untrained)
+    print(getattr(models, args.role))
 
 
 if __name__ == "__main__":

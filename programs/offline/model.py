@@ -5,12 +5,13 @@ No weights can be downloaded on the CPU machines, so the CPU default and the tes
 asymmetric pair A2R is built for:
 - explorer: 2 layers, hidden 128, 4 query / 2 KV heads; it learns both roles;
 - synthesizer: the trained explorer grown to 4 layers (`grow`: the new layers start as identities), then
-  trained on synthesizer turns alone, to re-derive the answer with the references as evidence.
+  trained on synthesizer turns alone, to re-derive the answer whatever its references say.
 Both share a byte-level BPE tokenizer learned from the project's own math text and the synthetic task, and a
 Qwen3-style ChatML chat template with the `enable_thinking` switch. The first build trains both (about five
 minutes on two idle cores), so their answers mean something: the explorer's paths disagree and differ in
-length, and the synthesizer re-derives its answer instead of taking their vote. Random weights stay one flag away. A cache entry holds the
-pair and is built by one process at a time (a file lock next to it): the others wait and reuse it.
+length, and the synthesizer re-derives its answer instead of taking their vote (it does not yet weigh the
+references either: see the README). Random weights stay one flag away. A cache entry holds the pair and is
+built by one process at a time (a file lock next to it): the others wait and reuse it.
 
     python -m programs.offline.model [--seed N] [--out DIR] [--untrained] [--role synthesizer]
                                                           # prints the role's model directory (explorer)

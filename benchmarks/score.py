@@ -45,6 +45,7 @@ class SampledProblem:
     line: int  # 1-based line in the input file, for error messages
     gold: str
     answers: list[str | None]
+    responses: list[str] | None = None  # the raw samples, when they were responses
 
 
 def _gold(value: Any, where: str, key: str) -> str:
@@ -86,7 +87,8 @@ def read_problems(path: Path, gold_key: str, samples_key: str, responses: bool) 
                     f"{where}: no key {key!r} (keys: {', '.join(map(repr, row)) or 'none'})"
                 )
         answers = _answers(row[samples_key], where, samples_key, responses)
-        problems.append(SampledProblem(number, _gold(row[gold_key], where, gold_key), answers))
+        raw = row[samples_key] if responses else None
+        problems.append(SampledProblem(number, _gold(row[gold_key], where, gold_key), answers, raw))
     if not problems:
         raise ScoreInputError(f"{path}: no problems (the file is empty)")
     return problems

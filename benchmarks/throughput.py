@@ -183,7 +183,8 @@ def measure(
         urls = list(dict.fromkeys(handle.url for handle in (explorer, synthesizer)))
         # The same bound as the pipeline's explorer stage, so raw runs exactly as many problems at once.
         slots, _ = stage_slots(config, explorer, None)
-        pipelines = {"sc": Pipeline(replace(config, synthesize=False), explorer, None)}
+        sc = replace(config, synthesize=False, skip_synthesis_if_unanimous=False)
+        pipelines = {"sc": Pipeline(sc, explorer, None)}
         pipelines["a2r"] = (
             PaperSizedReferences(config, explorer, synthesizer, reference_tokens)
             if reference_tokens

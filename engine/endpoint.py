@@ -1,31 +1,60 @@
-"""Addressing a running engine from SGLang's frontend language.
+"""Addressing a running engine from SGLang's frontend language, one forked path at a time.
 
-`sgl.gen` has no per-call seed, yet parallel paths need one each. `SeededEndpoint` is SGLang's own
-`RuntimeEndpoint` that also forwards a `sampling_seed` a program stored on its stream with
-`s.set_var(SEED_VAR, seed)`. The server honours it when launched with `--enable-deterministic-inference`
-(`EngineSpec.deterministic`) and ignores it otherwise.
+`sgl.gen` has no per-call seed, request id or completion hook, yet parallel paths need all three: a seed
+each so they differ, an id each so one can be stopped, and a hook so a stop policy hears of every path the
+moment it ends. `PathEndpoint` is SGLang's own `RuntimeEndpoint` that reads them from variables a program
+stored on the path's stream (`path.set_var(SEED_VAR, seed)`, ...). The seed is honoured by a server
+launched with `--enable-deterministic-inference` (`EngineSpec.deterministic`) and ignored otherwise.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sglang.lang.backend.runtime_endpoint import RuntimeEndpoint
 
+from engine.launch import post
 from engine.spec import EngineSpec
 
 SEED_VAR = "sampling_seed"
+RID_VAR = "rid"
+ON_REPLY_VAR = "on_reply"  # called with (text, meta_info) when the engine answers, in the path's thread
+RID_END = "."  # closes every request id: SGLang aborts by prefix, and no id ending here prefixes another
 
 
-class SeededEndpoint(RuntimeEndpoint):
-    def generate(self, s: Any, sampling_params: Any) -> tuple[str, dict]:
-        seed = s.variables.get(SEED_VAR)
+def request_ids(n: int) -> list[str]:
+    """`n` request ids, unique across runs and processes, none a prefix of another (so of no other path's)."""
+    batch = uuid.uuid4().hex[:16]
+    return [f"a2r-{batch}-p{i}{RID_END}" for i in range(n)]
+
+
+class PathEndpoint(RuntimeEndpoint):
+    def _add_images(self, s: Any, data: dict[str, Any]) -> None:
+        # The one hook `RuntimeEndpoint.generate` calls with both the stream and the request body.
+        super()._add_images(s, data)
+        seed, rid = s.variables.get(SEED_VAR), s.variables.get(RID_VAR)
         if seed is not None:
-            # `sampling_params` is this call's own copy, so patching it does not leak into other calls.
-            base = sampling_params.to_srt_kwargs
-            sampling_params.to_srt_kwargs = lambda: {**base(), "sampling_seed": int(seed)}
-        return super().generate(s, sampling_params)
+            data["sampling_params"]["sampling_seed"] = int(seed)
+        if rid is not None:
+            data["rid"] = rid
+
+    def generate(self, s: Any, sampling_params: Any) -> tuple[str, dict]:
+        text, meta = super().generate(s, sampling_params)
+        on_reply = s.variables.get(ON_REPLY_VAR)
+        if on_reply is not None:
+            on_reply(text, meta)
+        return text, meta
+
+    def abort(self, rid: str) -> None:
+        """Stop the request `rid` (an aborted request still returns its text so far, finish reason `abort`).
+
+        An empty id would stop every request on the engine, and an id without `RID_END` every request it
+        prefixes, so both are refused."""
+        if not rid.endswith(RID_END) or len(rid) == len(RID_END):
+            raise ValueError(f"refusing to abort {rid!r}: only ids from request_ids() address one request")
+        post(self.base_url, "/abort_request", {"rid": rid})
 
 
-def connect(spec: EngineSpec) -> SeededEndpoint:
-    return SeededEndpoint(spec.base_url)
+def connect(spec: EngineSpec) -> PathEndpoint:
+    return PathEndpoint(spec.base_url)

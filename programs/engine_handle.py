@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from engine.endpoint import SeededEndpoint, connect
+from engine.endpoint import PathEndpoint, connect
 from engine.launch import EngineError, context_length, model_info, server_info
 from engine.layout import Engines
 from engine.spec import EngineSpec
@@ -24,7 +24,7 @@ class UnservableProblem(ValueError):
 
 @dataclass
 class EngineHandle:
-    backend: SeededEndpoint
+    backend: PathEndpoint
     tokenizer: Any
     context_length: int
     kv_tokens: int | None  # the engine's KV pool; None when it does not say (e.g. behind a router)

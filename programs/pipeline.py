@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from programs.core.config import RunConfig
+from programs.core.metrics import answer_groups
 from programs.core.records import PathRecord, Problem, ProblemRecord, SynthesisRecord
+from programs.core.stopping import most_confident
 from programs.engine_handle import MAX_IN_FLIGHT, EngineHandle, UnservableProblem
 from programs.executor import TwoStageExecutor
 from programs.explorer import run_explorer
@@ -47,16 +50,30 @@ class Pipeline:
             problem.problem, cfg.explorer.max_tokens, cfg.thinking, f"problem {problem.id}"
         )
         seeds = [cfg.path_seed(problem.id, first_path + i) for i in range(cfg.n)]
-        return run_explorer(self.explorer.backend, prompt, cfg.explorer, seeds)
+        confident = cfg.keep_confident is not None
+        paths = run_explorer(self.explorer.backend, prompt, cfg.explorer, seeds, cfg.stop_policy, confident)
+        if not confident:
+            return paths
+        keep = most_confident([p.confidence for p in paths], [p.kept for p in paths], cfg.keep_confident)
+        return [replace(p, kept=k) for p, k in zip(paths, keep, strict=True)]
 
     def synthesize(
         self, problem: Problem, paths: list[PathRecord], seed: int | None = None
     ) -> SynthesisRecord:
-        """The synthesis over `paths`' answer parts; seeded by default as the problem's path N."""
+        """The synthesis over the kept paths' answer parts; seeded by default as the problem's path N.
+
+        With `skip_synthesis_if_unanimous`, kept paths that all give one answer return it unsynthesized: a
+        record with no prompt, no tokens and the finish reason `unanimous`."""
         assert self.synthesizer is not None
         cfg = self.config
+        kept = [i for i, p in enumerate(paths) if p.kept]
+        votes = answer_groups([paths[i].answer for i in kept])
+        if cfg.skip_synthesis_if_unanimous and len(votes) == 1 and len(votes[0]) == len(kept):
+            return SynthesisRecord.unanimous(votes[0][0], kept)
         seed = cfg.path_seed(problem.id, cfg.n) if seed is None else seed
-        return run_synthesizer(self.synthesizer, problem.problem, [p.answer_part for p in paths], cfg, seed)
+        parts = [paths[i].answer_part for i in kept]
+        record = run_synthesizer(self.synthesizer, problem.problem, parts, cfg, seed)
+        return replace(record, reference_order=[kept[j] for j in record.reference_order])
 
     def run(
         self,

@@ -15,14 +15,15 @@ from programs.core.records import STAGES, ProblemRecord, usage
 
 
 def accuracy(records: Sequence[ProblemRecord]) -> dict[str, float | int] | None:
-    """Percentages over the records with a gold answer; None when no record has one."""
+    """Percentages over the records with a gold answer; None when no record has one. A path a policy stopped
+    or filtered out counts as no answer."""
     graded = [r for r in records if r.gold]
     if not graded:
         return None
     scores = []
     for record in graded:
         n = len(record.paths)
-        score = score_problem(record.gold, [p.answer for p in record.paths], n)
+        score = score_problem(record.gold, [p.vote for p in record.paths], n)
         if record.synthesizer is not None:
             score = score.with_metric(f"a2r@{n}", float(bool(record.synthesizer.correct)))
         scores.append(score)

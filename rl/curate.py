@@ -24,7 +24,7 @@ from engine.launch import EngineError, serve
 from engine.layout import EngineConfig, Engines, plan
 from programs import cli
 from programs.cli import console
-from programs.core.config import RunConfig
+from programs.core.config import ADAPTIVE_FIELDS, RunConfig
 from programs.core.flags import add_dataclass_args, dataclass_from_args
 from programs.core.jsonl import RecordFile, RecordsError
 from programs.core.records import Problem, ProblemRecord
@@ -164,7 +164,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_dataclass_args(parser.add_argument_group("which queries to keep"), KeepRule)
     cli.add_engine_args(parser, skip=EXPLORER_ONLY_SKIP)
-    cli.add_run_args(parser, skip=("synthesizer_max_tokens", "synthesize", "shuffle_references"))
+    # Curation needs every path to its end, and never synthesizes: no adaptive exploration.
+    skip = ("synthesizer_max_tokens", "synthesize", "shuffle_references", *ADAPTIVE_FIELDS)
+    cli.add_run_args(parser, skip=skip)
     args = parser.parse_args(argv)
     cli.check_positive(parser, args, "samples", "max_in_flight", "limit")
     return args

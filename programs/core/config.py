@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from programs.core.flags import dataclass_from_args, option
+from programs.core.stopping import STOP_HELP, StopPolicy
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,36 @@ class RunConfig:
     shuffle_references: bool = option(False, "shuffle reference order (seeded)")
     thinking: bool = option(True, "render chat prompts with thinking on (--no-thinking: off)")
     synthesize: bool = option(True, "synthesize (--no-synthesis: explore and vote only)", flag="synthesis")
+    # Adaptive exploration (programs.core.stopping), all off by default: the paper's A2R.
+    stop: str | None = option(None, STOP_HELP, metavar="POLICY")
+    keep_confident: float | None = option(
+        None,
+        "ask the engine for log-probabilities and give the vote and the synthesizer only this fraction of "
+        "the finished paths, the most confident by DeepConf's lowest group confidence",
+        metavar="FRACTION",
+    )
+    skip_synthesis_if_unanimous: bool = option(
+        False,
+        "when every kept path gives the same answer, return it without synthesis. Off by default and best "
+        "left off: an aggregator that reads the traces can still recover a right answer all paths missed",
+    )
     extra: dict[str, Any] = field(default_factory=dict)  # anything else that shaped the results
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.stop is not None:
+            self.stop_policy.check(self.n)
+        if self.keep_confident is not None and not 0 < self.keep_confident <= 1:
+            raise ValueError(f"--keep-confident must be a fraction in (0, 1], got {self.keep_confident}")
+        if self.skip_synthesis_if_unanimous and not self.synthesize:
+            raise ValueError(
+                "--skip-synthesis-if-unanimous needs synthesis; --no-synthesis never synthesizes"
+            )
+
+    @property
+    def stop_policy(self) -> StopPolicy | None:
+        return StopPolicy.parse(self.stop) if self.stop is not None else None
 
     @classmethod
     def from_args(
@@ -81,7 +107,13 @@ class RunConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field, except adaptive knobs left at their defaults: run folders written before those
+        existed then still resume."""
+        data = asdict(self)
+        for name in ADAPTIVE_FIELDS:
+            if data[name] == RunConfig.__dataclass_fields__[name].default:
+                del data[name]
+        return data
 
     def path_seed(self, problem_id: str, path: int) -> int:
         """A distinct seed per path, stable across reruns and problem order.
@@ -89,3 +121,6 @@ class RunConfig:
         One seed shared by parallel samples can make them identical (sglang PR #28805).
         """
         return zlib.crc32(f"{self.seed}/{problem_id}/{path}".encode()) & 0x7FFFFFFF
+
+
+ADAPTIVE_FIELDS = ("stop", "keep_confident", "skip_synthesis_if_unanimous")

@@ -27,13 +27,12 @@ def _answered(answer: str | None) -> bool:
     return answer is not None and answer.strip() != ""
 
 
-def majority_vote(answers: Sequence[str | None]) -> str | None:
-    """The first-seen answer of the largest group of equivalent answers; None if nobody answered.
+def answer_groups(answers: Sequence[str | None]) -> list[list[str]]:
+    """The answers grouped by equivalence to each group's first answer, groups in first-seen order; no-answers
+    are left out.
 
-    >>> majority_vote(["1/2", None, "7", "0.5", "7"])  # a tie: the 1/2 group was seen first
-    '1/2'
-    >>> majority_vote([None, ""]) is None
-    True
+    >>> answer_groups(["1/2", None, "7", "0.5"])
+    [['1/2', '0.5'], ['7']]
     """
     groups: list[list[str]] = []
     for answer in answers:
@@ -45,6 +44,18 @@ def majority_vote(answers: Sequence[str | None]) -> str | None:
                 break
         else:
             groups.append([answer])
+    return groups
+
+
+def majority_vote(answers: Sequence[str | None]) -> str | None:
+    """The first-seen answer of the largest group of equivalent answers; None if nobody answered.
+
+    >>> majority_vote(["1/2", None, "7", "0.5", "7"])  # a tie: the 1/2 group was seen first
+    '1/2'
+    >>> majority_vote([None, ""]) is None
+    True
+    """
+    groups = answer_groups(answers)
     if not groups:
         return None
     return max(groups, key=len)[0]  # max keeps the first of equally large groups

@@ -9,7 +9,7 @@ folders written before these types existed still resume.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from programs.core.grading import extract_answer, extract_boxed, is_equivalent
@@ -32,6 +32,10 @@ def grade(gold: str, answer: str | None, label: str = "") -> bool | None:
     return is_equivalent(gold, answer, label=label) if gold else None
 
 
+ADAPTIVE_PATH_FIELDS = ("confidence", "finished_s", "stopped_by", "stopped_s", "kept")
+UNANIMOUS = "unanimous"  # a synthesis skipped because every kept path agreed
+
+
 def finish_reason(meta: dict[str, Any]) -> str | None:
     """The engine's finish reason (`stop`, `length`, `abort`) from a `meta_info`."""
     reason = meta.get("finish_reason")
@@ -52,6 +56,11 @@ class PathRecord:
     seed: int | None
     answer: str | None = None
     correct: bool | None = None
+    confidence: float | None = None  # lowest group confidence (programs.core.confidence), if asked for
+    finished_s: float | None = None  # when its reply came back, seconds since its exploration began
+    stopped_by: str | None = None  # the stop policy that ended it early; None when it ran to its end
+    stopped_s: float | None = None  # when the policy stopped it
+    kept: bool = True  # in the vote and the synthesis (a stop policy or the confidence filter can drop it)
 
     @classmethod
     def from_engine(cls, text: str, meta: dict[str, Any], seed: int | None) -> PathRecord:
@@ -69,13 +78,27 @@ class PathRecord:
             answer=extract_boxed(part.text),
         )
 
+    @property
+    def vote(self) -> str | None:
+        """Its answer as the vote and the metrics count it: none once a policy dropped the path."""
+        return self.answer if self.kept else None
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its fields; the adaptive ones only when they differ from their defaults, so records written
+        before those existed read back key for key."""
+        data = asdict(self)
+        for f in fields(self):
+            if f.name in ADAPTIVE_PATH_FIELDS and data[f.name] == f.default:
+                del data[f.name]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PathRecord:
-        """A path from JSON; a key it lacks (throughput's raw mode keeps token counts only) reads as None."""
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+        """A path from JSON; a key it lacks reads as its default, or None (throughput's raw mode keeps token
+        counts only)."""
+        return cls(
+            **{f.name: data.get(f.name, None if f.default is MISSING else f.default) for f in fields(cls)}
+        )
 
 
 @dataclass(frozen=True)
@@ -109,6 +132,11 @@ class SynthesisRecord:
             answer=extract_answer(text),
         )
 
+    @classmethod
+    def unanimous(cls, answer: str, kept: list[int]) -> SynthesisRecord:
+        """The answer every kept path gave, returned without asking the synthesizer."""
+        return cls("", "", 0, 0, 0, UNANIMOUS, kept, answer=answer)
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -122,9 +150,9 @@ PathOrSynthesis = TypeVar("PathOrSynthesis", PathRecord, SynthesisRecord)
 
 @dataclass(frozen=True)
 class ProblemRecord:
-    """One problem done: its paths, the self-consistency vote, the synthesis (None when synthesis was off)
-    and when each stage ran. `labels` carries an entry point's own keys (e.g. the accuracy protocol's
-    dataset and run), written after the others."""
+    """One problem done: its paths, the self-consistency vote over the kept ones, the synthesis (None when
+    synthesis was off) and when each stage ran. `labels` carries an entry point's own keys (e.g. the
+    accuracy protocol's dataset and run), written after the others."""
 
     id: str
     problem: str
@@ -151,7 +179,7 @@ class ProblemRecord:
         """Grade every answer against the problem's gold answer and take the majority vote."""
         gold = problem.answer
         graded_paths = [graded(path, gold, problem.id) for path in paths]
-        voted = majority_vote([p.answer for p in graded_paths])
+        voted = majority_vote([p.vote for p in graded_paths])
         return cls(
             id=problem.id,
             problem=problem.problem,
@@ -237,7 +265,7 @@ STAGES = ("explore_s", "synthesize_s", "total_s")
 def usage(records: Sequence[ProblemRecord]) -> Usage:
     """Token totals, prefix-cache reuse and stage times of `records`: the one place they are added up."""
     paths = [p for r in records for p in r.paths]
-    syntheses = [r.synthesizer for r in records if r.synthesizer]
+    syntheses = [r.synthesizer for r in records if r.synthesizer and r.synthesizer.finish_reason != UNANIMOUS]
     return Usage(
         problems=len(records),
         paths=len(paths),

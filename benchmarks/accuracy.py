@@ -16,7 +16,7 @@ Protocol, with the choices the paper leaves open made explicit:
   Cons@N is each run's majority vote over its N paths, and A2R@N its synthesizer's correctness, averaged
   over runs.
 - Metrics are averaged over problems, then over datasets with equal weight (Table 1's Average rows).
-- `--stop` and `--keep-confident` (`programs.core.stopping`) need a single N; a path they drop counts as
+- `--stop`, `--keep-confident` and `--online-confidence` (`programs.core.stopping`) need a single N; a path they drop counts as
   no answer in every metric, and its tokens in every cost.
 
 OUTPUT holds explorations.jsonl (a line per dataset, problem and run), syntheses.jsonl (a line per dataset,
@@ -202,9 +202,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.check_positive(parser, args, "runs", "limit")
     if args.datasets and len(set(args.datasets)) != len(args.datasets):
         parser.error(f"--datasets names a dataset twice: {args.datasets}")
-    if (args.stop or args.keep_confident) and len(args.ns) > 1:
+    if (args.stop or args.keep_confident or args.online_confidence) and len(args.ns) > 1:
         parser.error(
-            f"--stop and --keep-confident need one N (--ns {args.ns[-1]}): smaller N reuse the first paths of "
+            f"--stop, --keep-confident and --online-confidence need one N (--ns {args.ns[-1]}): smaller N reuse the first paths of "
             "the largest, which a policy that drops paths would change"
         )
     args.ns = sorted(args.ns)

@@ -5,8 +5,8 @@
 
 Each policy is one A2R run (`programs.a2r` with its flags) over the same problems, the engines started once
 and the prefix cache flushed between policies. A policy is `full` (the paper's A2R), a `--stop` policy
-(majority, agree:K, first:M), `confident:F` (`--keep-confident F`), or a stop and a filter joined by `+`
-(majority+confident:0.5). `confident:1.0` keeps every path but asks for log-probabilities: against `full`
+(majority, agree:K, first:M), `confident:F` (`--keep-confident F`), `online:KEEP` (`--online-confidence
+KEEP`), or several joined by `+` (majority+confident:0.5). `confident:1.0` keeps every path but asks for log-probabilities: against `full`
 it prices them. Per policy the table gives explorer tokens per problem (stopped paths' tokens included) and
 the share saved against `full`, Pass@1, Cons@N and A2R@N (a stopped or filtered path counts as no answer),
 the time from a problem's start to its final answer (p50, p95) and the explorer's tokens/s.
@@ -41,22 +41,23 @@ from programs.pipeline import Pipeline
 from programs.report import accuracy
 
 BASELINES = ("confident:1.0", "full")  # full-length runs to replay on, the first also with confidences
-DEFAULT_POLICIES = ("full", "confident:1.0", "majority", "agree:3", "first:4", "confident:0.5")
+DEFAULT_POLICIES = ("full", "confident:1.0", "majority", "agree:3", "first:4", "confident:0.5", "online:0.9")
+FRACTIONS = {"confident": "keep_confident", "online": "online_confidence"}  # policy name -> RunConfig field
 PNG, SUMMARY = "accuracy_vs_tokens.png", "policies.json"
 
 
 def policy_overrides(spec: str) -> dict[str, Any]:
     """The RunConfig fields a policy name sets."""
-    overrides: dict[str, Any] = {"stop": None, "keep_confident": None}
+    overrides: dict[str, Any] = {"stop": None, **dict.fromkeys(FRACTIONS.values())}
     if spec == "full":
         return overrides
     for part in spec.split("+"):
         name, _, value = part.partition(":")
-        if name == "confident":
+        if name in FRACTIONS:
             try:
-                overrides["keep_confident"] = float(value)
+                overrides[FRACTIONS[name]] = float(value)
             except ValueError:
-                raise ValueError(f"policy {spec!r}: confident:F needs a fraction, got {value!r}") from None
+                raise ValueError(f"policy {spec!r}: {name}:F needs a fraction, got {value!r}") from None
         else:
             overrides["stop"] = str(StopPolicy.parse(part))
     return overrides
@@ -75,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--output", type=Path, help="folder for the results (default: runs/policies-<dataset>-n<N>)"
     )
     cli.add_engine_args(parser)
-    cli.add_run_args(parser, skip=("stop", "keep_confident"))
+    cli.add_run_args(parser, skip=("stop", *FRACTIONS.values()))
     args = parser.parse_args(argv)
     cli.check_positive(parser, args, "n", "limit")
     if len(set(args.policies)) != len(args.policies):
@@ -112,7 +113,12 @@ def replay_on_baseline(
         return None
     traces = read_records(files[baseline].path)
     for name, config in configs.items():
-        if name in BASELINES or (config.keep_confident and baseline != BASELINES[0]):
+        # The online stop needs per-token confidences, which records do not keep.
+        if (
+            name in BASELINES
+            or config.online_confidence
+            or (config.keep_confident and baseline != BASELINES[0])
+        ):
             continue
         rows[name]["replay"] = evaluate(traces, config.stop_policy, config.keep_confident)
     return baseline
@@ -181,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
         base = RunConfig.from_args(args, budgets=cli.budgets(profile), **cli.role_models(engines))
         configs = {name: replace(base, **policy_overrides(name)) for name in args.policies}
+        if any(config.online_confidence is not None for config in configs.values()):
+            engines = cli.streamed_for_online(engines)
         output = args.output or cli.default_output(dataset, args.n, kind="policies")
         files = {
             name: RecordFile(output, config.to_dict(), console, name=f"{name.replace(':', '-')}.jsonl")

@@ -1,8 +1,8 @@
 """Addressing a running engine from SGLang's frontend language, one forked path at a time.
 
-`sgl.gen` has no per-call seed, request id or completion hook, yet parallel paths need all three: a seed
-each so they differ, an id each so one can be stopped, and a hook so a stop policy hears of every path the
-moment it ends. `PathEndpoint` is SGLang's own `RuntimeEndpoint` that reads them from variables a program
+`sgl.gen` has no per-call seed, request id or hooks, yet parallel paths need them: a seed each so they
+differ, an id each so one can be stopped, and hooks so a stop policy hears of every path the moment it
+ends, or watches it decode. `PathEndpoint` is SGLang's own `RuntimeEndpoint` that reads them from variables a program
 stored on the path's stream (`path.set_var(SEED_VAR, seed)`, ...). The seed is honoured by a server
 launched with `--enable-deterministic-inference` (`EngineSpec.deterministic`) and ignored otherwise.
 """
@@ -20,6 +20,7 @@ from engine.spec import EngineSpec
 SEED_VAR = "sampling_seed"
 RID_VAR = "rid"
 ON_REPLY_VAR = "on_reply"  # called with (text, meta_info) when the engine answers, in the path's thread
+ON_PROGRESS_VAR = "on_progress"  # if set, the path streams and this sees each chunk's (cumulative) meta_info
 RID_END = "."  # closes every request id: SGLang aborts by prefix, and no id ending here prefixes another
 
 
@@ -40,7 +41,14 @@ class PathEndpoint(RuntimeEndpoint):
             data["rid"] = rid
 
     def generate(self, s: Any, sampling_params: Any) -> tuple[str, dict]:
-        text, meta = super().generate(s, sampling_params)
+        on_progress = s.variables.get(ON_PROGRESS_VAR)
+        if on_progress is None:
+            text, meta = super().generate(s, sampling_params)
+        else:  # streamed through SGLang's own client, so a hook can watch the path decode
+            text, meta = "", {}
+            for piece, meta in self.generate_stream(s, sampling_params):
+                text += piece
+                on_progress(meta)
         on_reply = s.variables.get(ON_REPLY_VAR)
         if on_reply is not None:
             on_reply(text, meta)

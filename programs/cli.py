@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,6 +24,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from engine.layout import EngineConfig, Engines, plan
+from programs.core.confidence import STREAM_INTERVAL
 from programs.core.config import RunConfig, SamplingConfig
 from programs.core.flags import add_dataclass_args, dataclass_from_args
 from programs.offline.model import OfflineModels, offline_models
@@ -141,7 +143,21 @@ def plan_engines(
             explorer, synthesizer = default_models(profile, device, config.explorer_model)
         config.explorer_model = explorer
         config.synthesizer_model = config.synthesizer_model or (explorer if one_model else synthesizer)
-    return plan(config, device=device, gpus=gpu_count(device))
+    engines = plan(config, device=device, gpus=gpu_count(device))
+    return streamed_for_online(engines) if getattr(args, "online_confidence", None) is not None else engines
+
+
+def streamed_for_online(engines: Engines) -> Engines:
+    """The engines, the explorer (if launched here) streaming a chunk every STREAM_INTERVAL tokens.
+
+    The online confidence stop streams every path, and each chunk repeats all log-probabilities so far; a
+    chunk per token made the CPU explorer 3.7 times slower, one per 8 tokens 1.4 times."""
+    if not engines.explorer.launched:
+        return engines
+    interval = ("--stream-interval", str(STREAM_INTERVAL))
+    explorer = replace(engines.explorer, extra_args=(*engines.explorer.extra_args, *interval))
+    same = engines.synthesizer is engines.explorer
+    return replace(engines, explorer=explorer, synthesizer=explorer if same else engines.synthesizer)
 
 
 def role_models(engines: Engines) -> dict[str, str]:

@@ -16,55 +16,103 @@ from typing import Any
 
 import sglang as sgl
 
-from engine.endpoint import ON_REPLY_VAR, RID_VAR, SEED_VAR, request_ids
-from programs.core.confidence import TOP_K, path_confidence
+from engine.endpoint import ON_PROGRESS_VAR, ON_REPLY_VAR, RID_VAR, SEED_VAR, request_ids
+from programs.core.confidence import (
+    TOP_K,
+    OnlineStop,
+    lowest_group_confidence,
+    path_confidence,
+    token_confidences,
+)
 from programs.core.config import SamplingConfig
 from programs.core.records import PathRecord
 from programs.core.stopping import StopPolicy
 
 
 class Watch:
-    """One exploration as it runs: when each path's reply came back and, once `policy` fires, which paths
-    were stopped and when (seconds since the exploration began).
+    """One exploration as it runs: when each path's reply came back, and which paths were stopped, by what
+    and when (seconds since the exploration began).
 
-    A path stopped by the policy stays stopped, out of the vote and the synthesis, even when it finished on
-    its own while its abort was in flight (its finish reason then says `stop` or `length`): the decision is
-    the one a replay in the observed finish order makes.
+    After each reply `policy` decides whether the paths still running stop; with `online`, every path is
+    streamed and stops alone once its recent tokens fall below the confidence threshold the first replies
+    set. A stopped path stays stopped, out of the vote and the synthesis, even when it finished on its own
+    while its abort was in flight (its finish reason then says `stop` or `length`): the decision is the one a
+    replay in the observed finish order makes.
     """
 
-    def __init__(self, rids: list[str], policy: StopPolicy | None, abort: Callable[[str], None]) -> None:
-        self.rids, self.policy, self.abort = rids, policy, abort
+    def __init__(
+        self,
+        rids: list[str],
+        policy: StopPolicy | None,
+        abort: Callable[[str], None],
+        online: OnlineStop | None = None,
+    ) -> None:
+        self.rids, self.policy, self.abort, self.online = rids, policy, abort, online
         self.started = time.perf_counter()
         self.finished_s: dict[int, float] = {}
-        self.answers: list[str | None] = []  # of the paths finished before any stop, in finish order
-        self.stopped: set[int] = set()
-        self.stopped_s: float | None = None
+        self.answers: list[str | None] = []  # of the paths that finished unstopped, in finish order
+        self.stopped: dict[int, tuple[str, float]] = {}  # path -> (what stopped it, when)
+        self.warm: list[float] = []  # lowest group confidences of the first paths to finish
+        self.threshold: float | None = None
+        self.confidences: dict[int, list[float]] = {i: [] for i in range(len(rids))}  # per decoded token
+        self._read = dict.fromkeys(range(len(rids)), 0)  # `output_top_logprobs` entries read, per path
         self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.started
 
     def on_reply(self, index: int) -> Callable[[str, dict[str, Any]], None]:
         return lambda text, meta: self._reply(index, text, meta)
 
+    def on_progress(self, index: int) -> Callable[[dict[str, Any]], None]:
+        return lambda meta: self._progress(index, meta)
+
     def _reply(self, index: int, text: str, meta: dict[str, Any]) -> None:
         with self._lock:
-            self.finished_s[index] = time.perf_counter() - self.started
-            if index in self.stopped or self.policy is None:
+            self.finished_s[index] = self.now()
+            if index in self.stopped:
+                return
+            if self.online is not None and self.threshold is None:
+                self.warm.append(lowest_group_confidence(self._decoded(index, meta), self.online.window))
+                if len(self.warm) == self.online.warmup:
+                    self.threshold = self.online.threshold(self.warm)
+            if self.policy is None:
                 return
             self.answers.append(PathRecord.from_engine(text, meta, None).answer)
-            if not self.policy.settled(self.answers, len(self.rids)):
+            running = [i for i in range(len(self.rids)) if i not in self.finished_s and i not in self.stopped]
+            if not running or not self.policy.settled(self.answers, len(self.answers) + len(running)):
                 return
-            self.stopped = set(range(len(self.rids))) - set(self.finished_s)
-            self.stopped_s = time.perf_counter() - self.started
-        for i in sorted(self.stopped):
+            self._stop(running, str(self.policy))
+        for i in running:
             self.abort(self.rids[i])
 
+    def _progress(self, index: int, meta: dict[str, Any]) -> None:
+        assert self.online is not None
+        window = self.online.window
+        with self._lock:
+            recent = self._decoded(index, meta)[-window:]
+            if index in self.stopped or self.threshold is None or len(recent) < window:
+                return
+            if sum(recent) / window >= self.threshold:
+                return
+            self._stop([index], "confidence")
+        self.abort(self.rids[index])
+
+    def _decoded(self, index: int, meta: dict[str, Any]) -> list[float]:
+        """The path's token confidences so far, extended from a (cumulative) `meta_info`."""
+        top = meta.get("output_top_logprobs") or []
+        self.confidences[index].extend(token_confidences(top[self._read[index] :]))
+        self._read[index] = len(top)
+        return self.confidences[index]
+
+    def _stop(self, paths: list[int], by: str) -> None:
+        when = self.now()
+        self.stopped.update((i, (by, when)) for i in paths)
+
     def record(self, index: int, path: PathRecord) -> PathRecord:
-        stopped = index in self.stopped
+        by, when = self.stopped.get(index, (None, None))
         return replace(
-            path,
-            finished_s=self.finished_s.get(index),
-            stopped_by=str(self.policy) if stopped else None,
-            stopped_s=self.stopped_s if stopped else None,
-            kept=not stopped,
+            path, finished_s=self.finished_s.get(index), stopped_by=by, stopped_s=when, kept=by is None
         )
 
 
@@ -79,6 +127,8 @@ def explore(s, prompt: str, sampling: dict, seeds: list[int], rids: list[str], w
         path.set_var(SEED_VAR, seed)
         path.set_var(RID_VAR, rid)
         path.set_var(ON_REPLY_VAR, watch.on_reply(i))
+        if watch.online is not None:
+            path.set_var(ON_PROGRESS_VAR, watch.on_progress(i))
         path += sgl.gen("path", **sampling)
     metas = [path.get_meta_info("path") for path in paths]
     for path in paths:
@@ -95,16 +145,18 @@ def run_explorer(
     seeds: list[int],
     policy: StopPolicy | None = None,
     confidence: bool = False,
+    online: OnlineStop | None = None,
 ) -> list[PathRecord]:
     """One path per seed, forked from `prompt`, ungraded until `ProblemRecord.build`.
 
-    `policy` stops the paths still running once it fires; `confidence` asks the engine for top-k
-    log-probabilities and records each path's confidence.
+    `policy` stops the paths still running once it fires and `online` each path whose confidence drops;
+    `confidence` (implied by `online`) asks the engine for top-k log-probabilities and records each path's
+    confidence.
     """
     rids = request_ids(len(seeds))
-    watch = Watch(rids, policy, backend.abort)
+    watch = Watch(rids, policy, backend.abort, online)
     kwargs = sampling.gen_kwargs()
-    if confidence:
+    if confidence or online is not None:
         kwargs.update(return_logprob=True, top_logprobs_num=TOP_K)
     # (`n` would be taken by `run` itself as a sampling parameter, so the path count is len(seeds).)
     state = explore.run(prompt=prompt, sampling=kwargs, seeds=seeds, rids=rids, watch=watch, backend=backend)

@@ -51,7 +51,10 @@ class Pipeline:
         )
         seeds = [cfg.path_seed(problem.id, first_path + i) for i in range(cfg.n)]
         confident = cfg.keep_confident is not None
-        paths = run_explorer(self.explorer.backend, prompt, cfg.explorer, seeds, cfg.stop_policy, confident)
+        backend = self.explorer.backend
+        paths = run_explorer(
+            backend, prompt, cfg.explorer, seeds, cfg.stop_policy, confident, cfg.online_stop
+        )
         if not confident:
             return paths
         keep = most_confident([p.confidence for p in paths], [p.kept for p in paths], cfg.keep_confident)

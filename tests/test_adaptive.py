@@ -15,13 +15,14 @@ from benchmarks import adaptive, policies
 from engine.endpoint import PathEndpoint, request_ids
 from engine.launch import get_json, post
 from programs.a2r import main as a2r_main
+from programs.core.confidence import OnlineStop
 from programs.core.config import RunConfig, SamplingConfig
 from programs.core.prompts import chat_prompt
 from programs.core.records import ProblemRecord
 from programs.core.stopping import StopPolicy, replay
 from programs.datasets import load_problems
 from programs.engine_handle import EngineHandle
-from programs.explorer import run_explorer
+from programs.explorer import Watch, run_explorer
 from programs.pipeline import Pipeline
 
 BUDGET = 2000  # far above any path the offline explorer writes, so a path below it was stopped, not cut
@@ -120,8 +121,8 @@ def test_a2r_with_a_stop_and_the_confidence_filter_end_to_end(cpu_engine, tmp_pa
         kept = [i for i, p in enumerate(record.paths) if p.kept]
         assert len(kept) == 2  # 3 finished, the more confident half (rounded up) of them kept
         finished = [p for p in record.paths if p.stopped_by is None]
-        dropped = min(finished, key=lambda p: p.confidence)
-        assert not dropped.kept
+        dropped = [p.confidence for p in finished if not p.kept]
+        assert len(dropped) == 1 and dropped[0] <= min(p.confidence for p in finished if p.kept)
         assert sorted(record.synthesizer.reference_order) == kept
         assert record.synthesizer.prompt.count("<reference") == 2
 
@@ -209,3 +210,49 @@ def test_replay_refuses_what_its_input_lacks(tmp_path, capsys):
     assert "full-length" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         adaptive.main([str(records), "--stop", "vote:3"])
+
+
+def top(confidences: list[float]) -> list[list[list]]:
+    """`output_top_logprobs` whose token confidences are `confidences` (one top entry per token)."""
+    return [[[-c, 0, None]] for c in confidences]
+
+
+def test_online_stop_sets_its_threshold_from_the_first_replies_and_stops_a_path_that_drops():
+    aborted: list[str] = []
+    online = OnlineStop(keep=0.5, warmup=2, window=4)
+    watch = Watch(request_ids(4), None, aborted.append, online)
+    watch.on_progress(2)({"output_top_logprobs": top([0.1] * 8)})  # low, but no threshold yet
+    assert not aborted
+    watch.on_reply(0)("", {"output_top_logprobs": top([3.0] * 6)})
+    watch.on_reply(1)("", {"output_top_logprobs": top([1.0] * 6)})
+    assert watch.threshold == pytest.approx(2.0)  # the median of 3.0 and 1.0
+    watch.on_progress(3)({"output_top_logprobs": top([0.1] * 3 + [2.5] * 4)})  # recent window above
+    watch.on_progress(2)({"output_top_logprobs": top([0.1] * 8 + [2.5])})  # recent window below
+    assert aborted == [watch.rids[2]]
+    assert watch.stopped[2][0] == "confidence" and 3 not in watch.stopped
+
+
+def test_online_stop_refuses_what_cannot_stop_a_path():
+    with pytest.raises(ValueError, match="N > 2"):
+        OnlineStop.for_run(0.9, 2, 512)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        OnlineStop.for_run(1.0, 8, 512)
+
+
+def test_online_confidence_stops_paths_on_the_real_engine(cpu_engine):
+    handle = EngineHandle.attach(cpu_engine.explorer)
+    online = OnlineStop.for_run(0.9, 8, 512)
+    stopped = []
+    for problem in load_problems("chain:5:3"):
+        prompt = chat_prompt(handle.tokenizer, problem.problem)
+        paths = run_explorer(handle.backend, prompt, SamplingConfig(512), list(range(8)), online=online)
+        assert running_requests(handle.url) == 0
+        finished = sorted(p.finished_s for p in paths if p.kept)
+        for path in paths:
+            assert path.confidence is not None
+            if path.stopped_by is not None:
+                assert path.stopped_by == "confidence" and not path.kept
+                assert path.stopped_s >= finished[online.warmup - 1]  # never before the threshold is set
+                assert online.window <= path.completion_tokens < 512
+                stopped.append(path)
+    assert stopped  # the threshold keeps 90% of paths like the first: over 24 paths some fall below

@@ -8,11 +8,16 @@ that proportion of the budget.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 TOP_K = 20  # log-probabilities asked for per generated token
 WINDOW_SHARE = 16  # budget / window
+STREAM_INTERVAL = 8  # tokens per streamed chunk on an explorer engine we launch for the online mode
 
 
 def window_for(budget: int) -> int:
@@ -49,3 +54,30 @@ def path_confidence(meta: dict[str, Any], budget: int) -> float | None:
     if top is None:
         return None
     return lowest_group_confidence(token_confidences(top), window_for(budget))
+
+
+@dataclass(frozen=True)
+class OnlineStop:
+    """DeepConf's online mode within one fork: the first `warmup` paths to finish set a threshold at the
+    (1 - keep) quantile of their lowest group confidences, and a path still decoding stops as soon as its
+    last `window` tokens fall below it. (DeepConf warms up on paths run before the rest; here all N run at
+    once, so the warm-up paths are the first to finish, which are also the shortest.)"""
+
+    keep: float  # DeepConf's eta: the share of warm-up-like paths the threshold would let through
+    warmup: int
+    window: int
+
+    @classmethod
+    def for_run(cls, keep: float, n: int, budget: int) -> OnlineStop:
+        """Warm up on 1/8 of the paths, at least 2 (the paper warms up on 16); refuse what cannot stop any."""
+        if not 0 < keep < 1:
+            raise ValueError(f"--online-confidence must be a fraction in (0, 1), got {keep}")
+        warmup = max(2, math.ceil(n / 8))
+        if warmup >= n:
+            raise ValueError(
+                f"--online-confidence warms up on {warmup} paths, so it needs N > {warmup}, got {n}"
+            )
+        return cls(keep, warmup, window_for(budget))
+
+    def threshold(self, warm: Sequence[float]) -> float:
+        return float(np.quantile(warm, 1 - self.keep))

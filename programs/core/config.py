@@ -10,6 +10,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from programs.core.confidence import OnlineStop
 from programs.core.flags import dataclass_from_args, option
 from programs.core.stopping import STOP_HELP, StopPolicy
 
@@ -58,6 +59,12 @@ class RunConfig:
         "the finished paths, the most confident by DeepConf's lowest group confidence",
         metavar="FRACTION",
     )
+    online_confidence: float | None = option(
+        None,
+        "DeepConf's online mode: stream every path, let the first to finish set a confidence threshold that "
+        "keeps this share of paths like them, and stop any path whose recent tokens fall below it",
+        metavar="KEEP",
+    )
     skip_synthesis_if_unanimous: bool = option(
         False,
         "when every kept path gives the same answer, return it without synthesis. Off by default and best "
@@ -72,6 +79,8 @@ class RunConfig:
             self.stop_policy.check(self.n)
         if self.keep_confident is not None and not 0 < self.keep_confident <= 1:
             raise ValueError(f"--keep-confident must be a fraction in (0, 1], got {self.keep_confident}")
+        if self.online_confidence is not None:  # refuses a share or an N it cannot work with
+            OnlineStop.for_run(self.online_confidence, self.n, self.explorer.max_tokens)
         if self.skip_synthesis_if_unanimous and not self.synthesize:
             raise ValueError(
                 "--skip-synthesis-if-unanimous needs synthesis; --no-synthesis never synthesizes"
@@ -80,6 +89,12 @@ class RunConfig:
     @property
     def stop_policy(self) -> StopPolicy | None:
         return StopPolicy.parse(self.stop) if self.stop is not None else None
+
+    @property
+    def online_stop(self) -> OnlineStop | None:
+        if self.online_confidence is None:
+            return None
+        return OnlineStop.for_run(self.online_confidence, self.n, self.explorer.max_tokens)
 
     @classmethod
     def from_args(
@@ -123,4 +138,4 @@ class RunConfig:
         return zlib.crc32(f"{self.seed}/{problem_id}/{path}".encode()) & 0x7FFFFFFF
 
 
-ADAPTIVE_FIELDS = ("stop", "keep_confident", "skip_synthesis_if_unanimous")
+ADAPTIVE_FIELDS = ("stop", "keep_confident", "online_confidence", "skip_synthesis_if_unanimous")

@@ -24,10 +24,19 @@ ON_PROGRESS_VAR = "on_progress"  # if set, the path streams and this sees each c
 RID_END = "."  # closes every request id: SGLang aborts by prefix, and no id ending here prefixes another
 
 
-def request_ids(n: int) -> list[str]:
-    """`n` request ids, unique across runs and processes, none a prefix of another (so of no other path's)."""
-    batch = uuid.uuid4().hex[:16]
+def new_batch() -> str:
+    """A token naming one problem's requests, unique across runs and processes."""
+    return uuid.uuid4().hex[:16]
+
+
+def request_ids(n: int, batch: str | None = None) -> list[str]:
+    """`n` explorer path ids of `batch` (default: a new one), none a prefix of another request's id."""
+    batch = batch or new_batch()
     return [f"a2r-{batch}-p{i}{RID_END}" for i in range(n)]
+
+
+def synthesis_id(batch: str) -> str:
+    return f"a2r-{batch}-s{RID_END}"
 
 
 class PathEndpoint(RuntimeEndpoint):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,7 @@ class EngineHandle:
     def url(self) -> str:
         return self.backend.base_url
 
-    def prompt(self, text: str, budget: int, thinking: bool, label: str) -> str:
+    def prompt(self, text: str | Sequence[dict[str, str]], budget: int, thinking: bool, label: str) -> str:
         """`text` as a chat prompt, refused before sending if it and `budget` new tokens overflow the context."""
         prompt = chat_prompt(self.tokenizer, text, thinking)
         tokens = len(self.tokenizer.encode(prompt, add_special_tokens=False))

@@ -146,14 +146,15 @@ def run_explorer(
     policy: StopPolicy | None = None,
     confidence: bool = False,
     online: OnlineStop | None = None,
+    batch: str | None = None,
 ) -> list[PathRecord]:
     """One path per seed, forked from `prompt`, ungraded until `ProblemRecord.build`.
 
     `policy` stops the paths still running once it fires and `online` each path whose confidence drops;
     `confidence` (implied by `online`) asks the engine for top-k log-probabilities and records each path's
-    confidence.
+    confidence. The paths' request ids are those of `batch` (default: a new one).
     """
-    rids = request_ids(len(seeds))
+    rids = request_ids(len(seeds), batch)
     watch = Watch(rids, policy, backend.abort, online)
     kwargs = sampling.gen_kwargs()
     if confidence or online is not None:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
+from engine.endpoint import synthesis_id
 from programs.core.config import RunConfig
 from programs.core.metrics import answer_groups
 from programs.core.records import PathRecord, Problem, ProblemRecord, SynthesisRecord
@@ -43,17 +44,21 @@ class Pipeline:
             raise ValueError("config.synthesize is set but no synthesizer engine was given")
         self.config, self.explorer, self.synthesizer = config, explorer, synthesizer
 
-    def explore(self, problem: Problem, first_path: int = 0) -> list[PathRecord]:
-        """N paths of `problem`; path i is seeded as the problem's path `first_path + i`."""
+    def explore(self, problem: Problem, first_path: int = 0, batch: str | None = None) -> list[PathRecord]:
+        """N paths of `problem`; path i is seeded as the problem's path `first_path + i`, and its engine
+        request is path i of `batch` (`engine.endpoint.request_ids`)."""
         cfg = self.config
         prompt = self.explorer.prompt(
-            problem.problem, cfg.explorer.max_tokens, cfg.thinking, f"problem {problem.id}"
+            problem.conversation or problem.problem,
+            cfg.explorer.max_tokens,
+            cfg.thinking,
+            f"problem {problem.id}",
         )
         seeds = [cfg.path_seed(problem.id, first_path + i) for i in range(cfg.n)]
         confident = cfg.keep_confident is not None
         backend = self.explorer.backend
         paths = run_explorer(
-            backend, prompt, cfg.explorer, seeds, cfg.stop_policy, confident, cfg.online_stop
+            backend, prompt, cfg.explorer, seeds, cfg.stop_policy, confident, cfg.online_stop, batch
         )
         if not confident:
             return paths
@@ -61,9 +66,15 @@ class Pipeline:
         return [replace(p, kept=k) for p, k in zip(paths, keep, strict=True)]
 
     def synthesize(
-        self, problem: Problem, paths: list[PathRecord], seed: int | None = None
+        self,
+        problem: Problem,
+        paths: list[PathRecord],
+        seed: int | None = None,
+        batch: str | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> SynthesisRecord:
-        """The synthesis over the kept paths' answer parts; seeded by default as the problem's path N.
+        """The synthesis over the kept paths' answer parts; seeded by default as the problem's path N, its
+        engine request the synthesis of `batch`, its text streamed to `on_text` as it is decoded.
 
         With `skip_synthesis_if_unanimous`, kept paths that all give one answer return it unsynthesized: a
         record with no prompt, no tokens and the finish reason `unanimous`."""
@@ -75,7 +86,8 @@ class Pipeline:
             return SynthesisRecord.unanimous(votes[0][0], kept)
         seed = cfg.path_seed(problem.id, cfg.n) if seed is None else seed
         parts = [paths[i].answer_part for i in kept]
-        record = run_synthesizer(self.synthesizer, problem.problem, parts, cfg, seed)
+        rid = synthesis_id(batch) if batch else None
+        record = run_synthesizer(self.synthesizer, problem.problem, parts, cfg, seed, rid, on_text)
         return replace(record, reference_order=[kept[j] for j in record.reference_order])
 
     def run(

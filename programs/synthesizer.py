@@ -8,11 +8,12 @@ reject is never sent.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import sglang as sgl
 
-from engine.endpoint import SEED_VAR
+from engine.endpoint import RID_VAR, SEED_VAR
 from programs.core.config import RunConfig
 from programs.core.prompts import chat_prompt, synthesizer_query
 from programs.core.records import SynthesisRecord
@@ -20,8 +21,10 @@ from programs.engine_handle import EngineHandle, UnservableProblem
 
 
 @sgl.function
-def synthesize(s, prompt: str, sampling: dict, seed: int):
+def synthesize(s, prompt: str, sampling: dict, seed: int, rid: str | None):
     s.set_var(SEED_VAR, seed)
+    if rid is not None:
+        s.set_var(RID_VAR, rid)
     s += prompt
     s += sgl.gen("synthesis", **sampling)
 
@@ -92,15 +95,26 @@ def water_fill(lengths: list[int], room: int) -> list[int]:
 
 
 def run_synthesizer(
-    handle: EngineHandle, query: str, answer_parts: list[str], config: RunConfig, seed: int
+    handle: EngineHandle,
+    query: str,
+    answer_parts: list[str],
+    config: RunConfig,
+    seed: int,
+    rid: str | None = None,
+    on_text: Callable[[str], None] | None = None,
 ) -> SynthesisRecord:
-    """Synthesize over `answer_parts` (in path order) with the run's synthesizer sampling and template."""
+    """Synthesize over `answer_parts` (in path order) with the run's synthesizer sampling and template, as
+    engine request `rid`; with `on_text`, streamed to it piece by piece as the engine decodes."""
     sampling = config.synthesizer
     order = reference_order(len(answer_parts), config.shuffle_references, seed)
     budget = handle.context_length - sampling.max_tokens - 1
     references = [answer_parts[i] for i in order]
     prompt, trimmed = fit_references(handle.tokenizer, query, references, budget, config.thinking)
-    state = synthesize.run(prompt=prompt, sampling=sampling.gen_kwargs(), seed=seed, backend=handle.backend)
+    args = {"prompt": prompt, "sampling": sampling.gen_kwargs(), "seed": seed, "rid": rid}
+    state = synthesize.run(**args, backend=handle.backend, stream=on_text is not None)
+    if on_text is not None:
+        for piece in state.text_iter("synthesis"):
+            on_text(piece)
     if state.error() is not None:
         raise RuntimeError(f"the synthesizer failed: {state.error()}")
     return SynthesisRecord.from_engine(

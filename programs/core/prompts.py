@@ -6,6 +6,7 @@ trained on exactly the prompt it is served.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,14 @@ def answer_part(path_text: str) -> AnswerPart:
     return AnswerPart(path_text.removeprefix(THINK_START).strip(), fallback=True)
 
 
+def split_thinking(text: str) -> tuple[str, str]:
+    """(the thinking, the rest) of a reply; a reply that never closed its thought is all thinking."""
+    thinking, sep, rest = text.partition(THINK_END)
+    if not sep:
+        return text.removeprefix(THINK_START).strip(), ""
+    return thinking.strip().removeprefix(THINK_START).strip(), rest.strip()
+
+
 def format_references(answer_parts: list[str]) -> str:
     return "".join(f"<reference{i}>{a}</reference{i}>" for i, a in enumerate(answer_parts, start=1))
 
@@ -50,15 +59,17 @@ def synthesizer_query(query: str, answer_parts: list[str]) -> str:
     return SYNTHESIZER_TEMPLATE.format(query=query, references=format_references(answer_parts))
 
 
-def chat_prompt(tokenizer: Any, user_text: str, thinking: bool = True) -> str:
-    """Render one user turn with the model's own chat template, ready for the assistant to answer.
+def chat_prompt(tokenizer: Any, user_text: str | Sequence[dict[str, str]], thinking: bool = True) -> str:
+    """Render one user turn (or a whole conversation of role/content messages) with the model's own chat
+    template, ready for the assistant to answer.
 
     The model's template (not a frontend-side guess) decides how thinking starts, e.g. Qwen3 opens
     `<think>` itself while R1-style templates put it in the prompt. `enable_thinking` is ignored by
     templates that do not know it.
     """
+    messages = [{"role": "user", "content": user_text}] if isinstance(user_text, str) else list(user_text)
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_text}],
+        messages,
         tokenize=False,
         add_generation_prompt=True,
         enable_thinking=thinking,

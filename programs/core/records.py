@@ -19,11 +19,15 @@ from programs.core.prompts import answer_part
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem; `answer` is the gold answer as text, "" when unknown (a single `--question`)."""
+    """One problem; `answer` is the gold answer as text, "" when unknown (a single `--question`).
+
+    `conversation`, when given (the server's chat messages), is what the explorer reads instead of the bare
+    problem; the synthesizer's query is always `problem`."""
 
     id: str
     problem: str
     answer: str
+    conversation: tuple[dict[str, str], ...] = ()
 
 
 def grade(gold: str, answer: str | None, label: str = "") -> bool | None:

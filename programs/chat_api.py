@@ -1,0 +1,224 @@
+"""The OpenAI chat-completions format as A2R's server speaks it: requests read and checked, responses and
+stream chunks built, errors in OpenAI's error object. No engine and no HTTP here, so every rule is testable
+alone.
+
+The rule for message shapes: `messages` is a non-empty list of `system`, `user` and `assistant` messages
+whose content is text (a string, or a list of `text` parts), and the last one is the user's question, not
+empty. The explorer reads the whole conversation through its chat template; the synthesizer's Query is the
+last user message alone, since the paper's template has one query and the references.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from programs.core.config import RunConfig
+from programs.core.prompts import THINK_END, THINK_START
+from programs.core.records import UNANIMOUS, ProblemRecord
+
+MODELS = {
+    "a2r": "explore N paths, then synthesize a final answer over their answer parts",
+    "self-consistency": "explore N paths and answer with one of the paths that gave the majority answer",
+}
+ROLES = ("system", "user", "assistant")
+MAX_N = 64  # paths per request
+A2R_KNOBS = ("n", "explorer_max_tokens", "explorer_temperature", "explorer_top_p", "stop", "keep_confident",
+             "online_confidence", "return_references")  # fmt: skip
+
+
+class ApiError(Exception):
+    """An answer in OpenAI's error format: `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    @property
+    def kind(self) -> str:
+        return {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
+                503: "service_unavailable"}.get(self.status, "invalid_request_error")  # fmt: skip
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One checked request: the conversation, the query, and the run configuration it asks for."""
+
+    model: str
+    messages: tuple[dict[str, str], ...]
+    query: str
+    config: RunConfig
+    stream: bool = False
+    include_usage: bool = False
+    return_references: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def parse(cls, body: Any, base: RunConfig) -> ChatRequest:
+        """Read `body` against the server's `base` configuration; a bad field is an ApiError naming it."""
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        model = body.get("model")
+        if model not in MODELS:
+            raise ApiError(404, f"model {model!r} does not exist; this server has {', '.join(MODELS)}", "model",
+                           "model_not_found")  # fmt: skip
+        messages = read_messages(body.get("messages"))
+        if body.get("n", 1) != 1:
+            raise ApiError(400, "n > 1 is not supported: every request returns one choice (use a2r.n for paths)",
+                           "n")  # fmt: skip
+        knobs = body.get("a2r") or {}
+        if not isinstance(knobs, dict) or set(knobs) - set(A2R_KNOBS):
+            unknown = sorted(set(knobs) - set(A2R_KNOBS)) if isinstance(knobs, dict) else knobs
+            raise ApiError(400, f"a2r takes {', '.join(A2R_KNOBS)}; got {unknown}", "a2r")
+        config = configure(base, body, knobs, synthesize=model == "a2r")
+        stream_options = body.get("stream_options") or {}
+        return cls(
+            model=model,
+            messages=messages,
+            query=messages[-1]["content"],
+            config=config,
+            stream=bool(body.get("stream", False)),
+            include_usage=bool(stream_options.get("include_usage", False)),
+            return_references=bool(knobs.get("return_references", False)),
+        )
+
+
+def read_messages(messages: Any) -> tuple[dict[str, str], ...]:
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list", "messages")
+    read = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise ApiError(400, f"{where} must have a role of {', '.join(ROLES)}", where)
+        read.append({"role": message["role"], "content": text_content(message.get("content"), where)})
+    if read[-1]["role"] != "user":
+        raise ApiError(400, "the last message must be the user's question", f"messages[{len(read) - 1}]")
+    if not read[-1]["content"].strip():
+        raise ApiError(400, "the last user message is empty", f"messages[{len(read) - 1}].content")
+    return tuple(read)
+
+
+def text_content(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "".join(str(p.get("text", "")) for p in content)
+    raise ApiError(
+        400, f"{where}.content must be text (a string or a list of text parts)", f"{where}.content"
+    )
+
+
+def configure(base: RunConfig, body: dict[str, Any], knobs: dict[str, Any], synthesize: bool) -> RunConfig:
+    """The run a request asks for: OpenAI's sampling fields govern the synthesizer only (the explorer's own
+    sampling is what makes its paths differ, so `temperature: 0` still explores N distinct paths); `a2r`
+    sets N, the explorer and the adaptive policies."""
+
+    def number(source: dict[str, Any], key: str, kind: type, low: float, high: float, param: str) -> Any:
+        value = source.get(key)
+        if value is None:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (kind is int and value != int(value))
+        ):
+            raise ApiError(400, f"{param} must be a {kind.__name__}, got {value!r}", param)
+        if not low <= value <= high:
+            raise ApiError(400, f"{param} must be between {low} and {high}, got {value}", param)
+        return kind(value)
+
+    budget = number(body, "max_completion_tokens", int, 1, 1 << 20, "max_completion_tokens")
+    budget = budget or number(body, "max_tokens", int, 1, 1 << 20, "max_tokens")
+    synthesizer = {"max_tokens": budget, "temperature": number(body, "temperature", float, 0, 2, "temperature"),
+                   "top_p": number(body, "top_p", float, 1e-6, 1, "top_p")}  # fmt: skip
+    explorer = {"max_tokens": number(knobs, "explorer_max_tokens", int, 1, 1 << 20, "a2r.explorer_max_tokens"),
+                "temperature": number(knobs, "explorer_temperature", float, 0, 2, "a2r.explorer_temperature"),
+                "top_p": number(knobs, "explorer_top_p", float, 1e-6, 1, "a2r.explorer_top_p")}  # fmt: skip
+    n = number(knobs, "n", int, 1, MAX_N, "a2r.n") or base.n
+    try:
+        return replace(
+            base,
+            n=n,
+            explorer=replace(base.explorer, **{k: v for k, v in explorer.items() if v is not None}),
+            synthesizer=replace(base.synthesizer, **{k: v for k, v in synthesizer.items() if v is not None}),
+            synthesize=synthesize,
+            stop=knobs.get("stop", base.stop),
+            keep_confident=knobs.get("keep_confident", base.keep_confident),
+            online_confidence=knobs.get("online_confidence", base.online_confidence),
+        )
+    except (ValueError, TypeError) as exc:
+        raise ApiError(400, f"a2r: {exc}", "a2r") from None
+
+
+class ThinkSplitter:
+    """Splits a streamed reply into its thinking and its content as pieces arrive, as `split_thinking` splits
+    a whole one; it holds back only what could be the start of a think tag cut between pieces."""
+
+    def __init__(self) -> None:
+        self.buffer, self.state = "", "start"  # start -> thinking -> content
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        """(new thinking, new content) from one more piece."""
+        self.buffer += piece
+        if self.state == "start":
+            if THINK_START.startswith(self.buffer.lstrip()):
+                return "", ""
+            self.buffer, self.state = self.buffer.lstrip().removeprefix(THINK_START).lstrip(), "thinking"
+        if self.state == "thinking":
+            head, sep, tail = self.buffer.partition(THINK_END)
+            if sep:
+                self.buffer, self.state = tail.lstrip(), "content"
+                return head, self._content()
+            cut = len(head) - next(
+                (k for k in range(len(THINK_END) - 1, 0, -1) if head.endswith(THINK_END[:k])), 0
+            )
+            self.buffer = head[cut:]
+            return head[:cut], ""
+        return "", self._content()
+
+    def _content(self) -> str:
+        out, self.buffer = self.buffer, ""
+        return out
+
+    def flush(self) -> tuple[str, str]:
+        out = self._content()
+        return ("", out) if self.state == "content" else (out, "")
+
+
+def usage(record: ProblemRecord) -> dict[str, Any]:
+    """OpenAI's usage over every engine call of the request, with the per-stage breakdown."""
+    paths, synthesis = record.paths, record.synthesizer
+    if synthesis is not None and synthesis.finish_reason == UNANIMOUS:
+        synthesis = None
+    explorer = {
+        "paths": len(paths),
+        "prompt_tokens": sum(p.prompt_tokens for p in paths),
+        "completion_tokens": sum(p.completion_tokens for p in paths),
+        "cached_tokens": sum(p.cached_tokens for p in paths),
+    }
+    synthesizer = {
+        "prompt_tokens": synthesis.prompt_tokens if synthesis else 0,
+        "completion_tokens": synthesis.completion_tokens if synthesis else 0,
+        "cached_tokens": synthesis.cached_tokens if synthesis else 0,
+    }
+    prompt = explorer["prompt_tokens"] + synthesizer["prompt_tokens"]
+    completion = explorer["completion_tokens"] + synthesizer["completion_tokens"]
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": explorer["cached_tokens"] + synthesizer["cached_tokens"]},
+        "a2r": {"explorer": explorer, "synthesizer": synthesizer},
+    }
+
+
+def references(record: ProblemRecord) -> dict[str, Any]:
+    """What `a2r.return_references` adds: each path's answer and the self-consistency answer."""
+    paths = [{"answer": p.answer, "answer_part": p.answer_part, "completion_tokens": p.completion_tokens,
+              "kept": p.kept, "stopped_by": p.stopped_by} for p in record.paths]  # fmt: skip
+    return {"paths": paths, "self_consistency": record.self_consistency["answer"]}

@@ -1,0 +1,381 @@
+"""A2R behind an OpenAI-compatible endpoint: `/v1/chat/completions` with model `a2r` or `self-consistency`.
+
+    python -m programs.serve --n 4                       # CPU: the offline pair; GPU: the paper's models
+    python -m programs.serve --explorer-url http://host:30000 --synthesizer-url http://host:30001 --api-key KEY
+
+It launches engines the way `programs.a2r` does (or fronts running SGLang servers) and schedules every
+request on the one two-stage executor the CLI uses, so concurrent requests share the engines: explorations
+run as many at once as the explorer's KV pool holds, and past `--max-queue` requests in the server a new one
+gets 503 with Retry-After. The message rule, the `a2r` knobs and the response fields are in
+`programs.chat_api`. A client that goes away has its engine requests aborted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from engine.endpoint import new_batch, request_ids, synthesis_id
+from engine.launch import EngineError, get_json, log_tail, serve
+from programs import cli
+from programs.chat_api import MODELS, ApiError, ChatRequest, ThinkSplitter, references, usage
+from programs.cli import console
+from programs.core.config import RunConfig
+from programs.core.grading import is_equivalent
+from programs.core.prompts import split_thinking
+from programs.core.records import UNANIMOUS, Problem, ProblemRecord
+from programs.engine_handle import EngineHandle, UnservableProblem
+from programs.executor import Event, Job, TwoStageExecutor
+from programs.pipeline import Pipeline, stage_slots
+
+logger = logging.getLogger("a2r.serve")
+KEEPALIVE_S = 5.0  # an SSE comment this often while the paths are explored, so proxies keep the stream open
+RETRY_AFTER_S = 2
+
+
+class Cancelled(Exception):
+    """The client went away before its request started."""
+
+
+@dataclass
+class Ticket:
+    """One request in flight: what its stages report, carried from the executor's threads to its response."""
+
+    request: ChatRequest
+    batch: str  # names its engine requests (`engine.endpoint.request_ids`)
+    problem: Problem
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.perf_counter)
+
+    def post(self, *event: Any) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    @property
+    def id(self) -> str:
+        return f"chatcmpl-{self.batch}"
+
+
+class Service:
+    """The engines, the executor and admission: what every request goes through."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        explorer: EngineHandle,
+        synthesizer: EngineHandle,
+        max_queue: int | None = None,
+        logs: Path | None = None,
+    ) -> None:
+        self.config, self.explorer, self.synthesizer, self.logs = config, explorer, synthesizer, logs
+        slots = stage_slots(config, explorer, synthesizer)
+        self.executor = TwoStageExecutor(*slots)
+        self.max_queue = max_queue or 4 * slots[0]
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def submit(self, request: ChatRequest, loop: asyncio.AbstractEventLoop) -> Ticket:
+        """Start a request; ApiError 503 when the server already holds `max_queue` of them."""
+        with self._lock:
+            if self.active >= self.max_queue:
+                raise ApiError(503, f"the server holds {self.active} requests, its limit; retry shortly")
+            self.active += 1
+        batch = new_batch()
+        ticket = Ticket(request, batch, Problem(batch, request.query, "", request.messages), loop)
+        config = request.config
+        pipeline = Pipeline(config, self.explorer, self.synthesizer if config.synthesize else None)
+        on_text = (lambda piece: ticket.post("text", piece)) if request.stream and config.synthesize else None
+
+        def explore(problem: Problem) -> Any:
+            if ticket.cancelled.is_set():
+                raise Cancelled
+            return pipeline.explore(problem, batch=batch)
+
+        def synthesize(paths: Any) -> Any:
+            if ticket.cancelled.is_set():
+                raise Cancelled
+            return pipeline.synthesize(ticket.problem, paths, batch=batch, on_text=on_text)
+
+        def notify(event: Event) -> None:
+            kind, job = event[0], event[1]
+            if kind == "explored":
+                ticket.post("explored")
+                calls = [lambda: synthesize(job.explored)] if config.synthesize else []
+                self.executor.synthesize(job, calls, notify)
+            elif kind == "failed":
+                ticket.post("failed", event[2])
+            elif kind == "finished":
+                ticket.post("done", self.record(ticket, job, event[2]))
+            if kind in ("finished", "dropped"):
+                with self._lock:
+                    self.active -= 1
+
+        self.executor.explore(ticket.problem, explore, notify)
+        return ticket
+
+    def record(self, ticket: Ticket, job: Job, timings: dict[str, float]) -> ProblemRecord:
+        synthesis = job.results[0] if job.results else None
+        return ProblemRecord.build(
+            ticket.problem, ticket.request.config.to_dict(), job.explored, synthesis, timings
+        )
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Stop a request whose client went away: every engine request it made or would make."""
+        ticket.cancelled.set()
+        with contextlib.suppress(EngineError, OSError):  # an engine that is gone has nothing to abort
+            for rid in request_ids(ticket.request.config.n, ticket.batch):
+                self.explorer.backend.abort(rid)
+            self.synthesizer.backend.abort(synthesis_id(ticket.batch))
+
+    def failure(self, error: Exception) -> ApiError:
+        """What a stage's error means to the client; an engine's failure also logs its log's tail."""
+        if isinstance(error, UnservableProblem):
+            return ApiError(413, str(error), "messages", "context_length_exceeded")
+        if isinstance(error, ApiError):
+            return error
+        logger.error("engine failure: %s", error)
+        for log in sorted(self.logs.glob("*.log")) if self.logs else []:
+            logger.error("%s:\n%s", log, log_tail(log))
+        return ApiError(503, f"the engines failed this request: {error}")
+
+    def healthy(self) -> bool:
+        for handle in {self.explorer.url: self.explorer, self.synthesizer.url: self.synthesizer}.values():
+            try:
+                get_json(f"{handle.url}/model_info", timeout=5)
+            except (OSError, ValueError):
+                return False
+        return True
+
+
+def answer_text(record: ProblemRecord, model: str) -> tuple[str, str | None]:
+    """The reply the client gets and the engine's finish reason: the synthesis, or (self-consistency) the
+    first kept path that gave the voted answer."""
+    synthesis = record.synthesizer
+    if model == "a2r" and synthesis is not None:
+        if synthesis.finish_reason == UNANIMOUS:
+            return f"\\boxed{{{synthesis.answer}}}", "stop"
+        return synthesis.text, synthesis.finish_reason
+    vote = record.self_consistency["answer"]
+    kept = [p for p in record.paths if p.kept]
+    chosen = next(
+        (p for p in kept if vote is not None and p.answer and is_equivalent(vote, p.answer)), kept[0]
+    )
+    return chosen.text, chosen.finish_reason
+
+
+def finish_reason(engine_reason: str | None) -> str:
+    return "length" if engine_reason == "length" else "stop"
+
+
+def completion(ticket: Ticket, record: ProblemRecord) -> dict[str, Any]:
+    text, reason = answer_text(record, ticket.request.model)
+    reasoning, content = split_thinking(text)
+    message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
+    body = {
+        "id": ticket.id,
+        "object": "chat.completion",
+        "created": ticket.request.created,
+        "model": ticket.request.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(reason)}],
+        "usage": usage(record),
+    }
+    if ticket.request.return_references:
+        body["a2r"] = references(record)
+    return body
+
+
+def chunk(ticket: Ticket, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+    body = {"id": ticket.id, "object": "chat.completion.chunk", "created": ticket.request.created,
+            "model": ticket.request.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra}  # fmt: skip
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def deltas(reasoning: str, content: str) -> list[dict[str, str]]:
+    return [d for d in ({"reasoning_content": reasoning}, {"content": content}) if next(iter(d.values()))]
+
+
+def log_request(ticket: Ticket, record: ProblemRecord | None, status: str) -> None:
+    stages = usage(record)["a2r"] if record else {}
+    explorer, synthesizer = stages.get("explorer", {}), stages.get("synthesizer", {})
+    logger.info(
+        "%s %s %s explorer %s+%s tok (%s paths) synthesizer %s+%s tok %.2fs", ticket.id, ticket.request.model,
+        status, explorer.get("prompt_tokens", 0), explorer.get("completion_tokens", 0), explorer.get("paths", 0),
+        synthesizer.get("prompt_tokens", 0), synthesizer.get("completion_tokens", 0),
+        time.perf_counter() - ticket.started,
+    )  # fmt: skip
+
+
+async def wait(service: Service, ticket: Ticket, disconnected: Callable[[], Any]) -> ProblemRecord:
+    """The request's record, once done; cancels it if the client leaves first."""
+    while True:
+        try:
+            kind, *payload = await asyncio.wait_for(ticket.events.get(), 0.5)
+        except TimeoutError:
+            if await disconnected():
+                raise Cancelled from None
+            continue
+        if kind == "failed":
+            raise service.failure(payload[0])
+        if kind == "done":
+            return payload[0]
+
+
+async def stream(service: Service, ticket: Ticket) -> AsyncIterator[str]:
+    """Server-Sent Events: keep-alive comments while exploring, the synthesizer's tokens as they come
+    (thinking in `reasoning_content`, then `content`), the finish, usage if asked, and `[DONE]`."""
+    done, record = False, None
+    try:
+        yield chunk(ticket, {"role": "assistant"})
+        splitter = ThinkSplitter()
+        while not done:
+            try:
+                kind, *payload = await asyncio.wait_for(ticket.events.get(), KEEPALIVE_S)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if kind == "text":
+                for delta in deltas(*splitter.feed(payload[0])):
+                    yield chunk(ticket, delta)
+            elif kind == "failed":
+                done = True
+                yield f"data: {json.dumps(service.failure(payload[0]).body())}\n\n"
+            elif kind == "done":
+                done, record = True, payload[0]
+                text, reason = answer_text(record, ticket.request.model)
+                if ticket.request.model == "a2r" and record.synthesizer.finish_reason != UNANIMOUS:
+                    rest = splitter.flush()
+                else:
+                    rest = split_thinking(text)
+                for delta in deltas(*rest):
+                    yield chunk(ticket, delta)
+                extra = {"a2r": references(record)} if ticket.request.return_references else {}
+                yield chunk(ticket, {}, finish_reason(reason), **extra)
+                if ticket.request.include_usage:
+                    body = {"id": ticket.id, "object": "chat.completion.chunk", "created": ticket.request.created,
+                            "model": ticket.request.model, "choices": [], "usage": usage(record)}  # fmt: skip
+                    yield f"data: {json.dumps(body)}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        if not done:  # the client went away mid-stream
+            service.cancel(ticket)
+        log_request(ticket, record, "ok" if record else "failed" if done else "cancelled")
+
+
+def build_app(service: Service, api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="A2R")
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, error: ApiError) -> JSONResponse:
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status == 503 else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    def authorize(request: Request) -> None:
+        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+            raise ApiError(
+                401, "missing or wrong API key: send 'Authorization: Bearer KEY'", code="invalid_api_key"
+            )
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok = await asyncio.to_thread(service.healthy)
+        return JSONResponse({"status": "ok" if ok else "engines down"}, status_code=200 if ok else 503)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        authorize(request)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "a2r", "description": about}
+                for name, about in MODELS.items()]  # fmt: skip
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        authorize(request)
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+        chat = ChatRequest.parse(body, service.config)
+        ticket = service.submit(chat, asyncio.get_running_loop())
+        if chat.stream:
+            return StreamingResponse(stream(service, ticket), media_type="text/event-stream")
+        record = None
+        try:
+            record = await wait(service, ticket, request.is_disconnected)
+        except Cancelled:
+            service.cancel(ticket)
+            return JSONResponse({}, status_code=499)
+        finally:
+            log_request(ticket, record, "ok" if record else "failed")
+        return completion(ticket, record)
+
+    return app
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m programs.serve", description=__doc__.split("\n")[0])
+    server = parser.add_argument_group("server")
+    server.add_argument(
+        "--n", type=int, default=4, help="explorer paths per request (a request's a2r.n overrides)"
+    )
+    server.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    server.add_argument("--port", type=int, default=8000, help="HTTP port")
+    server.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every /v1 request")
+    server.add_argument(
+        "--max-queue", type=int, help="requests held at once before 503 (default: 4x the explorer's)"
+    )
+    server.add_argument(
+        "--output", type=Path, default=Path("runs/serve"), help="folder for the engines' logs"
+    )
+    cli.add_engine_args(parser, skip=("port",))  # engines take free ports; --port is the server's
+    cli.add_run_args(parser, skip=("synthesize",))
+    args = parser.parse_args(argv)
+    cli.check_positive(parser, args, "n", "max_queue")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_main(run, parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        profile, device = cli.profile_for(args)
+        engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
+        config = RunConfig.from_args(args, budgets=cli.budgets(profile), **cli.role_models(engines))
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs = args.output / "logs"
+    try:
+        with serve(engines, logs) as running:
+            service = Service(config, *EngineHandle.attach_roles(running), args.max_queue, logs)
+            console.print(
+                f"A2R on http://{args.host}:{args.port}/v1 (models: {', '.join(MODELS)}); engines ({engines.layout}): "
+                f"explorer {config.explorer_model}, synthesizer {config.synthesizer_model}; logs in {logs}"
+            )
+            uvicorn.run(build_app(service, args.api_key), host=args.host, port=args.port, log_level="warning")
+    except (KeyboardInterrupt, EngineError, RuntimeError) as exc:
+        for log in sorted(logs.glob("*.log")):
+            logger.error("%s:\n%s", log, log_tail(log))
+        return cli.stopped(exc, "engines stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.exit_with(main())

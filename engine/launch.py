@@ -68,13 +68,16 @@ def model_info(spec: EngineSpec) -> dict[str, Any]:
 
 
 def context_length(spec: EngineSpec) -> int:
-    """The context the server enforces (prompt + new tokens), from its OpenAI-style model list."""
+    """The context the server enforces (prompt + new tokens): the one given (`--context-length`, which a
+    gateway in front of servers needs), else the server's OpenAI-style model list."""
+    if spec.context_length:
+        return spec.context_length
     try:
         return int(get_json(f"{spec.base_url}/v1/models")["data"][0]["max_model_len"])
     except (urllib.error.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise EngineError(
             f"{spec.base_url} answers as an SGLang server but its /v1/models gives no context length ({exc}); "
-            "is it SGLang 0.5.23 or a router in front of one?"
+            "behind a gateway (smg, sglang-router) give it with --context-length"
         ) from None
 
 

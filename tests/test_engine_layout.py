@@ -2,6 +2,7 @@
 
 import pytest
 
+from engine.launch import context_length
 from engine.layout import EngineConfig, plan
 from engine.spec import CPU_KERNEL_DIR, EngineSpec, launch_command, launch_env
 from programs import cli
@@ -165,3 +166,22 @@ def test_a_long_temporary_directory_is_not_handed_to_the_server():
     deep = "/tmp/" + "a-long-folder-name/" * 8
     assert launch_env(spec, base={"TMPDIR": deep})["TMPDIR"] == "/tmp"
     assert launch_env(spec, base={"TMPDIR": "/var/tmp"})["TMPDIR"] == "/var/tmp"
+
+
+def test_a_given_context_length_is_used_without_asking_the_server():
+    # A gateway in front of SGLang servers (smg) lists models without their context length.
+    behind_gateway = EngineSpec(model="", device="cpu", url="http://127.0.0.1:9", context_length=4096)
+    assert context_length(behind_gateway) == 4096  # port 9 answers nothing: the server was not asked
+
+
+def test_the_online_confidence_stop_launches_the_explorer_streaming_every_8_tokens(tmp_path):
+    pair = OfflineModels(tmp_path / "explorer", tmp_path / "synthesizer")
+    online = cli.plan_engines(parse_args(["--online-confidence", "0.9"]), OFFLINE, "cpu", offline=pair)
+    assert flags(launch_command(online.explorer))["--stream-interval"] == "8"
+    assert "--stream-interval" not in flags(launch_command(online.synthesizer))
+    one = cli.plan_engines(
+        parse_args(["--one-model", "--online-confidence", "0.9"]), OFFLINE, "cpu", offline=pair
+    )
+    assert one.synthesizer is one.explorer and "--stream-interval" in flags(launch_command(one.explorer))
+    plain = cli.plan_engines(parse_args([]), OFFLINE, "cpu", offline=pair)
+    assert "--stream-interval" not in flags(launch_command(plain.explorer))

@@ -241,12 +241,9 @@ def run(args: argparse.Namespace) -> int:
         profile, device = cli.profile_for(args)
         datasets = args.datasets or list(profile.datasets)
         problems = {name: load_problems(name, args.limit) for name in datasets}
-        engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
         # One RunConfig, at the largest N, stamps both files: resuming with other models, sampling or
         # largest N is refused, while runs, problems, datasets and smaller N may change.
-        config = RunConfig.from_args(
-            args, budgets=cli.budgets(profile), n=args.ns[-1], synthesize=True, **cli.role_models(engines)
-        )
+        engines, config = cli.plan_run(args, profile, device, n=args.ns[-1], synthesize=True)
         prices = load_prices(args.prices, args.price)
         explorations, syntheses = (RecordFile(args.output, config.to_dict(), console, name=n) for n in FILES)
         records = ProtocolRecords(problems, args.runs, args.ns, explorations, syntheses)

@@ -29,7 +29,6 @@ from engine.launch import EngineError, flush_cache, serve
 from engine.ports import free_port
 from programs import cli
 from programs.cli import console
-from programs.core.config import RunConfig
 from programs.core.records import Problem, ProblemRecord, usage
 from programs.datasets import DatasetError, load_problems
 from programs.engine_handle import EngineHandle
@@ -98,20 +97,10 @@ def through_server(service: Service, problems: list[Problem], concurrency: int) 
         thread.join(30)
     explorer = sum(r["usage"]["a2r"]["explorer"]["completion_tokens"] for r in replies)
     synthesizer = sum(r["usage"]["a2r"]["synthesizer"]["completion_tokens"] for r in replies)
-    latency, first = (
-        [r["latency_s"] for r in replies],
-        [r["first_token_s"] or r["latency_s"] for r in replies],
-    )
+    first = [r["first_token_s"] or r["latency_s"] for r in replies]
     return {
-        "requests": len(replies),
-        "wall_s": wall,
-        "requests_per_s": len(replies) / wall,
-        "latency_p50_s": float(np.percentile(latency, 50)),
-        "latency_p95_s": float(np.percentile(latency, 95)),
+        **figures([r["latency_s"] for r in replies], wall, explorer, synthesizer),
         "first_token_p50_s": float(np.percentile(first, 50)),
-        "explorer_tokens_per_s": explorer / wall,
-        "synthesizer_tokens_per_s": synthesizer / wall,
-        "tokens_per_s": (explorer + synthesizer) / wall,
     }
 
 
@@ -122,15 +111,20 @@ def through_pipeline(pipeline: Pipeline, problems: list[Problem], concurrency: i
     wall = time.perf_counter() - start
     used = usage(records)
     latency = [r.timings["total_s"] for r in records]
+    return figures(latency, wall, used.explorer_completion_tokens, used.synthesizer_completion_tokens)
+
+
+def figures(latency: list[float], wall: float, explorer: int, synthesizer: int) -> dict[str, Any]:
+    """Rates over the wall time and latency percentiles, from per-request latencies and stage token counts."""
     return {
-        "requests": len(records),
+        "requests": len(latency),
         "wall_s": wall,
-        "requests_per_s": len(records) / wall,
+        "requests_per_s": len(latency) / wall,
         "latency_p50_s": float(np.percentile(latency, 50)),
         "latency_p95_s": float(np.percentile(latency, 95)),
-        "explorer_tokens_per_s": used.explorer_completion_tokens / wall,
-        "synthesizer_tokens_per_s": used.synthesizer_completion_tokens / wall,
-        "tokens_per_s": used.output_tokens / wall,
+        "explorer_tokens_per_s": explorer / wall,
+        "synthesizer_tokens_per_s": synthesizer / wall,
+        "tokens_per_s": (explorer + synthesizer) / wall,
     }
 
 
@@ -162,8 +156,7 @@ def run(args: argparse.Namespace) -> int:
         profile, device = cli.profile_for(args)
         dataset = args.dataset or profile.datasets[0]
         problems = load_problems(dataset, args.limit)
-        engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
-        config = RunConfig.from_args(args, budgets=cli.budgets(profile), **cli.role_models(engines))
+        engines, config = cli.plan_run(args, profile, device)
     except (DatasetError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

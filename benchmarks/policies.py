@@ -184,8 +184,7 @@ def run(args: argparse.Namespace) -> int:
         profile, device = cli.profile_for(args)
         dataset = args.dataset or profile.datasets[0]
         problems = load_problems(dataset, args.limit)
-        engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
-        base = RunConfig.from_args(args, budgets=cli.budgets(profile), **cli.role_models(engines))
+        engines, base = cli.plan_run(args, profile, device)
         configs = {name: replace(base, **policy_overrides(name)) for name in args.policies}
         if any(config.online_confidence is not None for config in configs.values()):
             engines = cli.streamed_for_online(engines)

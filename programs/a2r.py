@@ -70,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
         profile, device = cli.profile_for(args)
         dataset = None if args.question else args.dataset or profile.datasets[0]
         problems = [question_problem(args.question)] if args.question else load_problems(dataset, args.limit)
-        engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
-        config = RunConfig.from_args(args, budgets=cli.budgets(profile), **cli.role_models(engines))
+        engines, config = cli.plan_run(args, profile, device)
         output = args.output or cli.default_output(dataset, args.n, question=args.question)
         records = RecordFile(output, config.to_dict(), console)
         records.check_problems((p.id, p) for p in problems)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.measure import Measurement
@@ -158,6 +158,15 @@ def streamed_for_online(engines: Engines) -> Engines:
     explorer = replace(engines.explorer, extra_args=(*engines.explorer.extra_args, *interval))
     same = engines.synthesizer is engines.explorer
     return replace(engines, explorer=explorer, synthesizer=explorer if same else engines.synthesizer)
+
+
+def plan_run(
+    args: argparse.Namespace, profile: Profile, device: str, **overrides: Any
+) -> tuple[Engines, RunConfig]:
+    """The engines and the run the shared flags describe (building the offline pair if they need it, so
+    call it once the cheap checks have passed); `overrides` fix what an entry point decides itself."""
+    engines = plan_engines(args, profile, device, build_offline_models(profile, args))
+    return engines, RunConfig.from_args(args, budgets=budgets(profile), **role_models(engines), **overrides)
 
 
 def role_models(engines: Engines) -> dict[str, str]:

@@ -354,9 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        profile, device = cli.profile_for(args)
-        engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
-        config = RunConfig.from_args(args, budgets=cli.budgets(profile), **cli.role_models(engines))
+        engines, config = cli.plan_run(args, *cli.profile_for(args))
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

@@ -147,6 +147,7 @@ def configure(base: RunConfig, body: dict[str, Any], knobs: dict[str, Any], synt
             explorer=replace(base.explorer, **{k: v for k, v in explorer.items() if v is not None}),
             synthesizer=replace(base.synthesizer, **{k: v for k, v in synthesizer.items() if v is not None}),
             synthesize=synthesize,
+            skip_synthesis_if_unanimous=synthesize and base.skip_synthesis_if_unanimous,
             stop=knobs.get("stop", base.stop),
             keep_confident=knobs.get("keep_confident", base.keep_confident),
             online_confidence=knobs.get("online_confidence", base.online_confidence),

@@ -22,6 +22,7 @@ import uvicorn
 
 from engine.launch import get_json
 from engine.ports import free_port
+from programs.chat_api import ChatRequest
 from programs.core.config import RunConfig, SamplingConfig
 from programs.engine_handle import EngineHandle
 from programs.serve import Service, build_app
@@ -246,3 +247,10 @@ def test_the_command_fronts_running_engines_and_stops_on_sigterm(cpu_engine, tmp
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     assert process.returncode in (0, 130), output
+
+
+def test_self_consistency_works_on_a_server_that_skips_unanimous_syntheses():
+    base = replace(CONFIG, skip_synthesis_if_unanimous=True)
+    body = {"model": "self-consistency", "messages": [{"role": "user", "content": QUESTION}]}
+    assert not ChatRequest.parse(body, base).config.synthesize
+    assert ChatRequest.parse({**body, "model": "a2r"}, base).config.skip_synthesis_if_unanimous

@@ -101,11 +101,16 @@ def read_samples(path: Path, gold_key: str, responses_key: str, tokenizer: Any) 
     ]
 
 
+def same_answer(a: str | None, b: str | None) -> bool:
+    """Two votes name the same answer: both none, or equivalent."""
+    return a is None and b is None or (a is not None and b is not None and is_equivalent(a, b))
+
+
 def evaluate(
     traces: Sequence[Trace], policy: StopPolicy | None, keep_confident: float | None
 ) -> dict[str, Any]:
     """What the policy would have spent and voted on every problem, against the full-length run."""
-    full = kept_tokens = cons_before = cons_after = changed = a2r_changed = 0
+    full = kept_tokens = cons_before = cons_after = changed = references_changed = 0
     for trace in traces:
         if policy is not None:
             policy.check(len(trace.answers))
@@ -124,8 +129,8 @@ def evaluate(
         kept_tokens += sum(result.spent)
         cons_before += is_equivalent(trace.gold, before)
         cons_after += is_equivalent(trace.gold, after)
-        changed += not (before is None and after is None) and not is_equivalent(before or "", after)
-        a2r_changed += not all(kept)
+        changed += not same_answer(before, after)
+        references_changed += not all(kept)
     synthesized = [t.synthesizer_correct for t in traces if t.synthesizer_correct is not None]
     count = len(traces)
     summary = {
@@ -139,7 +144,7 @@ def evaluate(
     }
     if len(synthesized) == count:
         summary.update(
-            a2r_before=100.0 * sum(synthesized) / count, a2r_after=None, references_changed=a2r_changed
+            a2r_before=100.0 * sum(synthesized) / count, a2r_after=None, references_changed=references_changed
         )
     return summary
 

@@ -198,10 +198,11 @@ def completion(ticket: Ticket, record: ProblemRecord) -> dict[str, Any]:
     return body
 
 
-def chunk(ticket: Ticket, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+def chunk(ticket: Ticket, delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
+    """One SSE chunk; `delta` None gives the chunk with no choices that carries usage."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
     body = {"id": ticket.id, "object": "chat.completion.chunk", "created": ticket.request.created,
-            "model": ticket.request.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra}  # fmt: skip
+            "model": ticket.request.model, "choices": choices, **extra}  # fmt: skip
     return f"data: {json.dumps(body)}\n\n"
 
 
@@ -266,9 +267,7 @@ async def stream(service: Service, ticket: Ticket) -> AsyncIterator[str]:
                 extra = {"a2r": references(record)} if ticket.request.return_references else {}
                 yield chunk(ticket, {}, finish_reason(reason), **extra)
                 if ticket.request.include_usage:
-                    body = {"id": ticket.id, "object": "chat.completion.chunk", "created": ticket.request.created,
-                            "model": ticket.request.model, "choices": [], "usage": usage(record)}  # fmt: skip
-                    yield f"data: {json.dumps(body)}\n\n"
+                    yield chunk(ticket, None, usage=usage(record))
         yield "data: [DONE]\n\n"
     finally:
         if not done:  # the client went away mid-stream

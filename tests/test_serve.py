@@ -203,9 +203,10 @@ def test_a_client_that_leaves_mid_stream_has_its_engine_requests_aborted(served)
     with requests.post(f"{served.url}/v1/chat/completions", json=body, headers=headers, stream=True) as reply:
         assert next(reply.iter_lines()).startswith(b"data: ")  # the role chunk: the paths are exploring
         deadline = time.monotonic() + 60
-        while running_requests(served.service.explorer.url) < 24 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert running_requests(served.service.explorer.url) >= 24
+        while not running_requests(served.service.explorer.url) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Paths are decoding when the client leaves (a loaded machine may not show all 24 at one instant).
+        assert running_requests(served.service.explorer.url) > 0
     deadline = time.monotonic() + 15
     while running_requests(served.service.explorer.url) and time.monotonic() < deadline:
         time.sleep(0.2)

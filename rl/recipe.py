@@ -78,7 +78,7 @@ class GRPORecipe:
     colocate: bool = option(
         True, "actor and rollout engines share the GPUs, each sleeping while the other works"
     )
-    rollout_tp: int = option(1, "tensor-parallel GPUs per rollout engine")
+    rollout_tp: int = option(1, "tensor-parallel GPUs per rollout engine (vllm backend only; sglang: 1)")
     rollout_engines: int | None = option(None, "rollout engines (default: the actor's GPUs / rollout_tp)")
     rollout_gpu_memory_utilization: float = option(0.5, "share of GPU memory the rollout engine may take")
     prefix_caching: bool = option(True, "reuse the shared prompt's KV cache across the group's samples")
@@ -106,6 +106,13 @@ class GRPORecipe:
         if self.rollout_backend not in ROLLOUT_BACKENDS:
             raise ValueError(
                 f"rollout_backend must be one of {ROLLOUT_BACKENDS}, got {self.rollout_backend!r}"
+            )
+        if self.rollout_backend == "sglang" and self.rollout_tp > 1:
+            # Refused here so a run fails at parse time, not inside the Ray job: a TP engine spans several of
+            # the actor's one-GPU placement bundles, and every TP rank would need its own weight payload.
+            raise ValueError(
+                f"rollout_tp {self.rollout_tp} is not supported with the sglang rollout backend (its engines "
+                "use one GPU each): use rollout_tp 1, or --rollout-backend vllm"
             )
         if self.n_samples_per_prompt < 2:
             raise ValueError(

@@ -7,14 +7,20 @@ OpenRLHF ships vLLM rollout actors only. This launcher swaps one piece and runs 
 `create_sglang_engines`, whose Ray actors (`SGLangRollout`) each launch one SGLang server (`rl.sglang_server`,
 with this project's engine code) and answer the calls the trainer makes on a rollout actor: token-level
 `generate` returning vLLM-shaped outputs, `generate_responses` through OpenRLHF's own agent executor (and so
-its reward function), weight sync, sleep/wake for colocation and prefix-cache flushes.
+its reward function), weight sync, sleep/wake for colocation, pause/resume for async partial rollouts and
+prefix-cache flushes. Engines are not tensor-parallel (`GRPORecipe` refuses `rollout_tp > 1` for SGLang).
 
 Weight sync, two paths as in OpenRLHF: colocated, the trainer sends CUDA IPC handles and the server rebuilds
 the tensors itself (`update_weights_from_tensor`); otherwise trainer rank 0 and the engines form a torch
 process group that SGLang joins with `init_weights_update_group` and loads from with
-`update_weights_from_distributed`. SGLang loads weights only inside a weight-update session, which opens at
-a sync's first tensor and closes at its last (OpenRLHF flags the last one `empty_cache=True`), flushing the
-prefix cache so nothing computed with the old weights is reused.
+`update_weights_from_distributed`. The IPC handle to load is the one made on the server's GPU, found
+through NVML (`rl.gpu_ids`) so the actor never opens a CUDA context of its own. SGLang loads weights only
+inside a weight-update session, which opens at a sync's first tensor and closes at its last (OpenRLHF flags
+the last one `empty_cache=True`), flushing the prefix cache so nothing computed with the old weights is reused.
+
+Every sample carries its own `sampling_seed` (`sample_seed`): with deterministic inference
+(`--train.full_determinism_enable`) SGLang otherwise seeds every request alike, the n samples of a prompt come
+out identical and every GRPO group has zero variance. Without it SGLang ignores the seed.
 
 OpenRLHF's modules import `vllm` at top level; `rl.vllm_standin` provides the names they use and is
 installed here in the driver and in every Ray worker.
@@ -24,7 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import copy
+import hashlib
 import json
+import os
 import runpy
 import sys
 import tempfile
@@ -33,6 +42,8 @@ from typing import Any
 
 from engine.launch import READY_TIMEOUT_S, stop, wait_ready
 from engine.ports import free_port
+from engine.spec import launch_env
+from rl.gpu_ids import handle_for_gpu, nvml_uuids, server_gpu_env, visible_device_uuid
 from rl.recipe import OPENRLHF_CLI
 from rl.sglang_server import launch_tied, rollout_spec
 from rl.vllm_standin import (
@@ -45,6 +56,9 @@ from rl.vllm_standin import (
 
 MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph")  # what SGLang's release/resume_memory_occupation manage
 IPC_DEVICE_ARG = 6  # position of the device index in torch's rebuild_cuda_tensor arguments
+# SGLang 0.5.23 pauses in "retract" mode: running requests go back to its queue, the KV cache may be flushed
+# for a weight update, and they are recomputed with the new weights on continue (vLLM's "keep" pause).
+PAUSE_MODE = "retract"
 
 
 # -- vLLM-shaped requests and results to and from SGLang's ------------------------------------------------------
@@ -61,7 +75,23 @@ def sglang_sampling(params: Any) -> dict[str, Any]:
     }
     if params.max_tokens is not None:
         out["max_new_tokens"] = params.max_tokens
+    if getattr(params, "seed", None) is not None:
+        out["sampling_seed"] = params.seed
     return out
+
+
+def sample_seed(trainer_seed: int, prompt: str, index: int) -> int:
+    """The sampling seed of sample `index` of `prompt`: distinct across a group, the same on every engine and
+    rerun (no Python hash randomisation), and within SGLang's int64 range."""
+    key = f"{trainer_seed}\0{index}\0{prompt}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 1
+
+
+def with_seed(params: Any, seed: int) -> Any:
+    """A copy of `params` carrying `seed` (vLLM's SamplingParams field name), so samples do not share one."""
+    seeded = copy.copy(params)
+    seeded.seed = seed
+    return seeded
 
 
 def request_output(prompt_token_ids: list[int], response: dict[str, Any]) -> RequestOutput:
@@ -109,9 +139,13 @@ class SGLangRollout:
         remote_rm_url: str | None = None,
         log_dir: str | None = None,
         ready_timeout: float = READY_TIMEOUT_S,
+        trainer_seed: int = 0,
         **engine: Any,
     ) -> None:
-        self.spec = rollout_spec(model, port=free_port(), **engine)
+        env = server_gpu_env(os.environ, _ray_gpu_ids()) if engine.get("device", "cuda") == "cuda" else {}
+        self.spec = rollout_spec(model, port=free_port(), env=env, **engine)
+        self.trainer_seed = trainer_seed
+        self._gpu_uuid: str | None = None  # the server's GPU, looked up on the first CUDA-IPC weight sync
         self.enable_sleep = bool(engine.get("enable_sleep"))
         self.executor = agent_executor(agent_func_path, remote_rm_url)
         self.log = (
@@ -184,10 +218,21 @@ class SGLangRollout:
             prompt=prompt, label=label, max_length=max_length, hf_tokenizer=hf_tokenizer, images=images
         )
         runs = [
-            self.executor.execute(sampling_params=sampling_params, llm_engine=self, **kwargs)
-            for _ in range(num_samples)
+            self.executor.execute(
+                sampling_params=with_seed(sampling_params, sample_seed(self.trainer_seed, prompt, i)),
+                llm_engine=self,
+                **kwargs,
+            )
+            for i in range(num_samples)
         ]
         return await asyncio.gather(*runs)
+
+    async def pause_generation(self) -> None:
+        """Hold every request (async partial rollouts call this around a weight sync)."""
+        await self._post("/pause_generation", {"mode": PAUSE_MODE})
+
+    async def resume_generation(self) -> None:
+        await self._post("/continue_generation", {})
 
     def get_num_unfinished_requests(self) -> int:
         return self.unfinished
@@ -223,9 +268,10 @@ class SGLangRollout:
         await self._load("/update_weights_from_distributed", {**body, "group_name": self.group}, empty_cache)
 
     async def update_weight_cuda_ipc(self, name, dtype, shape, ipc_handles, empty_cache=False) -> None:
-        from openrlhf.trainer.ray.utils import get_physical_gpu_id
-
-        payload = ipc_payload(name, ipc_handles[get_physical_gpu_id()], self.spec.base_gpu_id)
+        if self._gpu_uuid is None:
+            visible = launch_env(self.spec).get("CUDA_VISIBLE_DEVICES")
+            self._gpu_uuid = visible_device_uuid(visible, nvml_uuids(), self.spec.base_gpu_id)
+        payload = ipc_payload(name, handle_for_gpu(ipc_handles, self._gpu_uuid), self.spec.base_gpu_id)
         body = {"serialized_named_tensors": [payload] * self.spec.tp}
         await self._load("/update_weights_from_tensor", body, empty_cache)
 
@@ -244,6 +290,13 @@ class SGLangRollout:
         if resume:
             await self._control("/resume_memory_occupation", {"tags": resume})
             self.asleep -= set(resume)
+
+
+def _ray_gpu_ids() -> list[int | str]:
+    """The GPUs Ray gave this actor; none outside Ray (tests drive the actor directly)."""
+    import ray
+
+    return ray.get_gpu_ids() if ray.is_initialized() else []
 
 
 class _Rebuild:
@@ -305,7 +358,7 @@ def create_sglang_engines(
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    if tensor_parallel_size != 1:
+    if tensor_parallel_size != 1:  # rl.recipe refuses it at parse time; this catches `-- --vllm.*` overrides
         raise ValueError("SGLang rollout engines use one GPU each: set --vllm.tensor_parallel_size 1")
     if logprobs_mode or max_images_per_prompt:
         raise ValueError("SGLang rollout engines do not serve vLLM's processed logprobs or images")
@@ -329,6 +382,7 @@ def create_sglang_engines(
             pretrain,
             agent_func_path=agent_func_path,
             remote_rm_url=remote_rm_url,
+            trainer_seed=seed,  # per-sample seeds: the same on every engine
             seed=seed + i,
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,

@@ -24,6 +24,7 @@ def rollout_spec(
     enable_sleep: bool = False,
     deterministic: bool = False,
     enforce_eager: bool = False,
+    env: dict[str, str] | None = None,
 ) -> EngineSpec:
     """The SGLang server for one rollout engine, from the settings OpenRLHF gives its vLLM engines."""
     if enable_sleep and device != "cuda":
@@ -43,6 +44,7 @@ def rollout_spec(
         deterministic=deterministic,
         port=port,
         extra_args=tuple(extra),
+        env=dict(env or {}),
     )
 
 

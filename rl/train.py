@@ -3,9 +3,10 @@
     python rl/train.py [--recipe-flags ...] [--dry-run] [-- EXTRA_OPENRLHF_FLAGS ...]
     python -m rl.train ...                       # the same
 
-`--dry-run` prints the exact command and the recipe as JSON, and needs neither a GPU nor OpenRLHF. A real
-run needs CUDA GPUs, OpenRLHF installed (`rl/requirements.txt`) and flash-attn on that machine; it records
-the same JSON as `<save_path>/a2r_recipe.json`. Flags after `--` are passed to OpenRLHF verbatim (e.g.
+`--dry-run` prints the exact command and the recipe as JSON, and needs neither a GPU nor OpenRLHF (it warns
+when this machine could not start the trainer). A real run needs CUDA GPUs, OpenRLHF installed
+(`rl/requirements.txt`) and flash-attn 2 on that machine (`docker build --target rl` has all three), which is
+checked before Ray starts; it records the same JSON as `<save_path>/a2r_recipe.json`. Flags after `--` are passed to OpenRLHF verbatim (e.g.
 `-- --ds.packing_samples`).
 
 The rollout backend decides what runs the trainer: `vllm` runs OpenRLHF's own CLI module; `sglang` runs the
@@ -19,8 +20,9 @@ CPU:
 
     python rl/train.py --dataset data/rl/train.jsonl
 
-One node, 8 GPUs: `python rl/train.py --gpus-per-node 8 --no-adam-offload` (8 colocated engines, or e.g.
-`--rollout-tp 2` for 4). The OpenRLHF CLI starts a local Ray instance itself.
+One node, 8 GPUs: `python rl/train.py --gpus-per-node 8 --no-adam-offload` (8 colocated engines, one GPU
+each: SGLang rollout engines are not tensor-parallel, see `rl.recipe`). The OpenRLHF CLI starts a local Ray
+instance itself.
 
 Several nodes, through Ray: start Ray on every node (`ray start --head --num-gpus 8` on the head,
 `ray start --address HEAD_IP:6379 --num-gpus 8` on the others), keep this repository, the model and the
@@ -50,6 +52,7 @@ if __package__ in (None, ""):  # run as `python rl/train.py`: make the project r
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from programs.core.flags import add_dataclass_args, dataclass_from_args  # noqa: E402
+from rl.preflight import flash_attn_problem  # noqa: E402
 from rl.recipe import OPENRLHF_CLI, GRPORecipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,6 +214,9 @@ def _check_runnable(recipe: GRPORecipe) -> str | None:
     """What stops a real launch on this machine, if anything (a dry run needs none of it)."""
     if importlib.util.find_spec("openrlhf") is None:
         return "OpenRLHF is not installed: pip install -r rl/requirements.txt && pip install --no-deps openrlhf==0.11.2"
+    flash_attn = flash_attn_problem()
+    if flash_attn:
+        return flash_attn
     module, remedy = BACKEND_NEEDS[recipe.rollout_backend]
     if importlib.util.find_spec(module) is None:
         return f"rollout backend {recipe.rollout_backend!r} needs the module {module}: {remedy}"
@@ -231,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     if args.dry_run:
+        # A warning, not a refusal: the command may be printed here to be submitted to a Ray cluster elsewhere.
+        problem = flash_attn_problem()
+        if problem:
+            print(f"warning: this machine cannot start the trainer: {problem}", file=sys.stderr)
         print(format_command(recipe, extra))
         print()
         print(json.dumps(recipe_json(recipe, extra), indent=2))

@@ -38,6 +38,7 @@ class SamplingParams:
     min_tokens: int = 0
     skip_special_tokens: bool = True
     logprobs: int | None = None
+    seed: int | None = None  # per-request sampling seed; `rl.sglang_rollout` sets one per sample
 
 
 @dataclass(frozen=True)

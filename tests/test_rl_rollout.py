@@ -14,6 +14,7 @@ import base64
 import importlib.util
 import inspect
 import io
+import os
 import pickle
 import subprocess
 import sys
@@ -28,7 +29,14 @@ from engine.spec import launch_command
 from programs.core.grading import extract_answer, is_equivalent
 from programs.core.prompts import chat_prompt
 from rl import sglang_rollout, vllm_standin
-from rl.sglang_rollout import SGLangRollout, ipc_payload, tags_to_wake
+from rl.sglang_rollout import (
+    SGLangRollout,
+    ipc_payload,
+    sample_seed,
+    sglang_sampling,
+    tags_to_wake,
+    with_seed,
+)
 from rl.sglang_server import rollout_spec
 from rl.train import REWARD_FILE
 from rl.vllm_standin import SamplingParams
@@ -108,6 +116,72 @@ def test_generate_responses_runs_openrlhfs_executor_and_reward(rollout, tokenize
             result["reward"] == result["scores"] == float(answer is not None and is_equivalent("4", answer))
         )
         assert result["extra_logs"]["answered"].item() == float(answer is not None)
+
+
+def test_sample_seeds_are_distinct_per_sample_and_reproducible():
+    group = [sample_seed(42, "What is 2 + 2?", i) for i in range(8)]
+    assert len(set(group)) == 8  # the collapse under deterministic inference was one seed (42) for all
+    assert group == [sample_seed(42, "What is 2 + 2?", i) for i in range(8)]
+    other_process = subprocess.run(  # not Python's hash(), which is salted per process
+        [sys.executable, "-c", "from rl.sglang_rollout import sample_seed; print(sample_seed(42, 'What is 2 + 2?', 0))"],
+        cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "123"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert other_process.stdout.strip() == str(group[0]), other_process.stderr[-2000:]
+    assert sample_seed(43, "What is 2 + 2?", 0) != group[0] != sample_seed(42, "What is 2 + 3?", 0)
+    assert all(0 <= seed < 2**63 for seed in group)  # SGLang refuses seeds outside int64
+
+
+def test_a_seed_reaches_sglangs_sampling_params_and_only_a_copy_carries_it():
+    params = SamplingParams(temperature=0.7, max_tokens=5)
+    seeded = with_seed(params, 7)
+    assert sglang_sampling(seeded)["sampling_seed"] == 7
+    assert params.seed is None and "sampling_seed" not in sglang_sampling(params)
+
+
+def test_each_sample_of_a_prompt_is_sent_with_its_own_seed(rollout, tokenizer, loop, monkeypatch):
+    sent = []
+    post = rollout._post
+
+    async def recording_post(route, body):
+        if route == "/generate":
+            sent.append(body["sampling_params"]["sampling_seed"])
+        return await post(route, body)
+
+    monkeypatch.setattr(rollout, "_post", recording_post)
+    prompt = chat_prompt(tokenizer, "What is 3 + 4?")
+    params = SamplingParams(temperature=1.0, max_tokens=4, skip_special_tokens=False)
+
+    def seeds_sent() -> list[int]:
+        sent.clear()
+        results = loop.run_until_complete(
+            rollout.generate_responses(
+                prompt, "7", params, max_length=60, hf_tokenizer=tokenizer, num_samples=4
+            )
+        )
+        assert (
+            len(results) == 4
+        )  # the CPU engine took the seeds (it ignores them: deterministic mode is GPU-only)
+        return sorted(sent)
+
+    first = seeds_sent()
+    assert first == sorted(sample_seed(rollout.trainer_seed, prompt, i) for i in range(4))
+    assert len(set(first)) == 4 and seeds_sent() == first
+    assert params.seed is None  # the trainer's object is left as it was
+
+
+def test_pause_holds_requests_until_resumed(rollout, tokenizer, loop):
+    ids = prompt_ids(tokenizer, "Paused?")
+
+    async def paused_generate():
+        await rollout.pause_generation()
+        task = asyncio.ensure_future(rollout.generate(ids, GREEDY))
+        await asyncio.sleep(1.0)
+        held = not task.done()
+        await rollout.resume_generation()
+        return held, await asyncio.wait_for(task, 60)
+
+    held, out = loop.run_until_complete(paused_generate())
+    assert held and out.outputs[0].token_ids  # waited while paused, finished once resumed
 
 
 def test_reset_prefix_cache_flushes_the_radix_cache(rollout, tokenizer, loop):

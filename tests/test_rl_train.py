@@ -25,7 +25,7 @@ from unittest.mock import patch
 import pytest
 
 from programs.profile import PAPER
-from rl import train
+from rl import preflight, train
 from rl.recipe import GRPORecipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,6 +203,7 @@ def test_a_run_records_the_recipe_and_launches_the_printed_command(tmp_path, mon
         return SimpleNamespace(returncode=3)
 
     monkeypatch.setattr(train.subprocess, "run", launch)
+    monkeypatch.setattr(train, "flash_attn_problem", lambda: None)  # a GPU machine's flash-attn 2
 
     assert train.main(argv) == 3  # the trainer's exit code
     [(cmd, env)] = launched
@@ -216,6 +217,60 @@ def test_a_run_records_the_recipe_and_launches_the_printed_command(tmp_path, mon
         train.main(["--dataset", str(tmp_path / "missing.jsonl")])
     assert "missing.jsonl does not exist" in capsys.readouterr().err
     assert len(launched) == 1
+
+
+def test_missing_flash_attn_stops_a_run_before_ray_and_warns_a_dry_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "flash_attn_problem", lambda: "OpenRLHF needs flash-attn 2 (fix: X)")
+    monkeypatch.setattr(train.subprocess, "run", lambda *a, **kw: pytest.fail("the trainer was started"))
+    with pytest.raises(SystemExit) as exited:
+        train.main(["--save-path", str(tmp_path / "out")])
+    assert exited.value.code == 2 and "OpenRLHF needs flash-attn 2 (fix: X)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert train.main(["--dry-run"]) == 0  # the command may be meant for another machine
+    assert (
+        "warning: this machine cannot start the trainer: OpenRLHF needs flash-attn 2"
+        in capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    ("installed", "says"),
+    [
+        ({"flash-attn-4": "4.0.0b36"}, "the flash_attn here is SGLang's flash-attn-4, only flash_attn.cute"),
+        (
+            {"flash-attn": "2.8.3"},
+            "flash-attn 2.8.3 is installed but flash_attn.bert_padding fails to import",
+        ),
+        ({}, "flash-attn 2 is not installed."),
+    ],
+)
+def test_flash_attn_problem_names_what_is_there_and_the_fix(monkeypatch, installed, says):
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(preflight.importlib, "import_module", missing)
+    monkeypatch.setattr(preflight, "_installed", installed.get)
+    problem = preflight.flash_attn_problem()
+    assert says in problem
+    assert "pip install --no-build-isolation flash-attn==2.8.3.post2" in problem
+    assert "docker build --target rl" in problem
+
+
+def test_flash_attn_that_imports_is_no_problem(monkeypatch):
+    monkeypatch.setattr(preflight.importlib, "import_module", lambda name: None)
+    assert preflight.flash_attn_problem() is None
+
+
+def test_the_rl_image_stage_installs_what_training_needs():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = [line.split()[-1] for line in dockerfile.splitlines() if line.startswith("FROM ")]
+    assert stages[-1] == "inference" and "rl" in stages  # a plain build is the inference image
+    rl_stage = dockerfile.split(" AS rl\n")[1].split("\nFROM ")[0]
+    for needed in ("-r rl/requirements.txt", "--no-deps openrlhf==0.11.2", "--no-build-isolation"):
+        assert needed in rl_stage
+    assert (
+        "FLASH_ATTN_PIN" in rl_stage and "flash_attn_problem" in rl_stage
+    )  # the pin and check of rl.preflight
 
 
 def test_overrides_take_effect(capsys):
@@ -268,8 +323,12 @@ def test_every_recipe_field_has_a_flag_with_help():
         (["--kl-coef", "-0.1"], "kl_coef must be >= 0"),
         (["--temperature", "hot"], "argument --temperature: invalid float value: 'hot'"),
         (
-            ["--gpus-per-node", "8", "--rollout-tp", "3"],
+            ["--gpus-per-node", "8", "--rollout-tp", "3", "--rollout-backend", "vllm"],
             "rollout engines x rollout_tp must equal the actor's 8",
+        ),
+        (
+            ["--gpus-per-node", "8", "--rollout-tp", "2"],
+            "rollout_tp 2 is not supported with the sglang rollout backend",
         ),
         (["--updates-per-rollout", "3"], "256 samples per rollout do not split into 3 updates"),
         (["--loss-agg-mode", "seq-sum"], "loss_agg_mode must be one of"),

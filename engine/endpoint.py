@@ -5,11 +5,17 @@ differ, an id each so one can be stopped, and hooks so a stop policy hears of ev
 ends, or watches it decode. `PathEndpoint` is SGLang's own `RuntimeEndpoint` that reads them from variables a program
 stored on the path's stream (`path.set_var(SEED_VAR, seed)`, ...). The seed is honoured by a server
 launched with `--enable-deterministic-inference` (`EngineSpec.deterministic`) and ignored otherwise.
+
+On an engine with data-parallel replicas every request carries `routed_dp_rank`, chosen per prompt: a
+fork's prefix-caching prefill and its N paths send the same text, so they reach the replica whose radix
+cache holds it, while successive prompts take the replicas in turn.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from sglang.lang.backend.runtime_endpoint import RuntimeEndpoint
@@ -22,6 +28,9 @@ RID_VAR = "rid"
 ON_REPLY_VAR = "on_reply"  # called with (text, meta_info) when the engine answers, in the path's thread
 ON_PROGRESS_VAR = "on_progress"  # if set, the path streams and this sees each chunk's (cumulative) meta_info
 RID_END = "."  # closes every request id: SGLang aborts by prefix, and no id ending here prefixes another
+# Prompts whose replica is remembered. Forgetting one costs its next request the cached prefix, never its
+# answer; this is far more than the problems a run keeps in flight.
+PINNED_PROMPTS = 4096
 
 
 def new_batch() -> str:
@@ -39,15 +48,46 @@ def synthesis_id(batch: str) -> str:
     return f"a2r-{batch}-s{RID_END}"
 
 
+class DpRanks:
+    """One data-parallel replica per prompt, taken in turn, the same one whenever that prompt comes again."""
+
+    def __init__(self, dp_size: int) -> None:
+        if dp_size < 1:
+            raise ValueError(f"dp_size must be >= 1, got {dp_size}")
+        self.dp_size = dp_size
+        self._ranks: OrderedDict[str, int] = OrderedDict()
+        self._next = 0
+        self._lock = threading.Lock()  # a fork's paths send from their own threads
+
+    def rank(self, prompt: str) -> int:
+        with self._lock:
+            if prompt in self._ranks:
+                self._ranks.move_to_end(prompt)
+                return self._ranks[prompt]
+            rank, self._next = self._next, (self._next + 1) % self.dp_size
+            self._ranks[prompt] = rank
+            if len(self._ranks) > PINNED_PROMPTS:
+                self._ranks.popitem(last=False)
+            return rank
+
+
 class PathEndpoint(RuntimeEndpoint):
+    def __init__(self, base_url: str, dp_size: int = 1) -> None:
+        super().__init__(base_url)
+        self.dp_ranks = DpRanks(dp_size)
+
     def _add_images(self, s: Any, data: dict[str, Any]) -> None:
-        # The one hook `RuntimeEndpoint.generate` calls with both the stream and the request body.
+        # The one hook `RuntimeEndpoint.generate`, `generate_stream` and the prefix commit of `fork` call with
+        # both the stream and the request body.
         super()._add_images(s, data)
         seed, rid = s.variables.get(SEED_VAR), s.variables.get(RID_VAR)
         if seed is not None:
             data["sampling_params"]["sampling_seed"] = int(seed)
         if rid is not None:
             data["rid"] = rid
+        if self.dp_ranks.dp_size > 1:
+            prompt = data["text"] if "text" in data else data["input_ids"]  # `select` may send token ids
+            data["routed_dp_rank"] = self.dp_ranks.rank(str(prompt))
 
     def generate(self, s: Any, sampling_params: Any) -> tuple[str, dict]:
         on_progress = s.variables.get(ON_PROGRESS_VAR)
@@ -73,5 +113,6 @@ class PathEndpoint(RuntimeEndpoint):
         post(self.base_url, "/abort_request", {"rid": rid})
 
 
-def connect(spec: EngineSpec) -> PathEndpoint:
-    return PathEndpoint(spec.base_url)
+def connect(spec: EngineSpec, dp_size: int = 1) -> PathEndpoint:
+    """The frontend backend of a running engine with `dp_size` data-parallel replicas (as it reports them)."""
+    return PathEndpoint(spec.base_url, dp_size)

@@ -25,11 +25,12 @@ import psutil
 
 from engine.layout import Engines
 from engine.ports import check_port_free, listeners
+from engine.spec import READY_TIMEOUT_S as READY_TIMEOUT_S  # rl's rollout engines wait this long
 from engine.spec import EngineError, EngineSpec, launch_command, launch_env
 
 logger = logging.getLogger(__name__)
 
-READY_TIMEOUT_S = 600.0  # a large model's first load (and CUDA graph capture) can take minutes
+PROGRESS_EVERY_S = 30.0  # while an engine starts, say how long it has taken and what its log says
 REMOTE_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
 FLUSH_WAIT_S = 30.0
@@ -95,10 +96,27 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def last_log_line(path: Path) -> str:
+    """The server's latest log line; a download's progress bar redraws its line with carriage returns."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "(nothing logged yet)"
+
+
 def wait_ready(spec: EngineSpec, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    """Poll the server's health route until it answers, the process dies, or `timeout` passes."""
-    deadline = time.monotonic() + timeout
+    """Poll the server's health route until it answers, the process dies, or `timeout` passes, saying every
+    PROGRESS_EVERY_S how long it has waited and what the server is doing."""
+    start = time.monotonic()
+    deadline, next_report = start + timeout, start + PROGRESS_EVERY_S
     while time.monotonic() < deadline:
+        if time.monotonic() >= next_report:
+            next_report = time.monotonic() + PROGRESS_EVERY_S
+            print(
+                f"starting {spec.model} on port {spec.port}: {time.monotonic() - start:.0f} s of {timeout:.0f} s; "
+                f"{last_log_line(log)}",
+                file=sys.stderr,
+                flush=True,
+            )
         if process.poll() is not None:
             raise EngineError(
                 f"engine for {spec.model} on port {spec.port} exited with code {process.returncode} before it "
@@ -184,8 +202,8 @@ def stop_stale(pid_file: Path) -> None:
 
 
 @contextlib.contextmanager
-def serve(engines: Engines, log_dir: Path, timeout: float = READY_TIMEOUT_S) -> Iterator[Engines]:
-    """Make every engine in `engines` answer for the duration of the block."""
+def serve(engines: Engines, log_dir: Path) -> Iterator[Engines]:
+    """Make every engine in `engines` answer for the duration of the block, each within its `ready_timeout`."""
     for spec in (engines.explorer, engines.synthesizer):
         if not spec.launched:
             check_remote(spec)
@@ -198,9 +216,9 @@ def serve(engines: Engines, log_dir: Path, timeout: float = READY_TIMEOUT_S) -> 
             started.append((spec, start(spec, log), log))
             log.with_suffix(".pid").write_text(f"{started[-1][1].pid}\n")
             if engines.sequential:
-                wait_ready(*started[-1], timeout)
+                wait_ready(*started[-1], spec.ready_timeout)
         for spec, process, log in started:
-            wait_ready(spec, process, log, timeout)
+            wait_ready(spec, process, log, spec.ready_timeout)
         yield engines
     finally:
         for _, process, log in reversed(started):

@@ -6,16 +6,22 @@ Layouts:
 - split: two engines on disjoint GPUs (each its own TP group) when there are enough GPUs;
 - co-located: both engines on one GPU. `--mem-fraction-static` is a share of the memory *free when the
   process starts*, so the explorer launches first and the synthesizer's fraction is taken of what is left;
+  the shares themselves are sized from the models and the GPU (`engine.sizing.colocated_shares`);
 - cpu: SGLang's CPU engine, each engine pinned to its own cores so two engines do not thrash.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, replace
 
+from engine.gpu import GpuInfo, radix_cache_lost
 from engine.ports import free_ports
-from engine.spec import EngineSpec
+from engine.sizing import DEFAULT_SHARES, UnsizableModel, colocated_shares, read_shape
+from engine.spec import CPU_READY_TIMEOUT_S, READY_TIMEOUT_S, EngineSpec
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,9 +42,12 @@ class EngineConfig:
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)"})
     tp: int = field(default=1, metadata={"help": "tensor-parallel GPUs per engine"})
     dp: int = field(default=1, metadata={"help": "data-parallel replicas per engine"})
-    gpu_shares: tuple[float, float] = field(
-        default=(0.40, 0.45),
-        metadata={"help": "co-located: GPU memory shares (explorer, synthesizer) for weights + KV"},
+    gpu_shares: tuple[float, float] | None = field(
+        default=None,
+        metadata={
+            "help": "co-located: GPU memory shares (explorer, synthesizer) for weights + KV (default: 0.40 "
+            "0.45 where they fit, else sized from the models' configs and the free memory)"
+        },
     )
     max_total_tokens: int | None = field(
         default=None, metadata={"help": "bound each engine's KV pool (tokens)"}
@@ -48,14 +57,26 @@ class EngineConfig:
         default=None, metadata={"help": "'dummy' serves random weights from config"}
     )
     deterministic: bool = field(default=False, metadata={"help": "engines honour per-path sampling seeds"})
+    attention_backend: str | None = field(
+        default=None,
+        metadata={"help": "SGLang's attention backend (default: SGLang's choice; cpu: torch_native)"},
+    )
+    ready_timeout: float | None = field(
+        default=None,
+        metadata={
+            "help": f"seconds each engine may take to start (default: {READY_TIMEOUT_S:g} on GPU, "
+            f"{CPU_READY_TIMEOUT_S:g} on CPU)"
+        },
+    )
     port: int | None = field(
         default=None, metadata={"help": "first port; the synthesizer takes the next (default: free ports)"}
     )
 
     def __post_init__(self) -> None:
-        explorer_share, synthesizer_share = self.gpu_shares
-        if explorer_share <= 0 or synthesizer_share <= 0 or explorer_share + synthesizer_share >= 1:
-            raise ValueError(f"gpu_shares must be positive and sum below 1, got {self.gpu_shares}")
+        if self.gpu_shares is not None:
+            explorer_share, synthesizer_share = self.gpu_shares
+            if explorer_share <= 0 or synthesizer_share <= 0 or explorer_share + synthesizer_share >= 1:
+                raise ValueError(f"gpu_shares must be positive and sum below 1, got {self.gpu_shares}")
 
 
 @dataclass(frozen=True)
@@ -73,8 +94,18 @@ class Engines:
         return [s for s in specs if s.launched]
 
 
-def plan(config: EngineConfig, *, device: str, gpus: int = 0, cpu_count: int | None = None) -> Engines:
-    """Plan engines for `config` on a machine with `gpus` GPUs (cuda) or `cpu_count` cores (cpu)."""
+def plan(
+    config: EngineConfig,
+    *,
+    device: str,
+    gpus: int = 0,
+    cpu_count: int | None = None,
+    gpu: GpuInfo | None = None,
+) -> Engines:
+    """Plan engines for `config` on a machine with `gpus` GPUs (cuda) or `cpu_count` cores (cpu).
+
+    `gpu` (GPU 0's free memory and compute capability, `engine.gpu.probe_gpu`) sizes co-located engines and
+    says whether deterministic mode keeps the prefix cache; without it the H100 split is planned unchecked."""
     explorer_model = config.explorer_model
     synthesizer_model = config.synthesizer_model or explorer_model
     if explorer_model is None and config.explorer_url is None:
@@ -89,8 +120,12 @@ def plan(config: EngineConfig, *, device: str, gpus: int = 0, cpu_count: int | N
         context_length=config.context_length,
         load_format=config.load_format,
         deterministic=config.deterministic,
+        attention_backend=config.attention_backend,
+        ready_timeout=config.ready_timeout,
         port=ports[0],
     )
+    if config.deterministic and device == "cuda" and gpu is not None and config.explorer_url is None:
+        warn_if_radix_cache_lost(config.attention_backend, gpu)
     explorer = replace(base, url=config.explorer_url)
     # An explorer URL alone serves both roles, as one model named twice does.
     synthesizer_url = config.synthesizer_url or (None if config.synthesizer_model else config.explorer_url)
@@ -114,7 +149,7 @@ def plan(config: EngineConfig, *, device: str, gpus: int = 0, cpu_count: int | N
     per_engine = config.tp * config.dp
     if gpus >= 2 * per_engine:
         return Engines(explorer, replace(synthesizer, base_gpu_id=per_engine), layout="split")
-    explorer_share, synthesizer_share = config.gpu_shares
+    explorer_share, synthesizer_share = gpu_shares(config, explorer.model, synthesizer.model, gpu)
     return Engines(
         replace(explorer, mem_fraction_static=explorer_share),
         # What the explorer took is gone when the synthesizer measures free memory.
@@ -122,3 +157,35 @@ def plan(config: EngineConfig, *, device: str, gpus: int = 0, cpu_count: int | N
         layout="co-located",
         sequential=True,
     )
+
+
+def gpu_shares(
+    config: EngineConfig, explorer_model: str, synthesizer_model: str, gpu: GpuInfo | None
+) -> tuple[float, float]:
+    """The co-located engines' shares: sized for `gpu` from the models' configs, the given or default split
+    when there is no GPU to size for (planning on a machine without one) or a model cannot be sized."""
+    if gpu is None:
+        return config.gpu_shares or DEFAULT_SHARES
+    try:
+        shapes = read_shape(explorer_model), read_shape(synthesizer_model)
+    except UnsizableModel as exc:
+        shares = config.gpu_shares or DEFAULT_SHARES
+        logger.warning("co-located engines get GPU shares %s unchecked: %s", shares, exc)
+        return shares
+    return colocated_shares(*shapes, gpu.free_bytes, tp=config.tp, given=config.gpu_shares)
+
+
+def warn_if_radix_cache_lost(backend: str | None, gpu: GpuInfo) -> None:
+    """Deterministic mode with an attention backend outside SGLang's radix-capable list disables the prefix
+    cache: fork then prefills the prompt once per path, silently. Say so before anything starts."""
+    lost = radix_cache_lost(backend, gpu.capability)
+    if lost is not None:
+        major, minor = gpu.capability
+        logger.warning(
+            "deterministic inference on this GPU (compute capability %d.%d) runs SGLang's %s attention, which "
+            "disables the radix cache: every forked path prefills the prompt again (no prefix sharing, "
+            "cached_tokens 0). --attention-backend triton or fa4 keeps it.",
+            major,
+            minor,
+            lost,
+        )

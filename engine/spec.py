@@ -24,6 +24,10 @@ CPU_KV_TOKENS = 65536  # without a bound SGLang sizes the CPU KV pool from syste
 CPU_ATTENTION_BACKEND = (
     "torch_native"  # the only attention backend SGLang's CPU engine has without AMX kernels
 )
+# How long an engine may take to answer. On a GPU: a cold download of Qwen3-8B's 16 GB at 25 MB/s is 11
+# minutes, loading and CUDA-graph capture add a few, and two engines starting at once share the link.
+READY_TIMEOUT_S = 1800.0
+CPU_READY_TIMEOUT_S = 600.0  # the offline models are local and small; this is a hang, not a download
 
 
 class EngineError(RuntimeError):
@@ -49,6 +53,7 @@ class EngineSpec:
     cpu_cores: tuple[int, ...] = ()  # CPU: the cores this server is pinned to (empty: all)
     deterministic: bool = False  # honour per-request sampling seeds (SGLang's deterministic mode)
     extra_args: tuple[str, ...] = ()  # any further `sglang.launch_server` flags, passed through
+    ready_timeout: float | None = None  # seconds to wait for it to answer (default by device)
     url: str | None = None  # an existing server or sglang-router: launch nothing
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the server process
 
@@ -59,6 +64,8 @@ class EngineSpec:
             raise ValueError(f"tp and dp must be >= 1, got tp={self.tp} dp={self.dp}")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
             raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}")
+        if self.ready_timeout is not None and self.ready_timeout <= 0:
+            raise ValueError(f"ready_timeout must be positive seconds, got {self.ready_timeout}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         if self.device == "cpu" and (self.tp > 1 or self.dp > 1):
@@ -66,7 +73,10 @@ class EngineSpec:
         if self.device == "cpu" and self.deterministic:
             # SGLang 0.5.23 allows deterministic inference only with GPU attention backends.
             raise ValueError("deterministic sampling (per-path seeds) needs a GPU attention backend, not cpu")
-        if self.device == "cpu":  # a frozen dataclass fills its own defaults through object.__setattr__
+        # A frozen dataclass fills its own defaults through object.__setattr__.
+        timeout = self.ready_timeout or (CPU_READY_TIMEOUT_S if self.device == "cpu" else READY_TIMEOUT_S)
+        object.__setattr__(self, "ready_timeout", timeout)
+        if self.device == "cpu":
             object.__setattr__(self, "max_total_tokens", self.max_total_tokens or CPU_KV_TOKENS)
             object.__setattr__(self, "attention_backend", self.attention_backend or CPU_ATTENTION_BACKEND)
 

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from engine.gpu import probe_gpu
 from engine.layout import EngineConfig, Engines, plan
 from programs.core.confidence import STREAM_INTERVAL
 from programs.core.config import RunConfig, SamplingConfig
@@ -106,6 +107,13 @@ def gpu_count(device: str) -> int:
     return torch.cuda.device_count()
 
 
+def plan_here(config: EngineConfig, device: str) -> Engines:
+    """`config` planned for this machine: its GPU count and, with a GPU, GPU 0's free memory (co-located shares)
+    and compute capability (whether deterministic mode keeps the prefix cache)."""
+    gpus = gpu_count(device)
+    return plan(config, device=device, gpus=gpus, gpu=probe_gpu() if gpus else None)
+
+
 def profile_for(args: argparse.Namespace) -> tuple[Profile, str]:
     """The run's profile and device, decided once from `--profile`, the device and whether a model was named."""
     device = detect_device(args.device)
@@ -143,7 +151,7 @@ def plan_engines(
             explorer, synthesizer = default_models(profile, device, config.explorer_model)
         config.explorer_model = explorer
         config.synthesizer_model = config.synthesizer_model or (explorer if one_model else synthesizer)
-    engines = plan(config, device=device, gpus=gpu_count(device))
+    engines = plan_here(config, device)
     return streamed_for_online(engines) if getattr(args, "online_confidence", None) is not None else engines
 
 

@@ -28,7 +28,7 @@ class EngineHandle:
     backend: PathEndpoint
     tokenizer: Any
     context_length: int
-    kv_tokens: int | None  # the engine's KV pool; None when it does not say (e.g. behind a router)
+    kv_tokens: int | None  # the engine's KV pools, every replica's; None when it does not say (a router)
 
     @classmethod
     def attach(cls, spec: EngineSpec) -> EngineHandle:
@@ -44,7 +44,10 @@ class EngineHandle:
             raise EngineError(
                 f"cannot load the tokenizer {path} that {spec.base_url} serves: {exc}"
             ) from None
-        return cls(connect(spec), tokenizer, context, server.get("max_total_num_tokens"))
+        # SGLang reports one data-parallel replica's pool; each replica has its own.
+        dp = int(server.get("dp_size") or spec.dp)
+        kv = server.get("max_total_num_tokens")
+        return cls(connect(spec, dp), tokenizer, context, kv * dp if kv else None)
 
     @classmethod
     def attach_roles(cls, engines: Engines) -> tuple[EngineHandle, EngineHandle]:

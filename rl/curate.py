@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.launch import EngineError, serve
-from engine.layout import EngineConfig, Engines, plan
+from engine.layout import EngineConfig, Engines
 from programs import cli
 from programs.cli import console
 from programs.core.config import ADAPTIVE_FIELDS, RunConfig
@@ -180,7 +180,7 @@ def explorer_engines(args: argparse.Namespace) -> tuple[Engines, Profile]:
     config = dataclass_from_args(
         EngineConfig, args, device=device, explorer_model=model, synthesizer_model=model
     )
-    return plan(config, device=device, gpus=cli.gpu_count(device)), profile
+    return cli.plan_here(config, device), profile
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,21 @@
 """Engine planning and launch commands: the GPU layouts cannot run here, so their arguments are checked."""
 
+import subprocess
+
 import pytest
 
-from engine.launch import context_length
+from engine import launch
+from engine.launch import context_length, last_log_line, wait_ready
 from engine.layout import EngineConfig, plan
-from engine.spec import CPU_KERNEL_DIR, EngineSpec, launch_command, launch_env
+from engine.spec import (
+    CPU_KERNEL_DIR,
+    CPU_READY_TIMEOUT_S,
+    READY_TIMEOUT_S,
+    EngineError,
+    EngineSpec,
+    launch_command,
+    launch_env,
+)
 from programs import cli
 from programs.a2r import parse_args
 from programs.offline.model import OfflineModels
@@ -126,6 +137,7 @@ def test_pass_through_flags_and_dummy_weights():
         ({"port": 70000}, "port"),
         ({"device": "cpu", "tp": 2}, "tensor/data parallel"),
         ({"device": "cpu", "deterministic": True}, "deterministic"),
+        ({"ready_timeout": 0}, "ready_timeout must be positive"),
     ],
 )
 def test_bad_specs_are_refused(kwargs, message):
@@ -185,3 +197,43 @@ def test_the_online_confidence_stop_launches_the_explorer_streaming_every_8_toke
     assert one.synthesizer is one.explorer and "--stream-interval" in flags(launch_command(one.explorer))
     plain = cli.plan_engines(parse_args([]), OFFLINE, "cpu", offline=pair)
     assert "--stream-interval" not in flags(launch_command(plain.explorer))
+
+
+def test_engines_wait_30_minutes_on_a_gpu_10_on_the_cpu_unless_told():
+    assert EngineSpec(model="m").ready_timeout == READY_TIMEOUT_S == 1800
+    assert EngineSpec(model="m", device="cpu").ready_timeout == CPU_READY_TIMEOUT_S == 600
+    assert launch.READY_TIMEOUT_S == READY_TIMEOUT_S  # rl's rollout engines import it from engine.launch
+    told = cli.plan_engines(parse_args(["--ready-timeout", "3600"]), PAPER, "cuda", offline=None)
+    assert told.explorer.ready_timeout == told.synthesizer.ready_timeout == 3600
+
+
+def test_an_attention_backend_can_be_chosen():
+    engines = cli.plan_engines(parse_args(["--attention-backend", "triton"]), PAPER, "cuda", offline=None)
+    assert {flags(launch_command(s))["--attention-backend"] for s in engines.to_launch} == {"triton"}
+
+
+def test_the_last_log_line_is_the_latest_redraw_of_a_progress_bar(tmp_path):
+    log = tmp_path / "e.log"
+    assert last_log_line(log) == "(nothing logged yet)"
+    log.write_text("Loading weights\nconfig.json: 100%\nmodel.safetensors: 40%\rmodel.safetensors: 80%\r")
+    assert last_log_line(log) == "model.safetensors: 80%"
+
+
+def test_waiting_for_an_engine_says_how_long_and_what_it_is_doing(tmp_path, monkeypatch, capsys, port):
+    monkeypatch.setattr(launch, "PROGRESS_EVERY_S", 0.2)
+    log = tmp_path / "e.log"
+    log.write_text("model.safetensors: 40%\rmodel.safetensors: 80%")
+    process = subprocess.Popen(["sleep", "30"])  # alive, answering nothing
+    try:
+        with pytest.raises(EngineError, match="not ready after 2 s"):
+            wait_ready(EngineSpec(model="org/model", port=port), process, log, timeout=2.0)
+    finally:
+        process.kill()
+        process.wait()
+    reports = [line for line in capsys.readouterr().err.splitlines() if line.startswith("starting")]
+    assert (
+        len(reports) >= 2
+    )  # the health route is polled every 0.5 s, each poll past 0.2 s since the last report
+    for report in reports:
+        assert report.startswith(f"starting org/model on port {port}: ") and " s of 2 s; " in report
+        assert report.endswith("model.safetensors: 80%")

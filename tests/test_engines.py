@@ -1,13 +1,26 @@
-"""Real CPU engines: two when the models differ (each pinned to its own core), stopped on the way out."""
+"""Real CPU engines: two when the models differ (each pinned to its own core), stopped on the way out; and
+what a data-parallel engine is sent, against a stand-in server that records each request."""
 
 from __future__ import annotations
 
-from engine.launch import model_info, serve
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from engine.endpoint import PINNED_PROMPTS, DpRanks, PathEndpoint
+from engine.launch import model_info, serve, server_info
 from engine.layout import EngineConfig, plan
 from engine.ports import check_port_free
+from engine.spec import EngineSpec
 from programs.core.config import RunConfig, SamplingConfig
 from programs.core.records import Problem
 from programs.engine_handle import EngineHandle
+from programs.explorer import run_explorer
 from programs.offline.model import offline_models
 from programs.pipeline import Pipeline
 
@@ -41,3 +54,100 @@ def test_same_model_serves_both_roles_from_one_engine(cpu_engine):
     assert len(cpu_engine.to_launch) == 1
     explorer, synthesizer = EngineHandle.attach_roles(cpu_engine)
     assert explorer is synthesizer  # one tokenizer load, one backend
+    # SGLang names its replica count `dp_size`; with one, the pool it reports is the whole pool.
+    info = server_info(cpu_engine.explorer)
+    assert info["dp_size"] == 1 and explorer.kv_tokens == info["max_total_num_tokens"]
+    assert explorer.backend.dp_ranks.dp_size == 1
+
+
+@contextlib.contextmanager
+def stand_in_engine(
+    server: dict[str, Any], model_path: str = "org/model"
+) -> Iterator[tuple[str, list[dict]]]:
+    """An HTTP server answering the routes the frontend reads as SGLang would (`server` is its
+    /get_server_info), and every /generate with one short reply; yields its URL and the bodies it got."""
+    bodies: list[dict] = []
+    answers = {
+        "/get_model_info": {"model_path": model_path, "tokenizer_path": model_path},
+        "/v1/models": {"data": [{"max_model_len": 4096}]},
+        "/get_server_info": server,
+    }
+    reply = {
+        "text": " \\boxed{4}",
+        "meta_info": {"prompt_tokens": 5, "completion_tokens": 3, "finish_reason": {"type": "stop"}},
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.answer(answers[self.path])
+
+        def do_POST(self) -> None:
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.answer(reply)
+
+        def answer(self, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", bodies
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def explore(backend: PathEndpoint, bodies: list[dict], prompt: str) -> list[dict]:
+    """The request bodies one fork of 3 paths from `prompt` sends."""
+    bodies.clear()
+    run_explorer(backend, prompt, SamplingConfig(max_tokens=8), seeds=[1, 2, 3])
+    return list(bodies)
+
+
+def test_every_request_of_a_fork_goes_to_one_replica_and_prompts_take_turns():
+    with stand_in_engine({"dp_size": 2}) as (url, bodies):
+        backend = PathEndpoint(url, dp_size=2)
+        first, second, again = (explore(backend, bodies, p) for p in ("Problem A", "Problem B", "Problem A"))
+    # the prefix-caching prefill (no new tokens), then the 3 paths, all from the same text
+    assert len(first) == 4 and first[0]["sampling_params"]["max_new_tokens"] == 0
+    assert sorted(b["sampling_params"]["sampling_seed"] for b in first[1:]) == [1, 2, 3]  # in any order
+    assert {b["routed_dp_rank"] for b in first} == {0}
+    assert {b["routed_dp_rank"] for b in second} == {1}
+    assert {b["routed_dp_rank"] for b in again} == {0}  # where its prefix is cached
+
+
+def test_an_engine_without_replicas_gets_no_rank():
+    with stand_in_engine({"dp_size": 1}) as (url, bodies):
+        sent = explore(PathEndpoint(url), bodies, "Problem A")
+    assert len(sent) == 4 and not any("routed_dp_rank" in b for b in sent)
+
+
+def test_replica_choice_is_round_robin_and_forgets_only_the_oldest_prompts():
+    ranks = DpRanks(3)
+    assert [ranks.rank(p) for p in ("a", "b", "c", "d", "a", "b")] == [0, 1, 2, 0, 0, 1]
+    for i in range(PINNED_PROMPTS):
+        ranks.rank(f"later {i}")
+    # "a" is among the oldest now: forgotten, it takes the next replica in turn and keeps it; the newest stay.
+    assert ranks.rank("a") == (4 + PINNED_PROMPTS) % 3 == ranks.rank("a")
+    assert ranks.rank(f"later {PINNED_PROMPTS - 1}") == (4 + PINNED_PROMPTS - 1) % 3
+    with pytest.raises(ValueError, match="dp_size must be >= 1"):
+        DpRanks(0)
+
+
+@pytest.mark.parametrize(("server", "dp", "kv"), [({"dp_size": 4}, 1, 4000), ({}, 2, 2000)])
+def test_the_kv_pool_counts_every_replica(tiny_model, server, dp, kv):
+    """SGLang reports one replica's pool; the handle's is the engine's (the replicas the server reports, else
+    the ones it was planned with)."""
+    with stand_in_engine({**server, "max_total_num_tokens": 1000}, str(tiny_model)) as (url, _):
+        handle = EngineHandle.attach(EngineSpec(model="", url=url, dp=dp))
+    assert handle.kv_tokens == kv and handle.backend.dp_ranks.dp_size == kv // 1000
+    assert handle.in_flight(1000) == kv // 1000

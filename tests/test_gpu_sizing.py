@@ -1,0 +1,248 @@
+"""Co-located GPU shares from the models' configs, and what deterministic mode does on each GPU: arithmetic
+and planning with GPU facts given, since this machine has no GPU."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from engine.gpu import GpuInfo, deterministic_backend, probe_gpu, radix_cache_lost
+from engine.layout import EngineConfig, plan
+from engine.sizing import (
+    DEFAULT_SHARES,
+    GIB,
+    MIN_KV_TOKENS,
+    ModelShape,
+    UnsizableModel,
+    colocated_shares,
+    read_shape,
+)
+from engine.smoke import load_config
+from engine.spec import EngineError
+
+# The real config.json values (Qwen/Qwen3-*), as the hub serves them.
+QWEN3 = {"num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936}
+QWEN3_4B = {**QWEN3, "num_hidden_layers": 36, "hidden_size": 2560, "intermediate_size": 9728,
+            "tie_word_embeddings": True, "torch_dtype": "bfloat16"}  # fmt: skip
+QWEN3_8B = {**QWEN3, "num_hidden_layers": 36, "hidden_size": 4096, "intermediate_size": 12288,
+            "tie_word_embeddings": False, "torch_dtype": "bfloat16"}  # fmt: skip
+QWEN3_06B = {**QWEN3, "num_attention_heads": 16, "num_hidden_layers": 28, "hidden_size": 1024,
+             "intermediate_size": 3072, "tie_word_embeddings": True, "torch_dtype": "bfloat16"}  # fmt: skip
+Q4 = ModelShape.from_config("Qwen/Qwen3-4B", QWEN3_4B)
+Q8 = ModelShape.from_config("Qwen/Qwen3-8B", QWEN3_8B)
+Q06 = ModelShape.from_config("Qwen/Qwen3-0.6B", QWEN3_06B)
+
+
+def gib(n: float) -> int:
+    return int(n * GIB)
+
+
+def test_parameter_counts_match_the_model_cards():
+    # The cards say 4.0B, 8.2B and 0.6B; the 8B model's output projection is its own, the others' are tied.
+    assert Q4.params / 1e9 == pytest.approx(4.02, abs=0.01)
+    assert Q8.params / 1e9 == pytest.approx(8.19, abs=0.01)
+    assert Q06.params / 1e9 == pytest.approx(0.60, abs=0.01)
+    assert Q4.weight_bytes == 2 * Q4.params  # bfloat16
+    # keys and values, 36 layers x 8 heads x 128 dims, 2 bytes each: 144 KiB per token
+    assert Q4.kv_bytes_per_token == Q8.kv_bytes_per_token == 2 * 36 * 8 * 128 * 2 == 147456
+
+
+@pytest.mark.parametrize("name", ["qwen3-0.6b", "qwen3-4b", "qwen3-8b"])
+def test_the_parameter_count_is_what_transformers_builds(tmp_path, name):
+    config = load_config(name)  # the doctor's shipped config.json, a real Qwen3 architecture
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with torch.device("meta"):  # the real modules, no memory
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp_path))
+    shape = ModelShape.from_config(name, config)
+    assert shape.params == sum(p.numel() for p in model.parameters())
+    assert config["torch_dtype"] == "bfloat16" and shape.weight_bytes == 2 * shape.params
+
+
+def test_the_context_is_max_position_embeddings_where_the_config_gives_it():
+    assert ModelShape.from_config("m", {**QWEN3_4B, "max_position_embeddings": 40960}).context == 40960
+    assert Q4.context is None  # QWEN3_4B does not say
+
+
+@pytest.mark.parametrize("free_gib", [80, 141])
+def test_an_h100_or_h200_keeps_the_040_045_split(free_gib):
+    assert colocated_shares(Q4, Q8, gib(free_gib)) == DEFAULT_SHARES == (0.40, 0.45)
+
+
+def test_48_gb_still_fits_the_default_split():
+    # 0.40 x 48 = 19.2 GiB >= 7.5 (4B) + 4.5 (32k tokens of KV); 0.45 x 48 = 21.6 >= 15.3 + 4.5; 0.15 x 48 >= 6.
+    assert colocated_shares(Q4, Q8, gib(48)) == (0.40, 0.45)
+
+
+def test_24_gb_cannot_hold_qwen3_4b_and_8b_and_says_why():
+    with pytest.raises(ValueError) as refused:
+        colocated_shares(Q4, Q8, gib(24))
+    message = str(refused.value)
+    assert "cannot share a GPU with 24.0 GiB free" in message
+    assert "7.5 GiB + 15.3 GiB of weights" in message  # 4.02B and 8.19B parameters in bfloat16
+    assert "6.0 GiB for activations" in message and f"({MIN_KV_TOKENS} tokens each)" in message
+    assert "37.7 GiB in all" in message  # 22.7 + 6 + 2 x 4.5
+
+
+def test_a_40_gb_gpu_gets_shares_sized_from_the_weights():
+    # Headroom max(0.15 x 40, 2 x 3) = 6 GiB; KV left 40 - 6 - 7.492 - 15.256 = 11.251 GiB, the explorer's 0.55
+    # of it 6.188: (7.492 + 6.188) / 40 = 0.3420 and (15.256 + 5.063) / 40 = 0.50799, rounded down: 0.342, 0.507.
+    explorer, synthesizer = colocated_shares(Q4, Q8, gib(40))
+    assert (explorer, synthesizer) == (0.342, 0.507)
+    assert_each_fits(Q4, Q8, gib(40), (explorer, synthesizer))
+
+
+def test_a_small_pair_on_24_gb_gives_the_synthesizer_at_least_its_minimum_kv():
+    # Qwen3-0.6B explores, Qwen3-4B synthesizes: 9.40 GiB of KV left; the explorer's 0.55 would leave the
+    # synthesizer 4.23 GiB, under 32k tokens (4.5 GiB), so it gets 4.5 and the explorer the other 4.90.
+    shares = colocated_shares(Q06, Q4, gib(24))
+    assert shares == (0.250, 0.499)
+    assert_each_fits(Q06, Q4, gib(24), shares)
+
+
+def test_tensor_parallel_splits_the_weights_across_gpus():
+    # Two GPUs of 24 GB each hold half of each model: 3.7 + 7.6 GiB of weights per GPU.
+    shares = colocated_shares(Q4, Q8, gib(24), tp=2)
+    assert shares[0] * gib(24) >= Q4.weight_bytes / 2 + MIN_KV_TOKENS * Q4.kv_bytes_per_token / 2
+    assert sum(shares) <= 1 - 6 / 24
+
+
+def test_given_shares_win_unless_they_cannot_hold_the_weights():
+    assert colocated_shares(Q4, Q8, gib(80), given=(0.3, 0.5)) == (0.3, 0.5)
+    with pytest.raises(
+        ValueError, match=r"gives Qwen/Qwen3-4B 0.1 of 48.0 GiB free, 4.8 GiB, less than its weights \(7.5"
+    ):
+        colocated_shares(Q4, Q8, gib(48), given=(0.1, 0.5))
+
+
+def assert_each_fits(explorer: ModelShape, synthesizer: ModelShape, free: int, shares: tuple[float, float]):
+    for model, share in zip((explorer, synthesizer), shares, strict=True):
+        assert share * free >= model.weight_bytes + MIN_KV_TOKENS * model.kv_bytes_per_token - 0.001 * free
+    assert (1 - sum(shares)) * free >= 6 * GIB  # both engines' activation headroom
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_experts": 128}, "mixture of experts"),
+        ({"quantization_config": {"quant_method": "fp8"}}, "quantized"),
+        ({"torch_dtype": "float8_e4m3fn"}, "dtype 'float8_e4m3fn'"),
+        ({"hidden_size": None}, "hidden_size"),
+    ],
+)
+def test_a_config_that_cannot_be_sized_says_why(change, message):
+    config = {k: v for k, v in {**QWEN3_4B, **change}.items() if v is not None}
+    with pytest.raises(UnsizableModel, match=message):
+        ModelShape.from_config("m", config)
+
+
+def model_dir(tmp_path, name: str, config: dict | None):
+    folder = tmp_path / name
+    folder.mkdir(parents=True)
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_a_local_models_shape_is_read_from_its_config_json(tmp_path):
+    assert read_shape(model_dir(tmp_path, "q4", QWEN3_4B)).params == Q4.params
+    with pytest.raises(UnsizableModel, match="config.json"):
+        read_shape(model_dir(tmp_path, "empty", None))
+
+
+def gpu(free_gib: float, capability: tuple[int, int] = (9, 0)) -> GpuInfo:
+    return GpuInfo(gib(free_gib), gib(free_gib) + GIB, capability)
+
+
+def colocated(tmp_path, free_gib: float, **config):
+    models = model_dir(tmp_path, "explorer", QWEN3_4B), model_dir(tmp_path, "synthesizer", QWEN3_8B)
+    engine_config = EngineConfig(explorer_model=models[0], synthesizer_model=models[1], **config)
+    return plan(engine_config, device="cuda", gpus=1, gpu=gpu(free_gib))
+
+
+def test_planning_sizes_the_co_located_engines_for_the_gpu(tmp_path):
+    h100 = colocated(tmp_path, 80)
+    assert (h100.explorer.mem_fraction_static, h100.synthesizer.mem_fraction_static) == (0.4, 0.75)
+    a100 = plan(
+        EngineConfig(explorer_model=h100.explorer.model, synthesizer_model=h100.synthesizer.model),
+        device="cuda",
+        gpus=1,
+        gpu=gpu(40),
+    )
+    # The synthesizer's fraction is of what the explorer left free: 0.507 / (1 - 0.342).
+    assert (a100.explorer.mem_fraction_static, a100.synthesizer.mem_fraction_static) == (0.342, 0.7705)
+
+
+def test_planning_refuses_a_pair_the_gpu_cannot_hold_and_keeps_given_shares(tmp_path):
+    with pytest.raises(ValueError, match="cannot share a GPU with 24.0 GiB free"):
+        colocated(tmp_path / "a", 24)
+    given = colocated(tmp_path / "b", 80, gpu_shares=(0.3, 0.5))
+    assert given.explorer.mem_fraction_static == 0.3
+
+
+def test_a_model_that_cannot_be_sized_keeps_the_default_split_with_a_warning(tmp_path, caplog):
+    config = EngineConfig(
+        explorer_model=model_dir(tmp_path, "moe", {**QWEN3_4B, "num_experts": 128}),
+        synthesizer_model=model_dir(tmp_path, "q8", QWEN3_8B),
+    )
+    with caplog.at_level(logging.WARNING, logger="engine.layout"):
+        engines = plan(config, device="cuda", gpus=1, gpu=gpu(80))
+    assert engines.explorer.mem_fraction_static == 0.4
+    assert "unchecked" in caplog.text and "mixture of experts" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("backend", "capability", "chosen"),
+    [
+        (None, (9, 0), "fa3"),  # Hopper
+        (None, (8, 0), "fa3"),
+        (None, (10, 0), "flashinfer"),  # B200
+        (None, (12, 0), "flashinfer"),  # RTX 50xx
+        ("triton", (10, 0), "triton"),
+    ],
+)
+def test_the_deterministic_backend_sglang_picks(backend, capability, chosen):
+    assert deterministic_backend(backend, capability) == chosen
+
+
+def test_only_backends_outside_sglangs_radix_list_lose_the_prefix_cache():
+    assert radix_cache_lost(None, (10, 0)) == "flashinfer"
+    assert radix_cache_lost(None, (9, 0)) is None
+    assert radix_cache_lost("triton", (10, 0)) is None and radix_cache_lost("fa4", (10, 0)) is None
+
+
+@pytest.mark.parametrize(
+    ("capability", "backend", "warned"),
+    [((10, 0), None, True), ((9, 0), None, False), ((10, 0), "triton", False)],
+)
+def test_deterministic_planning_warns_once_when_fork_loses_its_prefix(capability, backend, warned, caplog):
+    config = EngineConfig(
+        explorer_model="a/b", synthesizer_model="c/d", deterministic=True, attention_backend=backend
+    )
+    with caplog.at_level(logging.WARNING, logger="engine.layout"):
+        plan(config, device="cuda", gpus=2, gpu=gpu(80, capability))
+    lost = [r.getMessage() for r in caplog.records if "radix cache" in r.getMessage()]
+    assert len(lost) == (1 if warned else 0)
+    if warned:
+        assert "flashinfer attention" in lost[0] and "compute capability 10.0" in lost[0]
+        assert "prefills the prompt again" in lost[0]
+
+
+def test_the_gpu_probe_reads_a_child_processs_answer(tmp_path):
+    child = tmp_path / "python"  # stands in for the interpreter: prints what torch.cuda would say on an H100
+    child.write_text(
+        '#!/bin/sh\necho \'{"free_bytes": 84000000000, "total_bytes": 85000000000, "capability": [9, 0]}\'\n'
+    )
+    child.chmod(0o755)
+    assert probe_gpu(str(child)) == GpuInfo(84_000_000_000, 85_000_000_000, (9, 0))
+
+
+def test_the_gpu_probe_says_why_it_failed():
+    # This machine has no CUDA device: torch.cuda.mem_get_info raises in the child.
+    with pytest.raises(
+        EngineError, match="cannot read GPU 0's free memory: RuntimeError: Found no NVIDIA driver"
+    ):
+        probe_gpu()

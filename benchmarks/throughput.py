@@ -1,45 +1,56 @@
-"""Throughput of A2R against self-consistency and against the raw engine, end to end on the same engines.
+"""Throughput of A2R against self-consistency, the raw engine and a two-phase batch, at steady state.
 
-    python -m benchmarks.throughput                          # CPU: the offline tiny model, 8 aime24 problems
+    python -m benchmarks.throughput                          # CPU: the offline pair, free length, 3 rounds
     python -m benchmarks.throughput --fixed-length           # every sequence exactly its (scaled) length
+    python -m benchmarks.throughput --fixed-length --sweep length   # 64, 256, 1024-token paths (GPU: Table 4 x .1 .3 1)
+    python -m benchmarks.throughput --fixed-length --sweep load     # 1, 4, 16 problems in flight, and the KV pool's
     python -m benchmarks.throughput --explorer-model Qwen/Qwen3-4B --synthesizer-model Qwen/Qwen3-8B \\
-        --load-format dummy --fixed-length --scale 1.0 --n 4  # GPU: real architectures, random weights
+        --load-format dummy --fixed-length --n 4            # GPU: real architectures, random weights
 
-The engines start once; three modes then run one after another on the same problems, each from a flushed
-prefix cache:
-- sc:  the pipeline with synthesis off (explore N paths per problem, majority vote);
-- a2r: the pipeline (explore, then synthesize);
-- raw: the same chat-templated prompts POSTed straight to the explorer's `/generate` with `n`=N and the
-  explorer's sampling parameters, as many problems in flight as the pipeline keeps: the engine's ceiling.
-Token counts are the engines' own (`meta_info`). `--fixed-length` decodes exactly the requested lengths
-(`ignore_eos`), so the modes do the same work whatever the weights; the lengths default to the paper's
-Table 4 outputs times `--scale`. Writes OUTPUT/throughput.json and per-problem records (OUTPUT/MODE.jsonl).
+The engines start once. The four modes (`benchmarks.modes`: sc, a2r, raw, two-phase) then run the same problems
+in interleaved rounds (sc, a2r, raw, two-phase, sc, ...), each from a flushed prefix cache, so drift in the
+machine's load spreads over every mode alone. Each mode runs long enough to reach steady state: at least 4 times
+as many problems as the explorer keeps in flight (so syntheses overlap later explorations as in a real run), and
+more if the raw engine would finish them in under `--seconds` (measured first, on the same engines). Ratios are
+taken within a round and reported as the median and min-max over rounds. Token counts are the engines' own
+(`meta_info`); `--fixed-length` decodes exactly the requested lengths (`ignore_eos`), so every mode does the same
+work whatever the weights. Writes OUTPUT/throughput.json and per-problem records (OUTPUT/MODE.jsonl, each record
+with its round); a sweep writes one such folder per value, OUTPUT/sweep-KIND.json and OUTPUT/sweep-KIND.png, and
+a rerun reuses the values already measured with the same configuration.
+
+Where self-consistency loses time against the raw engine (`benchmarks.overhead`, printed after every run): per
+problem, fork's prefix commit (one more HTTP round trip, waited for before the paths start), N path requests
+instead of one request with n=N (each parsed and re-tokenized by the engine), the frontend's threads, and the
+time a freed slot waits for its next problem's prompt. Every one is a fixed cost per problem, so its share of
+the time falls as paths get longer; the README's table gives each item's measured share at each swept length.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from statistics import mean
+from statistics import median, median_low
 from typing import Any
 
-import numpy as np
 from rich.table import Table
 
 from benchmarks.cost import TABLE4_4B_TO_8B
-from engine.launch import EngineError, flush_cache, post, serve
+from benchmarks.modes import MODES, PaperSizedReferences, run_raw, run_two_phase, summarize
+from benchmarks.overhead import budget_table, fixed_costs, shares
+from benchmarks.sweep import SWEEPS, plot_sweep, sweep_table, sweep_values
+from engine.launch import EngineError, flush_cache, serve
 from engine.layout import Engines
 from programs import cli
 from programs.cli import console
 from programs.core.config import RunConfig
 from programs.core.grading import start_verifier
-from programs.core.records import PathRecord, Problem, ProblemRecord, usage
+from programs.core.records import Problem, ProblemRecord
 from programs.datasets import DatasetError, load_problems
 from programs.engine_handle import EngineHandle
 from programs.pipeline import Pipeline, stage_slots
@@ -47,8 +58,19 @@ from programs.profile import Profile
 
 # One reference in the synthesizer's prompt in Table 4: its input less the query, shared by the N=4 references.
 PAPER_REFERENCE_TOKENS = (TABLE4_4B_TO_8B["synthesizer_in"] - TABLE4_4B_TO_8B["explorer_in"]) // 4
-MODES = ("sc", "a2r", "raw")
+SYNTHESIS_SHARE = TABLE4_4B_TO_8B["synthesizer_out"] / TABLE4_4B_TO_8B["explorer_out"]
 ROLES = ("explorer", "synthesizer")
+PROBLEMS_PER_SLOT = 4  # problems per in-flight slot: enough that syntheses overlap later explorations
+# Ratios taken within each round: tokens/s of the first mode over the second's, and the pipeline's time to
+# answer and wall time against the two-phase batch on the same work.
+RATIOS = {
+    "sc_over_raw": ("sc", "raw", "tokens_per_s"),
+    "a2r_over_sc": ("a2r", "sc", "tokens_per_s"),
+    "a2r_over_raw": ("a2r", "raw", "tokens_per_s"),
+    "a2r_over_two_phase": ("a2r", "two-phase", "tokens_per_s"),
+    "a2r_answer_p50_over_two_phase": ("a2r", "two-phase", "time_to_answer_p50_s"),
+    "a2r_wall_over_two_phase": ("a2r", "two-phase", "wall_s"),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,8 +79,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     run = parser.add_argument_group("run")
     run.add_argument("--n", type=int, default=4, help="explorer paths per problem")
-    run.add_argument("--dataset", default="aime24", help="shipped name, a .jsonl/.parquet file, or hf:REPO")
-    run.add_argument("--limit", type=int, help="first LIMIT problems (default: the profile's; all on a GPU)")
+    run.add_argument(
+        "--dataset", help="shipped name, a .jsonl/.parquet file, or hf:REPO (default: the profile's)"
+    )
+    run.add_argument(
+        "--limit", type=int, help="exactly LIMIT problems per mode (default: sized by --seconds)"
+    )
+    run.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four modes")
+    run.add_argument("--seconds", type=float, help="least decoding time per mode (default: the profile's)")
+    run.add_argument(
+        "--max-in-flight", type=int, help="cap on problems explored at once (default: the profile's)"
+    )
+    run.add_argument("--sweep", choices=SWEEPS, help="measure at several path lengths or in-flight caps")
+    run.add_argument("--sweep-values", type=int, nargs="+", help="the swept values (default: the profile's)")
     run.add_argument("--output", type=Path, help="folder for the results (default: runs/throughput-...)")
     fixed = parser.add_argument_group("fixed length (comparable across weights, e.g. --load-format dummy)")
     fixed.add_argument("--fixed-length", action="store_true", help="ignore EOS: decode exactly the lengths")
@@ -68,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_engine_args(parser)
     cli.add_run_args(parser, skip=("synthesize", "shuffle_references"))
     args = parser.parse_args(argv)
-    cli.check_positive(parser, args, "n", "limit")
+    cli.check_positive(parser, args, "n", "limit", "rounds", "max_in_flight")
     for name in ("explorer_tokens", "synthesizer_tokens", "scale"):
         value = getattr(args, name)
         if value is not None and (not args.fixed_length or value <= 0):
@@ -77,139 +110,217 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             "--fixed-length takes its lengths from --explorer-tokens, --synthesizer-tokens or --scale"
         )
+    if args.sweep == "length" and not args.fixed_length:
+        parser.error("--sweep length needs --fixed-length: free-length paths end where the model stops")
+    if args.sweep_values is not None and (not args.sweep or min(args.sweep_values) < 1):
+        parser.error(f"--sweep-values needs --sweep and positive values, got {args.sweep_values}")
+    if args.seconds is not None and args.seconds <= 0:
+        parser.error(f"--seconds must be positive, got {args.seconds}")
     return args
 
 
-def run_config(args: argparse.Namespace, engines: Engines, profile: Profile) -> tuple[RunConfig, int | None]:
-    """The A2R configuration every mode shares, and the reference length fixed-length runs cut paths to."""
-    budgets, reference_tokens = cli.budgets(profile), None
-    if args.fixed_length:
-        scale = args.scale or profile.throughput_scale
-        budgets = (
-            args.explorer_tokens or round(scale * TABLE4_4B_TO_8B["explorer_out"]),
-            args.synthesizer_tokens or round(scale * TABLE4_4B_TO_8B["synthesizer_out"]),
-        )
-        # A reference keeps the paper's share of its path (1069 of 18597 tokens), whatever the path's length.
-        share = PAPER_REFERENCE_TOKENS / TABLE4_4B_TO_8B["explorer_out"]
-        reference_tokens = max(1, round(share * budgets[0]))
-    config = RunConfig.from_args(
-        args, budgets=budgets, ignore_eos=args.fixed_length, **cli.role_models(engines)
+@dataclass(frozen=True)
+class Point:
+    """One measured configuration: the run, the length references are cut to, the in-flight cap, and how
+    many rounds of how many problems (`limit`, else enough for `seconds` per mode)."""
+
+    name: str
+    config: RunConfig
+    reference_tokens: int | None
+    max_in_flight: int | None
+    rounds: int
+    limit: int | None
+    seconds: float
+
+    def key(self) -> dict[str, Any]:
+        """What a saved result must match to be reused by a rerun."""
+        return {
+            "run": self.config.to_dict(),
+            **{k: v for k, v in asdict(self).items() if k not in ("name", "config")},
+        }
+
+
+def fixed_lengths(
+    args: argparse.Namespace, profile: Profile, explorer_tokens: int | None = None
+) -> tuple[int, int]:
+    """(path, synthesis) lengths of a fixed-length run: the flags', else Table 4's times the scale; a swept path
+    length keeps Table 4's synthesis-to-path ratio."""
+    scale = args.scale or profile.throughput_scale
+    if explorer_tokens is not None:
+        return explorer_tokens, args.synthesizer_tokens or max(1, round(SYNTHESIS_SHARE * explorer_tokens))
+    return (
+        args.explorer_tokens or round(scale * TABLE4_4B_TO_8B["explorer_out"]),
+        args.synthesizer_tokens or round(scale * TABLE4_4B_TO_8B["synthesizer_out"]),
     )
-    return config, reference_tokens
 
 
-class PaperSizedReferences(Pipeline):
-    """Fixed-length A2R: each answer part cut to its last `reference_tokens` tokens before synthesis.
+def points(args: argparse.Namespace, engines: Engines, profile: Profile) -> list[Point]:
+    """The configurations to measure: one, or one per swept value."""
+    in_flight = args.max_in_flight or profile.throughput_in_flight
 
-    With random weights no path closes `</think>`, so a whole path (thousands of tokens) stands in for its
-    answer part and the synthesizer would read many times the paper's prompt; this keeps it the paper's size.
-    """
-
-    def __init__(
-        self, config: RunConfig, explorer: EngineHandle, synthesizer: EngineHandle, reference_tokens: int
-    ) -> None:
-        super().__init__(config, explorer, synthesizer)
-        self.reference_tokens = reference_tokens
-
-    def explore(self, problem: Problem, first_path: int = 0) -> list[PathRecord]:
-        tokenizer, keep = self.explorer.tokenizer, self.reference_tokens
-
-        def cut(text: str) -> str:
-            ids = tokenizer.encode(text, add_special_tokens=False)
-            return text if len(ids) <= keep else tokenizer.decode(ids[-keep:])
-
-        return [replace(p, answer_part=cut(p.answer_part)) for p in super().explore(problem, first_path)]
-
-
-def run_raw(
-    explorer: EngineHandle, problems: list[Problem], config: RunConfig, slots: int
-) -> list[ProblemRecord]:
-    """Each problem's prompt as one `/generate` request with `n`=N, `slots` problems in flight."""
-    params = config.explorer.gen_kwargs()
-    params.update(max_new_tokens=params.pop("max_tokens"), n=config.n)
-    prompts = {
-        p.id: explorer.prompt(p.problem, config.explorer.max_tokens, config.thinking, p.id) for p in problems
-    }
-    start = time.perf_counter()
-
-    def solve(problem: Problem) -> ProblemRecord:
-        started = time.perf_counter() - start
-        body = {"text": prompts[problem.id], "sampling_params": params}
-        outputs = json.loads(post(explorer.url, "/generate", body))
-        finished = time.perf_counter() - start
-        outputs = outputs if isinstance(outputs, list) else [outputs]
-        paths = [PathRecord.from_engine(out["text"], out["meta_info"], None) for out in outputs]
-        timings = {"queued_at": started, "explore_started_at": started, "finished_at": finished,
-                   "explore_s": finished - started, "synthesize_s": 0.0, "total_s": finished - started}  # fmt: skip
-        return ProblemRecord(problem.id, problem.problem, problem.answer, {}, paths, {}, None, timings)
-
-    with ThreadPoolExecutor(slots, "raw") as pool:
-        return list(pool.map(solve, problems))
-
-
-def summarize(records: list[ProblemRecord], wall_s: float) -> dict[str, Any]:
-    """One mode's figures from its records: rates over the wall time, and per problem its latency (from when
-    it got an in-flight slot to its final answer), when its answer came (since the run started) and how its
-    time split between the stages."""
-    used = usage(records)
-    timings = [r.timings for r in records]
-    latency = [t["total_s"] for t in timings]
-    stages = {stage: used.stage_seconds[f"{stage}_s"] for stage in ("explore", "synthesize")}
-    return {
-        "problems": len(records),
-        "sequences": used.paths + used.syntheses,
-        "explorer_prompt_tokens": used.explorer_prompt_tokens,
-        "explorer_cached_tokens": used.explorer_cached_tokens,
-        "output_tokens": used.output_tokens,
-        "wall_s": wall_s,
-        "problems_per_s": len(records) / wall_s,
-        "tokens_per_s": used.output_tokens / wall_s,
-        "latency_p50_s": float(np.percentile(latency, 50)),
-        "latency_p95_s": float(np.percentile(latency, 95)),
-        "time_to_answer_s": mean(t["finished_at"] for t in timings),
-        "first_answer_s": min(t["finished_at"] for t in timings),
-        "explorer_cache_hit_ratio": used.prefix_cache_hit_ratio,
-        "stage_share": {k: v / sum(stages.values()) for k, v in stages.items()},
-    }
-
-
-def measure(
-    problems: list[Problem], engines: Engines, config: RunConfig, reference_tokens: int | None, output: Path
-) -> dict[str, dict[str, Any]]:
-    """Start the engines once and run the three modes on them in turn, each from a flushed prefix cache."""
-    cli.log_frontend_warnings(output / "logs")
-    with serve(engines, output / "logs") as running:
-        explorer, synthesizer = EngineHandle.attach_roles(running)
-        urls = list(dict.fromkeys(handle.url for handle in (explorer, synthesizer)))
-        # The same bound as the pipeline's explorer stage, so raw runs exactly as many problems at once.
-        slots, _ = stage_slots(config, explorer, None)
-        sc = replace(config, synthesize=False, skip_synthesis_if_unanimous=False)
-        pipelines = {"sc": Pipeline(sc, explorer, None)}
-        pipelines["a2r"] = (
-            PaperSizedReferences(config, explorer, synthesizer, reference_tokens)
-            if reference_tokens
-            else Pipeline(config, explorer, synthesizer)
+    def point(name: str, explorer_tokens: int | None = None, cap: int | None = in_flight) -> Point:
+        budgets, reference_tokens = cli.budgets(profile), None
+        if args.fixed_length:
+            budgets = fixed_lengths(args, profile, explorer_tokens)
+            # A reference keeps the paper's share of its path (1069 of 18597 tokens), whatever its length.
+            reference_tokens = max(
+                1, round(PAPER_REFERENCE_TOKENS / TABLE4_4B_TO_8B["explorer_out"] * budgets[0])
+            )
+        config = RunConfig.from_args(
+            args, budgets=budgets, ignore_eos=args.fixed_length, **cli.role_models(engines)
         )
-        # One-off costs (the engines' first batches, the grading worker's start) are paid here, before any
-        # mode is timed, and not by whichever mode happens to run first.
-        start_verifier()
-        pipelines["a2r"].run(problems[:1], lambda record: None)
-        results = {}
-        for mode in MODES:
-            for url in urls:
-                flush_cache(url)
-            console.print(f"{mode}: {len(problems)} problems, {slots} in flight ...")
-            records: list[ProblemRecord] = []
-            start = time.perf_counter()
-            if mode == "raw":
-                records = run_raw(explorer, problems, config, slots)
-            else:
-                pipelines[mode].run(problems, records.append)
-            wall_s = time.perf_counter() - start
-            with (output / f"{mode}.jsonl").open("w", encoding="utf-8") as sink:
-                sink.writelines(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
-            results[mode] = {**summarize(records, wall_s), "in_flight": slots}
-    return results
+        seconds = args.seconds or profile.throughput_seconds
+        return Point(name, config, reference_tokens, cap, args.rounds, args.limit, seconds)
+
+    if args.sweep is None:
+        return [point("default")]
+    values = sweep_values(args.sweep, profile, args.sweep_values)
+    if args.sweep == "length":
+        return [point(f"length-{value}", explorer_tokens=value) for value in values]
+    return [point(f"load-{value}" if value else "load-kv", cap=value or None) for value in values]
+
+
+def run_mode(
+    mode: str, pipelines: dict[str, Pipeline], problems: list[Problem], slots: tuple[int, int]
+) -> tuple[list[ProblemRecord], float]:
+    """One mode over `problems`: its records and its wall time."""
+    records: list[ProblemRecord] = []
+    start = time.perf_counter()
+    if mode == "raw":
+        sc = pipelines["sc"]
+        records = run_raw(sc.explorer, problems, sc.config, slots[0])
+    elif mode == "two-phase":
+        records = run_two_phase(pipelines["a2r"], problems, slots)
+    else:
+        pipelines[mode].run(problems, records.append, max_in_flight=slots[0])
+    wall_s = time.perf_counter() - start
+    failed = [r for r in records if r.error]
+    if failed:  # a throughput figure over less work than the other modes did would mislead
+        raise RuntimeError(
+            f"{mode}: {len(failed)} of {len(records)} problems failed, e.g. {failed[0].id}: {failed[0].error}"
+        )
+    return records, wall_s
+
+
+def problem_count(
+    point: Point, pipelines: dict[str, Pipeline], pool: list[Problem], slots: tuple[int, int]
+) -> int:
+    """`--limit`, else enough problems for steady state: PROBLEMS_PER_SLOT per in-flight slot, and more if the
+    raw engine (the fastest mode) would decode them in under `--seconds`, as timed on these engines now."""
+    if point.limit:
+        return point.limit
+    least, seconds = PROBLEMS_PER_SLOT * slots[0], point.seconds
+    _, wall_s = run_mode("raw", pipelines, pool[:least], slots)
+    wanted = max(least, math.ceil(least * seconds / wall_s))
+    if wanted > len(pool):
+        console.print(
+            f"[yellow]warning:[/] {seconds:g} s per mode wants {wanted} problems; the dataset has {len(pool)}"
+        )
+    return min(wanted, len(pool))
+
+
+def measure_point(
+    point: Point, pool: list[Problem], handles: tuple[EngineHandle, EngineHandle], output: Path
+) -> dict[str, Any]:
+    """Every mode of `point` in interleaved rounds on the running engines; the per-round figures."""
+    explorer, synthesizer = handles
+    config = point.config
+    slots = stage_slots(config, explorer, synthesizer, point.max_in_flight)
+    sc = replace(config, synthesize=False, skip_synthesis_if_unanimous=False)
+    pipelines = {"sc": Pipeline(sc, explorer, None)}
+    pipelines["a2r"] = (
+        PaperSizedReferences(config, explorer, synthesizer, point.reference_tokens)
+        if point.reference_tokens
+        else Pipeline(config, explorer, synthesizer)
+    )
+    # One-off costs (the engines' first batches at this length, the grading worker) are paid before timing.
+    pipelines["a2r"].run(pool[:1], lambda record: None)
+    problems = pool[: problem_count(point, pipelines, pool, slots)]
+    if len(problems) < PROBLEMS_PER_SLOT * slots[0]:
+        console.print(
+            f"[yellow]warning:[/] {len(problems)} problems for {slots[0]} in flight: fewer than "
+            f"{PROBLEMS_PER_SLOT} per slot, so the run ends before steady state"
+        )
+    urls = list(dict.fromkeys(handle.url for handle in handles))
+    output.mkdir(parents=True, exist_ok=True)
+    sinks = {mode: (output / f"{mode}.jsonl").open("w", encoding="utf-8") for mode in MODES}
+    rounds: list[dict[str, Any]] = []
+    try:
+        for index in range(point.rounds):
+            figures = {}
+            for mode in MODES:
+                for url in urls:
+                    flush_cache(url)
+                console.print(f"{point.name} round {index + 1}/{point.rounds}: {mode}, {len(problems)} problems, "
+                              f"{slots[0]} in flight ...")  # fmt: skip
+                records, wall_s = run_mode(mode, pipelines, problems, slots)
+                sinks[mode].writelines(
+                    json.dumps({"round": index, **r.to_json()}, ensure_ascii=False) + "\n" for r in records
+                )
+                sinks[mode].flush()
+                figures[mode] = {**summarize(records, wall_s), "in_flight": slots[0]}
+            rounds.append(figures)
+    finally:
+        for sink in sinks.values():
+            sink.close()
+    return {"rounds": rounds, "problem_ids": [p.id for p in problems], "slots": list(slots)}
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    return {"median": median(values), "min": min(values), "max": max(values), "rounds": values}
+
+
+def median_figures(figures: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over rounds, nested dicts (the stage shares) included."""
+
+    def middle(values: list[Any]) -> Any:
+        if isinstance(values[0], dict):
+            return median_figures(values)
+        return median_low(values) if isinstance(values[0], int) else median(values)  # counts stay counts
+
+    return {key: middle([f[key] for f in figures]) for key in figures[0]}
+
+
+def result_of(
+    point: Point, measured: dict[str, Any], engines: Engines, args: argparse.Namespace, device: str
+) -> dict[str, Any]:
+    """throughput.json: the medians under the keys a single run always had, the ratios with their ranges,
+    every round's figures, and the configuration."""
+    rounds = measured["rounds"]
+    modes = {mode: median_figures([r[mode] for r in rounds]) for mode in MODES}
+    ratios = {
+        name: spread([r[a][figure] / r[b][figure] for r in rounds]) for name, (a, b, figure) in RATIOS.items()
+    }
+    pipeline_modes = [r[m] for r in rounds for m in ("sc", "a2r", "two-phase")]
+    return {
+        **{f"{mode.replace('-', '_')}_tokens_per_s": modes[mode]["tokens_per_s"] for mode in MODES},
+        # Over the pipeline modes: the explorer program's prompts, shared by fork.
+        "explorer_cache_hit_ratio": sum(m["explorer_cached_tokens"] for m in pipeline_modes)
+        / sum(m["explorer_prompt_tokens"] for m in pipeline_modes),
+        **{name: ratio["median"] for name, ratio in ratios.items()},
+        "ratios": ratios,
+        "modes": modes,
+        "rounds": rounds,
+        "config": {
+            **point.key(),
+            "point": point.name,
+            "dataset": args.dataset,
+            "problem_ids": measured["problem_ids"],
+            "slots": measured["slots"],
+            "engines": {"layout": engines.layout, **{r: asdict(getattr(engines, r)) for r in ROLES}},
+            "machine": machine(device),
+        },
+    }
+
+
+def saved(point: Point, folder: Path) -> dict[str, Any] | None:
+    """A result already measured for `point` in `folder` (a rerun of a sweep skips it), or None."""
+    path = folder / "throughput.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    same = all(result["config"].get(key) == value for key, value in point.key().items())
+    return result if same else None
 
 
 def machine(device: str) -> dict[str, Any]:
@@ -229,8 +340,9 @@ def mode_column(m: dict[str, Any], raw: dict[str, Any]) -> dict[str, str]:
         "output tokens / s": f"{m['tokens_per_s']:,.0f}",
         "  relative to raw": f"{m['tokens_per_s'] / raw['tokens_per_s']:.2f}",
         "latency p50 / p95 (s)": f"{m['latency_p50_s']:.2f} / {m['latency_p95_s']:.2f}",
-        "mean time to answer (s)": f"{m['time_to_answer_s']:.2f}",
+        "time to answer p50 (s)": f"{m['time_to_answer_p50_s']:.2f}",
         "first answer (s)": f"{m['first_answer_s']:.2f}",
+        "wall (s)": f"{m['wall_s']:.1f}",
         "explorer cache hit": f"{m['explorer_cache_hit_ratio']:.1%}",
         "explore / synth time": "{explore:.0%} / {synthesize:.0%}".format(**m["stage_share"]),
     }
@@ -240,14 +352,22 @@ def table(result: dict[str, Any]) -> Table:
     run, modes = result["config"]["run"], result["modes"]
     n, length = run["n"], "fixed length" if run["explorer"]["ignore_eos"] else "free length"
     models = " -> ".join(dict.fromkeys(Path(run[f"{role}_model"]).name for role in ROLES))
-    grid = Table(title=f"Throughput, N={n}, {modes['sc']['problems']} problems, {length}", caption=models)
+    title = (f"Throughput, N={n}, {modes['sc']['problems']} problems, {length}, medians of "
+             f"{result['config']['rounds']} rounds")  # fmt: skip
+    grid = Table(title=title, caption=models)
     grid.add_column("")
-    for label in (f"SC@{n}", f"A2R@{n}", f"raw engine, n={n}"):
+    for label in (f"SC@{n}", f"A2R@{n}", f"raw engine, n={n}", "two-phase A2R"):
         grid.add_column(label, justify="right")
     columns = [mode_column(modes[mode], modes["raw"]) for mode in MODES]
     for name in columns[0]:
         grid.add_row(name, *(column[name] for column in columns))
     return grid
+
+
+def ratio_line(result: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name} {r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}]" for name, r in result["ratios"].items()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,47 +377,61 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         profile, device = cli.profile_for(args)
-        problems = load_problems(args.dataset, args.limit or profile.throughput_limit)
+        args.dataset = args.dataset or profile.throughput_dataset
+        pool = load_problems(args.dataset)
         engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
-        config, reference_tokens = run_config(args, engines, profile)
+        todo = points(args, engines, profile)
         output = args.output or cli.default_output(args.dataset, args.n, kind="throughput")
         output.mkdir(parents=True, exist_ok=True)
     except (DatasetError, OSError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
+    folder = {p.name: output if args.sweep is None else output / p.name for p in todo}
+    results = {p.name: r for p in todo if (r := saved(p, folder[p.name])) is not None}
+    if results:
+        console.print(f"reusing {', '.join(results)}: measured with this configuration in {output}")
     try:
-        modes = measure(problems, engines, config, reference_tokens, output)
+        if len(results) < len(todo):
+            left = [p for p in todo if p.name not in results]
+            measure_all(left, pool, engines, args, device, folder, results)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/] engines stopped; no figures were written")
+        console.print(f"[yellow]interrupted:[/] engines stopped; values measured in full stay in {output}")
         return 130
     except (EngineError, RuntimeError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
-    raw = modes["raw"]["tokens_per_s"]
-    result = {
-        **{f"{mode}_tokens_per_s": modes[mode]["tokens_per_s"] for mode in MODES},
-        # Over both pipeline modes: the explorer program's prompts, shared by fork.
-        "explorer_cache_hit_ratio": sum(modes[m]["explorer_cached_tokens"] for m in ("sc", "a2r"))
-        / sum(modes[m]["explorer_prompt_tokens"] for m in ("sc", "a2r")),
-        "a2r_over_raw": modes["a2r"]["tokens_per_s"] / raw,
-        "sc_over_raw": modes["sc"]["tokens_per_s"] / raw,
-        "modes": modes,
-        "config": {
-            "run": config.to_dict(),
-            "dataset": args.dataset,
-            "problem_ids": [p.id for p in problems],
-            "reference_tokens": reference_tokens,
-            "engines": {"layout": engines.layout, **{r: asdict(getattr(engines, r)) for r in ROLES}},
-            "machine": machine(device),
-        },
-    }
-    (output / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    cli.show(table(result))
-    console.print(
-        f"output tokens/s relative to the raw engine: a2r/raw {result['a2r_over_raw']:.2f}, "
-        f"sc/raw {result['sc_over_raw']:.2f}\nresults: {output / 'throughput.json'}"
-    )
+    ordered = [results[p.name] for p in todo]
+    if args.sweep is not None:
+        summary = {"sweep": args.sweep, "points": {p.name: results[p.name] for p in todo}}
+        (output / f"sweep-{args.sweep}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot_sweep(args.sweep, [p.name for p in todo], results, output / f"sweep-{args.sweep}.png")
+        cli.show(sweep_table(args.sweep, [p.name for p in todo], results))
+    else:
+        cli.show(table(ordered[0]))
+        console.print(ratio_line(ordered[0]))
+    cli.show(budget_table(ordered))
+    written = [f"sweep-{args.sweep}.json", f"sweep-{args.sweep}.png"] if args.sweep else ["throughput.json"]
+    console.print(f"results: {', '.join(str(output / name) for name in written)}")
     return 0
+
+
+def measure_all(
+    todo: list[Point], pool: list[Problem], engines: Engines, args: argparse.Namespace, device: str,
+    folder: dict[str, Path], results: dict[str, dict[str, Any]],
+) -> None:  # fmt: skip
+    """Start the engines once, measure every point in `todo` and its fixed costs, and write each point's
+    throughput.json the moment it is done, so an interrupted sweep keeps what it finished."""
+    output = args.output or folder[todo[0].name]
+    cli.log_frontend_warnings(output / "logs")
+    with serve(engines, output / "logs") as running:
+        handles = EngineHandle.attach_roles(running)
+        start_verifier()
+        for p in todo:
+            measured = measure_point(p, pool, handles, folder[p.name])
+            costs = fixed_costs(handles[0], pool, p.config, measured["slots"][0])
+            result = result_of(p, measured, engines, args, device)
+            results[p.name] = {**result, "overhead": {"costs": costs, "shares": shares(costs, result)}}
+            (folder[p.name] / "throughput.json").write_text(json.dumps(results[p.name], indent=2) + "\n")
 
 
 if __name__ == "__main__":

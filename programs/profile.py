@@ -20,7 +20,9 @@ class Profile:
     explorer_max_tokens: int  # token budget per explorer path
     synthesizer_max_tokens: int
     throughput_scale: float  # share of the paper's Table 4 lengths in fixed-length throughput runs
-    throughput_limit: int | None  # problems the throughput benchmark runs (None: all)
+    throughput_dataset: str  # the problems the throughput benchmark serves
+    throughput_in_flight: int | None  # its cap on problems explored at once (None: what the KV pool holds)
+    throughput_seconds: float  # its least decoding time per mode, for steady state
 
 
 # A2R-Efficient (Qwen3-4B -> Qwen3-8B) on the paper's benchmarks. Its paths run 15.7k-20.5k tokens and its
@@ -33,12 +35,14 @@ PAPER = Profile(
     explorer_max_tokens=32768,
     synthesizer_max_tokens=16384,
     throughput_scale=1.0,
-    throughput_limit=None,
+    throughput_dataset="aime24",
+    throughput_in_flight=None,
+    throughput_seconds=60.0,
 )
 
 # The project's own pair (`programs.offline`) on the arithmetic chains it was trained on. Its paths run about
-# 25 to 400 tokens and its syntheses under 100; a throughput run of 8 problems at 1% of Table 4's lengths takes
-# minutes on two cores.
+# 25 to 400 tokens and its syntheses under 100. The throughput benchmark keeps 8 problems (32 paths) in flight,
+# where the CPU explorer's tokens/s levels off, and draws as many chains as 20 s per mode needs.
 OFFLINE = Profile(
     name="offline",
     explorer_model=None,
@@ -47,7 +51,9 @@ OFFLINE = Profile(
     explorer_max_tokens=512,
     synthesizer_max_tokens=160,
     throughput_scale=0.01,
-    throughput_limit=8,
+    throughput_dataset=f"{CHAIN}:0:2000",
+    throughput_in_flight=8,
+    throughput_seconds=20.0,
 )
 
 PROFILES = {profile.name: profile for profile in (PAPER, OFFLINE)}

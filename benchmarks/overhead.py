@@ -1,0 +1,141 @@
+"""Where self-consistency loses time against the raw engine: its fixed costs per problem, on a busy explorer.
+
+Fork/join does per problem what one `/generate` with n=N does not:
+- prompt:   the frontend builds the chat prompt (and counts its tokens against the context) in the problem's
+            slot, before anything is sent: the slot decodes nothing meanwhile;
+- commit:   `fork` first sends the prompt alone (a prefill-only request) and waits for it, so that the paths
+            find it cached: one more HTTP round trip during which the slot decodes nothing;
+- requests: the N paths are N requests, each parsed and re-tokenized by the engine, where n=N is one: engine
+            time taken from decoding on the engine's own core (timed as BURST separate requests against one
+            with n=BURST);
+- frontend: what the fork/join program costs beyond those (its interpreter and one thread per path), as the
+            remainder of one problem's end-to-end time at one token per path.
+Each is timed while as many other problems decode as the run keeps in flight, so queueing behind the running
+batch counts, as it does in the run. The slot items cost their share of each slot's time per problem, the
+engine item its share of the wall time; all are fixed per problem, so their shares fall as paths grow.
+Self-consistency's measured loss is 1 - SC/raw from the same run, so the table shows how much of it the
+budget explains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from statistics import median
+from typing import Any
+
+from rich.table import Table
+
+from benchmarks.modes import raw_params
+from engine.launch import post
+from programs.core.config import RunConfig
+from programs.core.records import Problem
+from programs.engine_handle import EngineHandle
+from programs.pipeline import Pipeline
+
+REPEATS = 15  # timings per item; the median is kept
+BURST = 32  # one-token sequences sent as separate requests and as one with n=BURST: the cost per request
+SLOT_ITEMS = ("prompt", "commit", "frontend")
+
+
+def timed(call: Callable[[], Any], repeats: int = REPEATS) -> float:
+    """The median wall time of `call`."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+@contextlib.contextmanager
+def steady_load(
+    explorer: EngineHandle, prompts: list[str], config: RunConfig, streams: int
+) -> Iterator[None]:
+    """`streams` problems decoding on the explorer (n=N each, one after another) for the duration of the block:
+    the engine as busy as at steady state, so each item is timed as the run pays it, queueing included."""
+    stop, body = threading.Event(), {"sampling_params": raw_params(config)}
+
+    def keep_busy(index: int) -> None:
+        while not stop.is_set():
+            post(explorer.url, "/generate", {**body, "text": prompts[index % len(prompts)]})
+
+    with ThreadPoolExecutor(max(1, streams), "load") as pool:
+        busy = [pool.submit(keep_busy, i) for i in range(streams)]
+        try:
+            yield
+        finally:
+            stop.set()  # the requests in flight finish
+        for future in busy:
+            future.result()
+
+
+def fixed_costs(
+    explorer: EngineHandle, pool: list[Problem], config: RunConfig, in_flight: int
+) -> dict[str, float]:
+    """Each item's seconds per problem, timed with a cached prompt and one-token paths while `in_flight` - 1
+    other problems decode, as they do around every problem at steady state."""
+    problem, n = pool[0], config.n
+    one_token = replace(config, synthesize=False, explorer=replace(config.explorer, max_tokens=1))
+    sc = Pipeline(one_token, explorer, None)
+    budget, thinking = config.explorer.max_tokens, config.thinking
+    prompt = explorer.prompt(problem.problem, budget, thinking, problem.id)
+    others = [explorer.prompt(p.problem, budget, thinking, p.id) for p in pool[1:in_flight]]
+    commit = {"text": prompt, "sampling_params": {"max_new_tokens": 0}}
+    one = {"text": prompt, "sampling_params": {"max_new_tokens": 1}}
+    raw = {"text": prompt, "sampling_params": {"max_new_tokens": 1, "n": n}}
+    post(explorer.url, "/generate", commit)  # cached from here on, as in every fork after its commit
+
+    def separate() -> None:  # BURST requests at once, as fork sends its paths
+        with ThreadPoolExecutor(BURST) as threads:
+            list(threads.map(lambda _: post(explorer.url, "/generate", one), range(BURST)))
+
+    def together() -> None:  # the same BURST sequences as one request
+        post(explorer.url, "/generate", {**one, "sampling_params": {"max_new_tokens": 1, "n": BURST}})
+
+    with steady_load(explorer, others or [prompt], config, in_flight - 1):
+        costs = {
+            "prompt_s": timed(lambda: explorer.prompt(problem.problem, budget, thinking, "")),
+            "commit_s": timed(lambda: post(explorer.url, "/generate", commit)),
+            "request_s": (timed(separate, repeats=5) - timed(together, repeats=5)) / BURST,
+            "sc_problem_s": timed(lambda: sc.explore(problem)),
+            "raw_problem_s": timed(lambda: post(explorer.url, "/generate", raw)),
+        }
+    slot_items = costs["prompt_s"] + costs["commit_s"] + (n - 1) * costs["request_s"]
+    costs["frontend_s"] = max(0.0, costs["sc_problem_s"] - costs["raw_problem_s"] - slot_items)
+    return costs
+
+
+def shares(costs: dict[str, float], result: dict[str, Any]) -> dict[str, float]:
+    """Each item's share of self-consistency's time in one measured run (`benchmarks.throughput`'s result)."""
+    sc, n = result["modes"]["sc"], result["config"]["run"]["n"]
+    slot_seconds = sc["wall_s"] * sc["in_flight"] / sc["problems"]  # one slot's time per problem
+    out = {item: costs[f"{item}_s"] / slot_seconds for item in SLOT_ITEMS}
+    out["requests"] = n * costs["request_s"] * sc["problems"] / sc["wall_s"]
+    return out
+
+
+def budget_table(results: list[dict[str, Any]]) -> Table:
+    """The items' costs, and their shares of SC's time in each run beside SC's measured loss against raw."""
+    grid = Table(title="Self-consistency's fixed costs per problem against the raw engine")
+    grid.add_column("item")
+    grid.add_column("ms / problem", justify="right")
+    for r in results:
+        run = r["config"]["run"]
+        grid.add_column(f"share @ {run['explorer']['max_tokens']} tok, {r['modes']['sc']['in_flight']} in flight",
+                        justify="right")  # fmt: skip
+    costs, n = results[0]["overhead"]["costs"], results[0]["config"]["run"]["n"]
+    milliseconds = {item: 1000 * costs[f"{item}_s"] for item in SLOT_ITEMS}
+    milliseconds["requests"] = 1000 * n * costs["request_s"]
+    per_run = [r["overhead"]["shares"] for r in results]
+    for item, ms in milliseconds.items():
+        grid.add_row(item, f"{ms:.2f}", *(f"{s[item]:.1%}" for s in per_run))
+    grid.add_row("sum", f"{sum(milliseconds.values()):.2f}", *(f"{sum(s.values()):.1%}" for s in per_run))
+    grid.add_row(
+        "measured 1 - SC/raw", "", *(f"{1 - r['ratios']['sc_over_raw']['median']:.1%}" for r in results)
+    )
+    return grid

@@ -1,0 +1,351 @@
+"""The check a GPU user runs first: this machine against what the pinned SGLang image needs, then a smoke test.
+
+    python -m engine.doctor          # GPUs, driver, CUDA, flash-attn, memory shares; then A2R and throughput
+    python -m engine.doctor --rl     # ... and one GRPO step on a random 0.6B-sized model
+
+The environment checks are here; the smoke test (the project's own commands on random-weight Qwen3-4B/8B
+engines) is `engine.smoke`. On a machine with no CUDA device it lists what it would check and exits 0.
+`tests/test_gpu.py` runs the same checks under `pytest -m gpu`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from engine.gpu import GpuInfo
+from engine.layout import EngineConfig, Engines, plan
+from engine.sizing import GIB, MIN_KV_TOKENS, ModelShape, read_shape
+from engine.smoke import (
+    A2R,
+    FAIL,
+    GPU_MODELS,
+    GRPO,
+    PASS,
+    SKIP,
+    THROUGHPUT,
+    TOKENIZER_COMMAND,
+    WARN,
+    Check,
+    build_model_folders,
+    console,
+    load_config,
+    smoke_a2r_and_throughput,
+    smoke_commands,
+    smoke_grpo,
+)
+
+# NVIDIA's CUDA 13.0 release notes, "CUDA Toolkit and Corresponding Driver Versions" (Linux x86_64,
+# CUDA 13.0 GA: >= 580.65.06): https://docs.nvidia.com/cuda/archive/13.0.0/cuda-toolkit-release-notes/
+MIN_DRIVER_CUDA13 = "580.65.06"
+# The same release drops Maxwell, Pascal and Volta: CUDA 13 builds run on compute capability 7.5 and up.
+MIN_COMPUTE_CAPABILITY = (7, 5)
+IMAGE = "lmsysorg/sglang:v0.5.23"
+IMAGE_CUDA_MAJOR = 13
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    capability: tuple[int, int]
+    free_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What torch and nvidia-smi say about the GPUs."""
+
+    devices: list[Device] = field(default_factory=list)
+    driver: str | None = None  # nvidia-smi's driver version; None when nvidia-smi is absent
+    cuda_runtime: str | None = None  # torch.version.cuda; None for a CPU build of torch
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """'580.65.06' -> (580, 65, 6); anything else is refused, naming it."""
+    try:
+        return tuple(int(part) for part in text.strip().split("."))
+    except ValueError:
+        raise ValueError(f"not a dotted version number: {text!r}") from None
+
+
+def read_machine() -> Machine:
+    import torch
+
+    devices = []
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)
+        devices.append(
+            Device(torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i), free, total)
+        )
+    driver = None
+    if shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+        lines = subprocess.run(query, capture_output=True, text=True, check=False).stdout.split()
+        driver = lines[0] if lines else None
+    return Machine(devices, driver, torch.version.cuda)
+
+
+def check_gpus(devices: list[Device]) -> Check:
+    if not devices:
+        return Check(
+            "GPUs", FAIL, "none visible to torch", "check CUDA_VISIBLE_DEVICES and the container's --gpus"
+        )
+    figures = ", ".join(
+        f"{d.name} (sm {d.capability[0]}.{d.capability[1]}, {d.free_bytes / GIB:.1f} of {d.total_bytes / GIB:.1f} GiB free)"
+        for d in devices
+    )
+    old = [d.name for d in devices if d.capability < MIN_COMPUTE_CAPABILITY]
+    if old:
+        minimum = ".".join(map(str, MIN_COMPUTE_CAPABILITY))
+        return Check("GPUs", FAIL, figures, f"CUDA 13 needs compute capability {minimum}+: {', '.join(old)}")
+    return Check("GPUs", PASS, figures)
+
+
+def check_driver(driver: str | None) -> Check:
+    need = MIN_DRIVER_CUDA13
+    if driver is None:
+        return Check("driver", WARN, "unknown (no nvidia-smi)", f"{IMAGE} needs driver >= {need} (CUDA 13)")
+    if version_tuple(driver) < version_tuple(need):
+        advice = f"{IMAGE} is CUDA {IMAGE_CUDA_MAJOR}: upgrade the driver to >= {need}"
+        return Check("driver", FAIL, f"{driver} < {need}", advice)
+    return Check("driver", PASS, f"{driver} >= {need}")
+
+
+def check_cuda_runtime(cuda_runtime: str | None) -> Check:
+    if cuda_runtime is None:
+        return Check("CUDA runtime", FAIL, "torch has no CUDA (a CPU build)", f"use {IMAGE} or a CUDA torch")
+    if version_tuple(cuda_runtime)[0] != IMAGE_CUDA_MAJOR:
+        advice = f"{IMAGE} runs CUDA {IMAGE_CUDA_MAJOR}; the driver check above assumes it"
+        return Check("CUDA runtime", WARN, f"torch built for CUDA {cuda_runtime}", advice)
+    return Check("CUDA runtime", PASS, f"torch built for CUDA {cuda_runtime}")
+
+
+def flash_attn_state() -> str:
+    """'fa2' when OpenRLHF's import works, 'fa4-only' for SGLang's flash-attn-4 (only `cute/`), else 'missing'."""
+    try:
+        importlib.import_module("flash_attn.bert_padding")
+        return "fa2"
+    except ImportError:
+        pass
+    try:
+        return "fa4-only" if importlib.util.find_spec("flash_attn.cute") is not None else "missing"
+    except ImportError:  # no flash_attn at all, or one whose package does not import
+        return "missing"
+
+
+def check_flash_attn(state: str, rl: bool) -> Check:
+    """OpenRLHF imports `flash_attn.bert_padding` at module top; only RL needs it, so without --rl it warns."""
+    if state == "fa2":
+        return Check("flash-attn (RL)", PASS, "flash_attn.bert_padding imports")
+    figures = {
+        "fa4-only": "flash-attn-4 only (SGLang's, `cute/`): no flash_attn.bert_padding",
+        "missing": "not installed",
+    }[state]
+    advice = "OpenRLHF needs flash-attn 2: pip install flash-attn --no-build-isolation"
+    return Check("flash-attn (RL)", FAIL if rl else WARN, figures, advice)
+
+
+def gpu_model_shapes() -> dict[str, ModelShape]:
+    """The default GPU models' shapes, by hub id, from the shipped configs."""
+    return {model: ModelShape.from_config(model, load_config(name)) for model, name in GPU_MODELS.values()}
+
+
+def default_plan(models: dict[str, str], gpu: GpuInfo | None = None) -> Engines:
+    """`models` (role -> hub id or folder) co-located on one GPU, from the public planning path, sized for
+    `gpu` as a real run sizes them: the smoke test's layout, and the tight case (on more GPUs a default run
+    gives each engine a GPU of its own). Raises ValueError when the pair cannot share the GPU."""
+    config = EngineConfig(explorer_model=models["explorer"], synthesizer_model=models["synthesizer"])
+    return plan(config, device="cuda", gpus=1, gpu=gpu)
+
+
+def memory_rows(device: Device, folders: dict[str, Path]) -> list[Check]:
+    """The memory checks for GPU 0, planned on the model folders (their config.json, no download)."""
+    gpu = GpuInfo(device.free_bytes, device.total_bytes, device.capability)
+    try:
+        engines = default_plan({role: str(path) for role, path in folders.items()}, gpu)
+    except ValueError as exc:
+        return [Check("memory", FAIL, f"{device.free_bytes / GIB:.1f} GiB free on GPU 0", str(exc))]
+    shapes = {str(path): read_shape(str(path)) for path in folders.values()}
+    return memory_checks(engines, device.free_bytes, shapes)
+
+
+def launch_shares(engines: Engines) -> list[tuple[str, float]]:
+    """(role, share of the memory free before any engine starts) per co-located engine, in launch order.
+
+    SGLang's --mem-fraction-static is a share of the memory free when that engine starts, so an engine
+    started earlier on the same GPU has already taken its part."""
+    roles = {id(engines.synthesizer): "synthesizer", id(engines.explorer): "explorer"}
+    left, shares = 1.0, []
+    for spec in engines.to_launch:
+        if spec.mem_fraction_static is None:
+            raise ValueError(
+                f"the {roles[id(spec)]} engine has no mem_fraction_static: not a co-located plan"
+            )
+        shares.append((roles[id(spec)], left * spec.mem_fraction_static))
+        left -= shares[-1][1]
+    return shares
+
+
+def full_context(shape: ModelShape) -> int:
+    """The sequence an engine should hold whole: the model's longest, else (a config that does not say) the
+    least the planner sizes KV for."""
+    return shape.context or MIN_KV_TOKENS
+
+
+def memory_checks(engines: Engines, free_bytes: int, shapes: dict[str, ModelShape]) -> list[Check]:
+    """Each co-located engine's share of `free_bytes` against its weights; a share that leaves no KV room for
+    one full-context sequence warns."""
+    checks = []
+    for role, share_of_free in launch_shares(engines):
+        model = getattr(engines, role).model
+        size, share = shapes[model], int(share_of_free * free_bytes)
+        label = Path(model).name
+        kv_tokens = max(0, share - size.weight_bytes) // size.kv_bytes_per_token
+        figures = (
+            f"{share_of_free:.2f} x {free_bytes / GIB:.1f} GiB free = {share / GIB:.1f} GiB; {label} weights "
+            f"{size.weight_bytes / GIB:.1f} GiB; KV room {kv_tokens:,} tokens"
+        )
+        if share <= size.weight_bytes:
+            advice = "the weights do not fit: free GPU memory or change --gpu-shares"
+            checks.append(Check(f"memory: {role}", FAIL, figures, advice))
+        elif kv_tokens < full_context(size):
+            advice = f"less KV than one {full_context(size):,}-token context: long paths will queue"
+            checks.append(Check(f"memory: {role}", WARN, figures, advice))
+        else:
+            checks.append(Check(f"memory: {role}", PASS, figures))
+    return checks
+
+
+def free_needed(engines: Engines, shapes: dict[str, ModelShape]) -> int:
+    """The free GPU memory at which every co-located engine passes: weights plus one full context of KV."""
+    return max(
+        int((size.weight_bytes + full_context(size) * size.kv_bytes_per_token) / share) + 1
+        for role, share in launch_shares(engines)
+        for size in [shapes[getattr(engines, role).model]]
+    )
+
+
+def environment_checks(machine: Machine, rl: bool, folders: dict[str, Path]) -> list[Check]:
+    """Everything checked before any engine starts; memory is planned on the model `folders`."""
+    checks = [
+        check_gpus(machine.devices),
+        check_driver(machine.driver),
+        check_cuda_runtime(machine.cuda_runtime),
+        check_flash_attn(flash_attn_state(), rl),
+    ]
+    return checks + (memory_rows(machine.devices[0], folders) if machine.devices else [])
+
+
+def planned_checks(folder: Path, rl: bool, python: str = "python") -> list[tuple[str, str]]:
+    """What a GPU run checks, as (check, what it compares or runs): printed where there is no GPU."""
+    capability = ".".join(map(str, MIN_COMPUTE_CAPABILITY))
+    engines = default_plan({role: model for role, (model, _) in GPU_MODELS.items()})
+    shares = ", ".join(f"{role} {share:.2f}" for role, share in launch_shares(engines))
+    needed = free_needed(engines, gpu_model_shapes()) / GIB
+    models = " and ".join(model for model, _ in GPU_MODELS.values())
+    rows = [
+        ("GPUs", f"torch.cuda devices, compute capability >= {capability}"),
+        ("driver", f"nvidia-smi driver >= {MIN_DRIVER_CUDA13} ({IMAGE} is CUDA {IMAGE_CUDA_MAJOR})"),
+        ("CUDA runtime", f"torch.version.cuda is {IMAGE_CUDA_MAJOR}.x"),
+        ("flash-attn (RL)", "flash_attn.bert_padding imports (OpenRLHF needs flash-attn 2)"),
+        (
+            "memory",
+            f"co-located on GPU 0, planned as a run plans them; at the default shares ({shares}) "
+            f"{models} hold their weights and one context of KV each with {needed:.1f} GiB free, on less "
+            "the plan sizes the shares from the configs or refuses the pair",
+        ),
+        (
+            "model folders",
+            f"engine/gpu_configs/*.json + the tiny tokenizer: {shlex.join([python, *TOKENIZER_COMMAND])}",
+        ),
+    ]
+    rows += [(name, shlex.join(argv)) for name, argv in smoke_commands(folder, rl, python).items()]
+    return rows
+
+
+def checks_table(checks: list[Check]) -> Table:
+    table = Table(title="engine.doctor")
+    for column in ("check", "result", "figures", "what to do"):
+        table.add_column(column)
+    styles = {PASS: "green", WARN: "yellow", FAIL: "red", SKIP: "dim"}
+    for check in checks:
+        table.add_row(check.name, f"[{styles[check.status]}]{check.status}[/]", check.figures, check.advice)
+    return table
+
+
+def plan_table(rows: list[tuple[str, str]]) -> Table:
+    table = Table(title="what `python -m engine.doctor` checks on a GPU machine")
+    table.add_column("check")
+    table.add_column("compares, or runs")
+    for name, what in rows:
+        table.add_row(name, what)
+    return table
+
+
+def show(table: Table) -> None:
+    """Print a table whole even when piped (rich would squeeze it to 80 columns)."""
+    if not console.is_terminal:
+        console.width = max(console.width, 200)
+    console.print(table)
+
+
+def run_doctor(folder: Path, rl: bool) -> list[Check]:
+    """The environment checks, then the smoke test unless one of them failed (flash-attn only gates RL)."""
+    checks = environment_checks(read_machine(), rl, build_model_folders(folder))
+    blocking = [c.name for c in checks if c.status == FAIL and not c.name.startswith("flash-attn")]
+    smoke = [A2R, THROUGHPUT] + ([GRPO] if rl else [])
+    if blocking:
+        return checks + [Check(name, SKIP, "", f"fix first: {', '.join(blocking)}") for name in smoke]
+    checks += smoke_a2r_and_throughput(folder)
+    if rl:
+        flash = next(c for c in checks if c.name.startswith("flash-attn"))
+        checks.append(
+            smoke_grpo(folder) if flash.status == PASS else Check(smoke[-1], SKIP, "", "needs flash-attn 2")
+        )
+    return checks
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m engine.doctor", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--rl", action="store_true", help="also run one GRPO step on a random 0.6B-sized model"
+    )
+    parser.add_argument(
+        "--output", type=Path, help="folder for models, runs and logs (default: runs/doctor/<time>)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    args = parse_args(argv)
+    folder = args.output or Path("runs") / "doctor" / time.strftime("%Y%m%d-%H%M%S")
+    if not torch.cuda.is_available():
+        console.print(
+            "[yellow]No CUDA device: `python -m engine.doctor` needs a GPU.[/] On a GPU machine it checks:"
+        )
+        show(plan_table(planned_checks(folder, args.rl)))
+        return 0
+    checks = run_doctor(folder, args.rl)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "doctor.json").write_text(json.dumps([asdict(c) for c in checks], indent=2) + "\n")
+    show(checks_table(checks))
+    console.print(f"results: {folder / 'doctor.json'}")
+    return 1 if any(c.status == FAIL for c in checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from statistics import mean
+from statistics import mean, median
 from typing import Any
 
 import numpy as np
@@ -111,10 +111,20 @@ def run_two_phase(pipeline: Pipeline, problems: list[Problem], slots: tuple[int,
         return list(pool.map(synthesize, indices))
 
 
-def summarize(records: list[ProblemRecord], wall_s: float) -> dict[str, Any]:
+def handoff_s(timings: list[dict[str, float]], slots: int) -> float:
+    """The median time from one problem's exploration ending to the next one's starting in the freed slot."""
+    done = sorted(t["explored_at"] for t in timings)
+    started = sorted(t["explore_started_at"] for t in timings)[slots:]
+    # The k-th exploration to end frees the slot the (slots + k)-th one starts in; the last few free slots for none.
+    gaps = [next_start - end for end, next_start in zip(done, started, strict=False)]
+    return median(gaps) if gaps else 0.0
+
+
+def summarize(records: list[ProblemRecord], wall_s: float, in_flight: int) -> dict[str, Any]:
     """One mode's figures from its records: rates over the wall time, and per problem its latency (from when
     it got an in-flight slot to its final answer), when its answer came (since the mode started: the time to
-    answer a user waits with the whole batch submitted at once) and how its time split between the stages."""
+    answer a user waits with the whole batch submitted at once), how its time split between the stages, and
+    how long a freed slot waited for its next problem."""
     used = usage(records)
     timings = [r.timings for r in records]
     latency = [t["total_s"] for t in timings]
@@ -136,4 +146,6 @@ def summarize(records: list[ProblemRecord], wall_s: float) -> dict[str, Any]:
         "first_answer_s": min(answered),
         "explorer_cache_hit_ratio": used.prefix_cache_hit_ratio,
         "stage_share": {k: v / sum(stages.values()) for k, v in stages.items()},
+        "in_flight": in_flight,
+        "handoff_s": handoff_s(timings, in_flight),
     }

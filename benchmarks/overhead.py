@@ -9,7 +9,9 @@ Fork/join does per problem what one `/generate` with n=N does not:
             time taken from decoding on the engine's own core (timed as BURST separate requests against one
             with n=BURST);
 - frontend: what the fork/join program costs beyond those (its interpreter and one thread per path), as the
-            remainder of one problem's end-to-end time at one token per path.
+            remainder of one problem's end-to-end time at one token per path over the raw engine's;
+- handoff:  the time from a problem's exploration ending to the next one's starting in the freed slot
+            (from the run's own records).
 Each is timed while as many other problems decode as the run keeps in flight, so queueing behind the running
 batch counts, as it does in the run. The slot items cost their share of each slot's time per problem, the
 engine item its share of the wall time; all are fixed per problem, so their shares fall as paths grow.
@@ -39,7 +41,7 @@ from programs.pipeline import Pipeline
 
 REPEATS = 15  # timings per item; the median is kept
 BURST = 32  # one-token sequences sent as separate requests and as one with n=BURST: the cost per request
-SLOT_ITEMS = ("prompt", "commit", "frontend")
+SLOT_ITEMS = ("prompt", "commit", "frontend", "handoff")
 
 
 def timed(call: Callable[[], Any], repeats: int = REPEATS) -> float:
@@ -105,37 +107,50 @@ def fixed_costs(
             "sc_problem_s": timed(lambda: sc.explore(problem)),
             "raw_problem_s": timed(lambda: post(explorer.url, "/generate", raw)),
         }
-    slot_items = costs["prompt_s"] + costs["commit_s"] + (n - 1) * costs["request_s"]
-    costs["frontend_s"] = max(0.0, costs["sc_problem_s"] - costs["raw_problem_s"] - slot_items)
     return costs
+
+
+def per_problem(costs: dict[str, float], handoff: float, n: int) -> dict[str, float]:
+    """Each item's seconds per problem. The frontend's is what fork/join's end-to-end time at one token per path
+    leaves after the other items, signed: negative when the commit's wait overlaps the prefill the raw engine's
+    own n>1 also waits for."""
+    requests = (n - 1) * costs["request_s"]
+    slot = costs["prompt_s"] + costs["commit_s"] + requests
+    return {
+        "prompt": costs["prompt_s"],
+        "commit": costs["commit_s"],
+        "frontend": costs["sc_problem_s"] - costs["raw_problem_s"] - slot,
+        "handoff": handoff,
+        "requests": n * costs["request_s"],
+    }
 
 
 def shares(costs: dict[str, float], result: dict[str, Any]) -> dict[str, float]:
     """Each item's share of self-consistency's time in one measured run (`benchmarks.throughput`'s result)."""
     sc, n = result["modes"]["sc"], result["config"]["run"]["n"]
+    seconds = per_problem(costs, sc["handoff_s"], n)
     slot_seconds = sc["wall_s"] * sc["in_flight"] / sc["problems"]  # one slot's time per problem
-    out = {item: costs[f"{item}_s"] / slot_seconds for item in SLOT_ITEMS}
-    out["requests"] = n * costs["request_s"] * sc["problems"] / sc["wall_s"]
+    out = {item: seconds[item] / slot_seconds for item in SLOT_ITEMS}
+    out["requests"] = seconds["requests"] * sc["problems"] / sc["wall_s"]
     return out
 
 
 def budget_table(results: list[dict[str, Any]]) -> Table:
-    """The items' costs, and their shares of SC's time in each run beside SC's measured loss against raw."""
-    grid = Table(title="Self-consistency's fixed costs per problem against the raw engine")
-    grid.add_column("item")
-    grid.add_column("ms / problem", justify="right")
-    for r in results:
-        run = r["config"]["run"]
-        grid.add_column(f"share @ {run['explorer']['max_tokens']} tok, {r['modes']['sc']['in_flight']} in flight",
-                        justify="right")  # fmt: skip
-    costs, n = results[0]["overhead"]["costs"], results[0]["config"]["run"]["n"]
-    milliseconds = {item: 1000 * costs[f"{item}_s"] for item in SLOT_ITEMS}
-    milliseconds["requests"] = 1000 * n * costs["request_s"]
-    per_run = [r["overhead"]["shares"] for r in results]
-    for item, ms in milliseconds.items():
-        grid.add_row(item, f"{ms:.2f}", *(f"{s[item]:.1%}" for s in per_run))
-    grid.add_row("sum", f"{sum(milliseconds.values()):.2f}", *(f"{sum(s.values()):.1%}" for s in per_run))
-    grid.add_row(
-        "measured 1 - SC/raw", "", *(f"{1 - r['ratios']['sc_over_raw']['median']:.1%}" for r in results)
+    """Each item's milliseconds per problem and share of SC's time in each run, beside SC's measured loss."""
+    grid = Table(
+        title="Self-consistency's fixed costs per problem against the raw engine: ms, share of SC's time"
     )
+    grid.add_column("item")
+    for r in results:
+        tokens, in_flight = r["config"]["run"]["explorer"]["max_tokens"], r["modes"]["sc"]["in_flight"]
+        grid.add_column(f"{tokens} tok, {in_flight} in flight", justify="right")
+    n = results[0]["config"]["run"]["n"]
+    seconds = [per_problem(r["overhead"]["costs"], r["modes"]["sc"]["handoff_s"], n) for r in results]
+    per_run = [r["overhead"]["shares"] for r in results]
+    for item in (*SLOT_ITEMS, "requests"):
+        grid.add_row(
+            item, *(f"{1000 * s[item]:.1f} ms, {p[item]:.1%}" for s, p in zip(seconds, per_run, strict=True))
+        )
+    grid.add_row("sum", *(f"{sum(p.values()):.1%}" for p in per_run))
+    grid.add_row("measured 1 - SC/raw", *(f"{1 - r['ratios']['sc_over_raw']['median']:.1%}" for r in results))
     return grid

@@ -258,7 +258,7 @@ def measure_point(
                     json.dumps({"round": index, **r.to_json()}, ensure_ascii=False) + "\n" for r in records
                 )
                 sinks[mode].flush()
-                figures[mode] = {**summarize(records, wall_s), "in_flight": slots[0]}
+                figures[mode] = summarize(records, wall_s, slots[0])
             rounds.append(figures)
     finally:
         for sink in sinks.values():
@@ -389,11 +389,14 @@ def run(args: argparse.Namespace) -> int:
     folder = {p.name: output if args.sweep is None else output / p.name for p in todo}
     results = {p.name: r for p in todo if (r := saved(p, folder[p.name])) is not None}
     if results:
-        console.print(f"reusing {', '.join(results)}: measured with this configuration in {output}")
+        console.print(
+            f"reusing {', '.join(results)}: measured with this configuration in {output} "
+            "(another --output measures again)"
+        )
     try:
         if len(results) < len(todo):
             left = [p for p in todo if p.name not in results]
-            measure_all(left, pool, engines, args, device, folder, results)
+            measure_all(left, pool, engines, args, device, output, folder, results)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted:[/] engines stopped; values measured in full stay in {output}")
         return 130
@@ -417,11 +420,10 @@ def run(args: argparse.Namespace) -> int:
 
 def measure_all(
     todo: list[Point], pool: list[Problem], engines: Engines, args: argparse.Namespace, device: str,
-    folder: dict[str, Path], results: dict[str, dict[str, Any]],
+    output: Path, folder: dict[str, Path], results: dict[str, dict[str, Any]],
 ) -> None:  # fmt: skip
     """Start the engines once, measure every point in `todo` and its fixed costs, and write each point's
     throughput.json the moment it is done, so an interrupted sweep keeps what it finished."""
-    output = args.output or folder[todo[0].name]
     cli.log_frontend_warnings(output / "logs")
     with serve(engines, output / "logs") as running:
         handles = EngineHandle.attach_roles(running)

@@ -42,7 +42,8 @@ PAPER = Profile(
 
 # The project's own pair (`programs.offline`) on the arithmetic chains it was trained on. Its paths run about
 # 25 to 400 tokens and its syntheses under 100. The throughput benchmark keeps 8 problems (32 paths) in flight,
-# where the CPU explorer's tokens/s levels off, and draws as many chains as 20 s per mode needs.
+# so that 20 s per mode covers several waves of a few dozen chains; its load sweep shows the engine's tokens/s
+# still rising past that (the ceiling is `--sweep load`'s last row).
 OFFLINE = Profile(
     name="offline",
     explorer_model=None,

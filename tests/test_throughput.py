@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from benchmarks.modes import MODES
+from benchmarks.modes import MODES, handoff_s
 from benchmarks.throughput import PROBLEMS_PER_SLOT, RATIOS, SYNTHESIS_SHARE, main
 
 N, EXPLORER_TOKENS, SYNTHESIZER_TOKENS, PROBLEMS, ROUNDS, IN_FLIGHT = 4, 24, 12, 4, 2, 2
@@ -132,11 +132,24 @@ def test_the_overhead_budget_is_measured_on_the_engine(fixed_run):
     result = json.loads((fixed_run / "throughput.json").read_text())
     costs, shares = result["overhead"]["costs"], result["overhead"]["shares"]
     assert costs["commit_s"] > 0 and costs["sc_problem_s"] > 0 and costs["raw_problem_s"] > 0
-    assert costs["prompt_s"] > 0 and costs["frontend_s"] >= 0
-    assert set(shares) == {"prompt", "commit", "frontend", "requests"}
+    assert costs["prompt_s"] > 0
+    assert set(shares) == {"prompt", "commit", "frontend", "handoff", "requests"}
     sc = result["modes"]["sc"]
     slot_seconds = sc["wall_s"] * sc["in_flight"] / sc["problems"]
     assert shares["commit"] == pytest.approx(costs["commit_s"] / slot_seconds)
+    assert shares["handoff"] == pytest.approx(sc["handoff_s"] / slot_seconds)
+
+
+def test_handoff_is_the_wait_of_a_freed_slot():
+    # Two slots: problems 0 and 1 start at once; 2 starts 0.1 s after 1 ends, 3 starts 0.3 s after 0 ends.
+    timings = [
+        {"explore_started_at": 0.0, "explored_at": 5.0},
+        {"explore_started_at": 0.0, "explored_at": 3.0},
+        {"explore_started_at": 3.1, "explored_at": 8.0},
+        {"explore_started_at": 5.3, "explored_at": 9.0},
+    ]
+    assert handoff_s(timings, slots=2) == pytest.approx(0.2)  # the median of 0.1 and 0.3
+    assert handoff_s(timings[:2], slots=2) == 0.0  # nothing waited for a slot
 
 
 def test_free_length_run_sizes_itself_for_steady_state(cpu_engine, tmp_path):

@@ -60,19 +60,23 @@ def raw_params(config: RunConfig) -> dict[str, Any]:
     return params
 
 
+def prompts(explorer: EngineHandle, problems: list[Problem], config: RunConfig) -> dict[str, str]:
+    """Each problem's chat-templated prompt, as the explorer program builds it, by problem id."""
+    budget, thinking = config.explorer.max_tokens, config.thinking
+    return {p.id: explorer.prompt(p.problem, budget, thinking, p.id) for p in problems}
+
+
 def run_raw(
     explorer: EngineHandle, problems: list[Problem], config: RunConfig, slots: int
 ) -> list[ProblemRecord]:
     """Each problem's prompt as one `/generate` request with `n`=N, `slots` problems in flight."""
     params = raw_params(config)
-    prompts = {
-        p.id: explorer.prompt(p.problem, config.explorer.max_tokens, config.thinking, p.id) for p in problems
-    }
+    texts = prompts(explorer, problems, config)
     start = time.perf_counter()
 
     def solve(problem: Problem) -> ProblemRecord:
         started = time.perf_counter() - start
-        body = {"text": prompts[problem.id], "sampling_params": params}
+        body = {"text": texts[problem.id], "sampling_params": params}
         outputs = json.loads(post(explorer.url, "/generate", body))
         finished = time.perf_counter() - start
         outputs = outputs if isinstance(outputs, list) else [outputs]

@@ -32,7 +32,7 @@ from typing import Any
 
 from rich.table import Table
 
-from benchmarks.modes import raw_params
+from benchmarks.modes import prompts, raw_params
 from engine.launch import post
 from programs.core.config import RunConfig
 from programs.core.records import Problem
@@ -84,9 +84,8 @@ def fixed_costs(
     problem, n = pool[0], config.n
     one_token = replace(config, synthesize=False, explorer=replace(config.explorer, max_tokens=1))
     sc = Pipeline(one_token, explorer, None)
-    budget, thinking = config.explorer.max_tokens, config.thinking
-    prompt = explorer.prompt(problem.problem, budget, thinking, problem.id)
-    others = [explorer.prompt(p.problem, budget, thinking, p.id) for p in pool[1:in_flight]]
+    texts = prompts(explorer, pool[:in_flight], config)
+    prompt, others = texts[problem.id], [texts[p.id] for p in pool[1:in_flight]]
     commit = {"text": prompt, "sampling_params": {"max_new_tokens": 0}}
     one = {"text": prompt, "sampling_params": {"max_new_tokens": 1}}
     raw = {"text": prompt, "sampling_params": {"max_new_tokens": 1, "n": n}}
@@ -101,7 +100,7 @@ def fixed_costs(
 
     with steady_load(explorer, others or [prompt], config, in_flight - 1):
         costs = {
-            "prompt_s": timed(lambda: explorer.prompt(problem.problem, budget, thinking, "")),
+            "prompt_s": timed(lambda: prompts(explorer, [problem], config)),
             "commit_s": timed(lambda: post(explorer.url, "/generate", commit)),
             "request_s": (timed(separate, repeats=5) - timed(together, repeats=5)) / BURST,
             "sc_problem_s": timed(lambda: sc.explore(problem)),

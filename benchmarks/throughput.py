@@ -136,7 +136,11 @@ class Point:
         """What a saved result must match to be reused by a rerun."""
         return {
             "run": self.config.to_dict(),
-            **{k: v for k, v in asdict(self).items() if k not in ("name", "config")},
+            "reference_tokens": self.reference_tokens,
+            "max_in_flight": self.max_in_flight,
+            "rounds": self.rounds,
+            "limit": self.limit,
+            "seconds": self.seconds,
         }
 
 
@@ -307,7 +311,11 @@ def result_of(
             "dataset": args.dataset,
             "problem_ids": measured["problem_ids"],
             "slots": measured["slots"],
-            "engines": {"layout": engines.layout, **{r: asdict(getattr(engines, r)) for r in ROLES}},
+            "engines": {
+                "layout": engines.layout,
+                "frontend_cores": engines.frontend_cores,
+                **{r: asdict(getattr(engines, r)) for r in ROLES},
+            },
             "machine": machine(device),
         },
     }

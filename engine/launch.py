@@ -2,7 +2,8 @@
 
 `serve(engines, log_dir)` is the one entry point: it checks ports and model paths before launching,
 streams each server's log to `log_dir/<role>.log`, raises with the log's tail when a server dies or
-times out, and kills every process group it started on exit, Ctrl-C included.
+times out, moves this process onto the cores the plan leaves the frontend, and kills every process group
+it started on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import psutil
 
 from engine.layout import Engines
 from engine.ports import check_port_free, listeners
-from engine.spec import READY_TIMEOUT_S as READY_TIMEOUT_S  # rl's rollout engines wait this long
 from engine.spec import EngineError, EngineSpec, launch_command, launch_env
 
 logger = logging.getLogger(__name__)
@@ -202,8 +202,33 @@ def stop_stale(pid_file: Path) -> None:
 
 
 @contextlib.contextmanager
-def serve(engines: Engines, log_dir: Path) -> Iterator[Engines]:
-    """Make every engine in `engines` answer for the duration of the block, each within its `ready_timeout`."""
+def pinned(cores: tuple[int, ...]) -> Iterator[None]:
+    """Run this process on `cores` for the block (none: leave it be), then where it ran before.
+
+    Linux keeps the cores per thread and a new thread inherits its creator's, so every thread alive now is
+    moved, and those started inside the block (SGLang's frontend starts one per request) follow."""
+    if not cores:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    set_affinity(set(cores))
+    try:
+        yield
+    finally:
+        set_affinity(before)
+
+
+def set_affinity(cores: set[int]) -> None:
+    for thread in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended since the listing
+            os.sched_setaffinity(int(thread), cores)
+
+
+@contextlib.contextmanager
+def serve(engines: Engines, log_dir: Path, pin_frontend: bool = True) -> Iterator[Engines]:
+    """Make every engine in `engines` answer for the duration of the block, each within its `ready_timeout`,
+    with this process on the plan's `frontend_cores` unless `pin_frontend` is false (a process that does
+    more than drive these engines, such as a test session)."""
     for spec in (engines.explorer, engines.synthesizer):
         if not spec.launched:
             check_remote(spec)
@@ -219,7 +244,8 @@ def serve(engines: Engines, log_dir: Path) -> Iterator[Engines]:
                 wait_ready(*started[-1], spec.ready_timeout)
         for spec, process, log in started:
             wait_ready(spec, process, log, spec.ready_timeout)
-        yield engines
+        with pinned(engines.frontend_cores if pin_frontend else ()):
+            yield engines
     finally:
         for _, process, log in reversed(started):
             stop(process)

@@ -7,7 +7,9 @@ Layouts:
 - co-located: both engines on one GPU. `--mem-fraction-static` is a share of the memory *free when the
   process starts*, so the explorer launches first and the synthesizer's fraction is taken of what is left;
   the shares themselves are sized from the models and the GPU (`engine.sizing.colocated_shares`);
-- cpu: SGLang's CPU engine, each engine pinned to its own cores so two engines do not thrash.
+- cpu: SGLang's CPU engine, each engine pinned to its own cores so two engines do not thrash, and the frontend
+  (the process driving them: SGLang's frontend threads, tokenizing, HTTP) on the synthesizer's cores. The
+  explorer decodes N paths per problem to the synthesizer's one, so it is the engine that must not share.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class Engines:
     synthesizer: EngineSpec
     layout: str
     sequential: bool = False  # start the synthesizer only once the explorer is up (co-located GPU)
+    frontend_cores: tuple[int, ...] = ()  # cpu: where the process driving the engines runs (empty: anywhere)
 
     @property
     def to_launch(self) -> list[EngineSpec]:
@@ -102,7 +105,8 @@ def plan(
     cpu_count: int | None = None,
     gpu: GpuInfo | None = None,
 ) -> Engines:
-    """Plan engines for `config` on a machine with `gpus` GPUs (cuda) or `cpu_count` cores (cpu).
+    """Plan engines for `config` on a machine with `gpus` GPUs (cuda) or `cpu_count` cores (cpu; default: the
+    cores this process may run on).
 
     `gpu` (GPU 0's free memory and compute capability, `engine.gpu.probe_gpu`) sizes co-located engines and
     says whether deterministic mode keeps the prefix cache; without it the H100 split is planned unchecked."""
@@ -138,13 +142,14 @@ def plan(
     if not (explorer.launched and synthesizer.launched):
         return Engines(explorer, synthesizer, layout="remote")
     if device == "cpu":
-        cores = list(range(cpu_count or os.cpu_count() or 1))
+        cores = list(range(cpu_count)) if cpu_count else sorted(os.sched_getaffinity(0))
         half = max(1, len(cores) // 2)
         explorer_cores, synthesizer_cores = tuple(cores[:half]), tuple(cores[half:] or cores[:half])
         return Engines(
             replace(explorer, cpu_cores=explorer_cores),
             replace(synthesizer, cpu_cores=synthesizer_cores),
             layout="cpu",
+            frontend_cores=synthesizer_cores,
         )
     per_engine = config.tp * config.dp
     if gpus >= 2 * per_engine:

@@ -40,9 +40,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.launch import READY_TIMEOUT_S, stop, wait_ready
+from engine.launch import stop, wait_ready
 from engine.ports import free_port
-from engine.spec import launch_env
+from engine.spec import READY_TIMEOUT_S, launch_env
 from rl.gpu_ids import handle_for_gpu, nvml_uuids, server_gpu_env, visible_device_uuid
 from rl.recipe import OPENRLHF_CLI
 from rl.sglang_server import launch_tied, rollout_spec

@@ -54,5 +54,6 @@ def cpu_pair(offline_pair: OfflineModels, tmp_path_factory: pytest.TempPathFacto
         explorer_model=str(offline_pair.explorer), synthesizer_model=str(offline_pair.synthesizer)
     )
     engines = plan(config, device="cpu")
-    with serve(engines, tmp_path_factory.mktemp("pair-logs")) as running:
+    # The session runs more than the pair's frontend (model builds, other engines): it keeps all its cores.
+    with serve(engines, tmp_path_factory.mktemp("pair-logs"), pin_frontend=False) as running:
         yield running

@@ -1,6 +1,9 @@
 """Engine planning and launch commands: the GPU layouts cannot run here, so their arguments are checked."""
 
+import os
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -101,6 +104,7 @@ def test_cpu_engines_are_pinned_to_disjoint_cores():
     engines = plan(EngineConfig(explorer_model="/m/a", synthesizer_model="/m/b"), device="cpu", cpu_count=2)
     explorer, synthesizer = engines.to_launch
     assert (explorer.cpu_cores, synthesizer.cpu_cores) == ((0,), (1,))
+    assert engines.frontend_cores == (1,)
     cmd = launch_command(explorer)
     assert cmd[:3] == ["taskset", "-c", "0"]
     f = flags(cmd)
@@ -202,7 +206,6 @@ def test_the_online_confidence_stop_launches_the_explorer_streaming_every_8_toke
 def test_engines_wait_30_minutes_on_a_gpu_10_on_the_cpu_unless_told():
     assert EngineSpec(model="m").ready_timeout == READY_TIMEOUT_S == 1800
     assert EngineSpec(model="m", device="cpu").ready_timeout == CPU_READY_TIMEOUT_S == 600
-    assert launch.READY_TIMEOUT_S == READY_TIMEOUT_S  # rl's rollout engines import it from engine.launch
     told = cli.plan_engines(parse_args(["--ready-timeout", "3600"]), PAPER, "cuda", offline=None)
     assert told.explorer.ready_timeout == told.synthesizer.ready_timeout == 3600
 
@@ -237,3 +240,46 @@ def test_waiting_for_an_engine_says_how_long_and_what_it_is_doing(tmp_path, monk
     for report in reports:
         assert report.startswith(f"starting org/model on port {port}: ") and " s of 2 s; " in report
         assert report.endswith("model.safetensors: 80%")
+
+
+def test_cpu_layout_splits_the_cores_this_process_may_use():
+    engines = plan(EngineConfig(explorer_model="/m/a", synthesizer_model="/m/b"), device="cpu")
+    allowed = os.sched_getaffinity(0)
+    assert set(engines.explorer.cpu_cores) | set(engines.synthesizer.cpu_cores) == allowed
+    assert engines.frontend_cores == engines.synthesizer.cpu_cores
+
+
+def test_only_the_cpu_layout_places_the_frontend():
+    one = plan(EngineConfig(explorer_model="/m/a"), device="cpu")
+    split = plan(EngineConfig(explorer_model="a/b", synthesizer_model="c/d"), device="cuda", gpus=2)
+    assert one.frontend_cores == split.frontend_cores == ()
+
+
+def test_pinned_moves_every_thread_and_gives_the_cores_back():
+    before = os.sched_getaffinity(0)
+    if len(before) < 2:
+        pytest.skip("one core: pinning to it changes nothing that could be seen")
+    target = {max(before)}
+    seen: dict[str, set[int]] = {}
+    release = threading.Event()
+
+    def record(name: str) -> None:
+        seen[name] = os.sched_getaffinity(threading.get_native_id())
+        release.wait(10)
+        seen[f"{name} after"] = os.sched_getaffinity(threading.get_native_id())
+
+    older = threading.Thread(target=release.wait, args=(10,))
+    older.start()
+    with launch.pinned(tuple(target)):
+        assert os.sched_getaffinity(0) == target
+        assert os.sched_getaffinity(older.native_id) == target  # alive before the block: moved
+        newer = threading.Thread(target=record, args=("newer",))
+        newer.start()
+        while "newer" not in seen:
+            time.sleep(0.01)
+        assert seen["newer"] == target  # started inside: inherits
+    assert os.sched_getaffinity(older.native_id) == before
+    release.set()
+    newer.join()
+    older.join()
+    assert os.sched_getaffinity(0) == before and seen["newer after"] == before

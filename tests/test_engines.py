@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,7 +33,9 @@ def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model
     config = EngineConfig(explorer_model=str(tiny_model), synthesizer_model=str(other), port=port)
     engines = plan(config, device="cpu", cpu_count=2)
     assert engines.layout == "cpu" and len(engines.to_launch) == 2
+    cores_before = os.sched_getaffinity(0)
     with serve(engines, tmp_path / "logs") as running:
+        assert os.sched_getaffinity(0) == set(engines.synthesizer.cpu_cores)  # the frontend, off the explorer
         assert model_info(running.explorer)["model_path"] == str(tiny_model)
         assert model_info(running.synthesizer)["model_path"] == str(other)
         sampling = SamplingConfig(max_tokens=16)
@@ -44,6 +47,7 @@ def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model
         assert stages[0] is not stages[1] and stages[0].backend.base_url != stages[1].backend.base_url
         Pipeline(run, *stages).run([Problem("x", "What is 2 + 2?", "4")], records.append)
         assert len(records) == 1 and records[0].synthesizer.completion_tokens > 0
+    assert os.sched_getaffinity(0) == cores_before
     assert {p.name for p in (tmp_path / "logs").iterdir()} == {"explorer.log", "synthesizer.log"}
     for spec in engines.to_launch:  # nothing listens any more: raises if a server survived
         check_port_free(spec.host, spec.port)

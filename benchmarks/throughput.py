@@ -23,6 +23,8 @@ problem, fork's prefix commit (one more HTTP round trip, waited for before the p
 instead of one request with n=N (each parsed and re-tokenized by the engine), the frontend's threads, and the
 time a freed slot waits for its next problem's prompt. Every one is a fixed cost per problem, so its share of
 the time falls as paths get longer; the README's table gives each item's measured share at each swept length.
+Each mode also records the CPU seconds this process (the frontend) and every local engine's processes used
+(`cpu_s`: scheduler, server, detokenizer; `engine.cpu_use`), so where a core's time went is read, not guessed.
 """
 
 from __future__ import annotations
@@ -33,17 +35,20 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import median, median_low
 from typing import Any
 
+import psutil
 from rich.table import Table
 
 from benchmarks.cost import TABLE4_4B_TO_8B
 from benchmarks.modes import MODES, PaperSizedReferences, run_raw, run_two_phase, summarize
 from benchmarks.overhead import budget_table, fixed_costs, shares
 from benchmarks.sweep import SWEEPS, plot_sweep, sweep_table, sweep_values
+from engine.cpu_use import cpu_seconds, local_server
 from engine.launch import EngineError, flush_cache, serve
 from engine.layout import Engines
 from programs import cli
@@ -223,6 +228,26 @@ def problem_count(
     return min(wanted, len(pool))
 
 
+def cpu_meter(handles: tuple[EngineHandle, EngineHandle]) -> Callable[[], dict[str, float]]:
+    """A reading of the CPU seconds used so far by this process (the frontend) and by each local engine's
+    processes, by role and kind ("explorer scheduler"). An engine serving both roles is read once, as the
+    explorer; a remote one is not read."""
+    servers: dict[str, psutil.Process] = {}
+    for role, handle in zip(ROLES, handles, strict=True):
+        server = local_server(handle.url)
+        if server is not None and server.pid not in {s.pid for s in servers.values()}:
+            servers[role] = server
+
+    def read() -> dict[str, float]:
+        frontend = psutil.Process().cpu_times()
+        used = {"frontend": frontend.user + frontend.system}
+        for role, server in servers.items():
+            used.update({f"{role} {kind}": seconds for kind, seconds in cpu_seconds(server).items()})
+        return used
+
+    return read
+
+
 def measure_point(
     point: Point, pool: list[Problem], handles: tuple[EngineHandle, EngineHandle], output: Path
 ) -> dict[str, Any]:
@@ -249,6 +274,7 @@ def measure_point(
     output.mkdir(parents=True, exist_ok=True)
     sinks = {mode: (output / f"{mode}.jsonl").open("w", encoding="utf-8") for mode in MODES}
     rounds: list[dict[str, Any]] = []
+    cpu = cpu_meter(handles)
     try:
         for index in range(point.rounds):
             figures = {}
@@ -257,12 +283,15 @@ def measure_point(
                     flush_cache(url)
                 console.print(f"{point.name} round {index + 1}/{point.rounds}: {mode}, {len(problems)} problems, "
                               f"{slots[0]} in flight ...")  # fmt: skip
+                before = cpu()
                 records, wall_s = run_mode(mode, pipelines, problems, slots)
+                after = cpu()
                 sinks[mode].writelines(
                     json.dumps({"round": index, **r.to_json()}, ensure_ascii=False) + "\n" for r in records
                 )
                 sinks[mode].flush()
                 figures[mode] = summarize(records, wall_s, slots[0])
+                figures[mode]["cpu_s"] = {key: after[key] - before.get(key, 0.0) for key in after}
             rounds.append(figures)
     finally:
         for sink in sinks.values():
@@ -353,6 +382,7 @@ def mode_column(m: dict[str, Any], raw: dict[str, Any]) -> dict[str, str]:
         "wall (s)": f"{m['wall_s']:.1f}",
         "explorer cache hit": f"{m['explorer_cache_hit_ratio']:.1%}",
         "explore / synth time": "{explore:.0%} / {synthesize:.0%}".format(**m["stage_share"]),
+        **{f"CPU cores: {key}": f"{seconds / m['wall_s']:.2f}" for key, seconds in m["cpu_s"].items()},
     }
 
 

@@ -71,6 +71,19 @@ def test_json_holds_medians_ranges_and_every_round(fixed_run):
     assert result["modes"]["sc"]["stage_share"]["synthesize"] == 0
 
 
+def test_each_mode_records_where_the_cpu_time_went(fixed_run):
+    """One local engine serves both roles here, so it is read once, as the explorer, next to the frontend."""
+    result = json.loads((fixed_run / "throughput.json").read_text())
+    kinds = {"frontend", "explorer server", "explorer scheduler", "explorer detokenizer"}
+    every_mode = [r[mode]["cpu_s"] for r in result["rounds"] for mode in MODES]
+    for used in every_mode:
+        assert set(used) == kinds and all(seconds >= 0 for seconds in used.values())
+        assert used["explorer scheduler"] > 0  # the model's work: well above the clock's 10 ms tick
+    assert sum(used["frontend"] for used in every_mode) > 0  # one mode's may be under a tick
+    rounds = [r["sc"]["cpu_s"]["explorer scheduler"] for r in result["rounds"]]
+    assert result["modes"]["sc"]["cpu_s"]["explorer scheduler"] == pytest.approx(sum(rounds) / 2)
+
+
 def test_explorer_prompts_are_prefilled_once_per_problem(fixed_run):
     result = json.loads((fixed_run / "throughput.json").read_text())
     assert result["explorer_cache_hit_ratio"] > 0.9

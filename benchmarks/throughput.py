@@ -382,7 +382,10 @@ def mode_column(m: dict[str, Any], raw: dict[str, Any]) -> dict[str, str]:
         "wall (s)": f"{m['wall_s']:.1f}",
         "explorer cache hit": f"{m['explorer_cache_hit_ratio']:.1%}",
         "explore / synth time": "{explore:.0%} / {synthesize:.0%}".format(**m["stage_share"]),
-        **{f"CPU cores: {key}": f"{seconds / m['wall_s']:.2f}" for key, seconds in m["cpu_s"].items()},
+        # (a result saved before CPU time was recorded has none)
+        **{
+            f"CPU cores: {key}": f"{seconds / m['wall_s']:.2f}" for key, seconds in m.get("cpu_s", {}).items()
+        },
     }
 
 

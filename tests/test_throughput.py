@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from benchmarks.modes import MODES, handoff_s
-from benchmarks.throughput import PROBLEMS_PER_SLOT, RATIOS, SYNTHESIS_SHARE, main
+from benchmarks.throughput import PROBLEMS_PER_SLOT, RATIOS, SYNTHESIS_SHARE, main, table
 
 N, EXPLORER_TOKENS, SYNTHESIZER_TOKENS, PROBLEMS, ROUNDS, IN_FLIGHT = 4, 24, 12, 4, 2, 2
 
@@ -82,6 +82,11 @@ def test_each_mode_records_where_the_cpu_time_went(fixed_run):
     assert sum(used["frontend"] for used in every_mode) > 0  # one mode's may be under a tick
     rounds = [r["sc"]["cpu_s"]["explorer scheduler"] for r in result["rounds"]]
     assert result["modes"]["sc"]["cpu_s"]["explorer scheduler"] == pytest.approx(sum(rounds) / 2)
+    rows = table(result).columns[0].cells
+    assert {f"CPU cores: {kind}" for kind in kinds} <= set(rows)
+    for figures in result["modes"].values():  # a result saved before CPU time was recorded still prints
+        del figures["cpu_s"]
+    assert not any(row.startswith("CPU") for row in table(result).columns[0].cells)
 
 
 def test_explorer_prompts_are_prefilled_once_per_problem(fixed_run):

@@ -228,15 +228,11 @@ def problem_count(
     return min(wanted, len(pool))
 
 
-def cpu_meter(handles: tuple[EngineHandle, EngineHandle]) -> Callable[[], dict[str, float]]:
+def cpu_meter(roles: dict[str, str]) -> Callable[[], dict[str, float]]:
     """A reading of the CPU seconds used so far by this process (the frontend) and by each local engine's
-    processes, by role and kind ("explorer scheduler"). An engine serving both roles is read once, as the
-    explorer; a remote one is not read."""
-    servers: dict[str, psutil.Process] = {}
-    for role, handle in zip(ROLES, handles, strict=True):
-        server = local_server(handle.url)
-        if server is not None and server.pid not in {s.pid for s in servers.values()}:
-            servers[role] = server
+    processes, by role and kind ("explorer scheduler"). `roles` maps each engine's URL to the first role it
+    serves, so an engine serving both is read once, as the explorer; a remote one is not read."""
+    servers = {role: server for url, role in roles.items() if (server := local_server(url)) is not None}
 
     def read() -> dict[str, float]:
         frontend = psutil.Process().cpu_times()
@@ -270,16 +266,18 @@ def measure_point(
             f"[yellow]warning:[/] {len(problems)} problems for {slots[0]} in flight: fewer than "
             f"{PROBLEMS_PER_SLOT} per slot, so the run ends before steady state"
         )
-    urls = list(dict.fromkeys(handle.url for handle in handles))
+    roles: dict[str, str] = {}  # each engine's URL, with the first role it serves
+    for role, handle in zip(ROLES, handles, strict=True):
+        roles.setdefault(handle.url, role)
     output.mkdir(parents=True, exist_ok=True)
     sinks = {mode: (output / f"{mode}.jsonl").open("w", encoding="utf-8") for mode in MODES}
     rounds: list[dict[str, Any]] = []
-    cpu = cpu_meter(handles)
+    cpu = cpu_meter(roles)
     try:
         for index in range(point.rounds):
             figures = {}
             for mode in MODES:
-                for url in urls:
+                for url in roles:
                     flush_cache(url)
                 console.print(f"{point.name} round {index + 1}/{point.rounds}: {mode}, {len(problems)} problems, "
                               f"{slots[0]} in flight ...")  # fmt: skip
@@ -291,7 +289,7 @@ def measure_point(
                 )
                 sinks[mode].flush()
                 figures[mode] = summarize(records, wall_s, slots[0])
-                figures[mode]["cpu_s"] = {key: after[key] - before.get(key, 0.0) for key in after}
+                figures[mode]["cpu_s"] = {key: after[key] - before[key] for key in after}
             rounds.append(figures)
     finally:
         for sink in sinks.values():

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from engine.ports import listeners
+from engine.spec import is_server
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 # SGLang titles its workers sglang::scheduler (_TP0 ... with parallelism), sglang::detokenizer, ...
@@ -29,7 +30,7 @@ def local_server(url: str) -> psutil.Process | None:
     for pid in sorted(listeners(parts.port)):
         with contextlib.suppress(psutil.Error):
             process = psutil.Process(pid)
-            if "sglang.launch_server" in process.cmdline():
+            if is_server(process):
                 return process
     return None
 

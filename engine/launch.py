@@ -26,7 +26,7 @@ import psutil
 
 from engine.layout import Engines
 from engine.ports import check_port_free, listeners
-from engine.spec import EngineError, EngineSpec, launch_command, launch_env
+from engine.spec import EngineError, EngineSpec, is_server, launch_command, launch_env
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def stop_stale(pid_file: Path) -> None:
         return
     with contextlib.suppress(ValueError, psutil.Error):
         process = psutil.Process(int(pid_file.read_text()))
-        if "sglang.launch_server" in process.cmdline():
+        if is_server(process):
             logger.warning("stopping engine %d, left running by an earlier run of this folder", process.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)

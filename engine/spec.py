@@ -10,11 +10,16 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psutil
 
 # A pure-PyTorch stand-in for SGLang's CUDA-only kernel wheel; put on the CPU server's path only.
 CPU_KERNEL_DIR = Path(__file__).resolve().parent / "cpu_kernel"
 
 DEVICES = ("cuda", "cpu")
+SERVER_MODULE = "sglang.launch_server"  # what `launch_command` runs, and how its processes are recognised
 # SGLang's CPU engine, as these machines run it (the one place its defaults live):
 # SGLang binds its inter-process ZMQ sockets as files in the temporary directory, and a unix socket path holds at
 # most 107 bytes: past this directory length a server cannot start, so it gets a short one instead.
@@ -93,7 +98,7 @@ def launch_command(spec: EngineSpec, python: str = sys.executable) -> list[str]:
     """The argv that starts `spec` as an SGLang HTTP server."""
     if not spec.launched:
         raise ValueError(f"{spec.base_url} is a remote engine; nothing to launch")
-    args = [python, "-m", "sglang.launch_server", "--model-path", spec.model]
+    args = [python, "-m", SERVER_MODULE, "--model-path", spec.model]
     args += ["--host", spec.host, "--port", str(spec.port), "--device", spec.device]
     optional = {
         "--tp-size": spec.tp if spec.tp > 1 else None,
@@ -115,6 +120,12 @@ def launch_command(spec: EngineSpec, python: str = sys.executable) -> list[str]:
     if spec.device == "cpu" and spec.cpu_cores:
         args = ["taskset", "-c", ",".join(map(str, spec.cpu_cores)), *args]
     return args
+
+
+def is_server(process: psutil.Process) -> bool:
+    """Whether `process` is an SGLang server as `launch_command` starts one (a pid alone may have been reused,
+    and a port may be held by a gateway or anything else)."""
+    return SERVER_MODULE in process.cmdline()
 
 
 def launch_env(spec: EngineSpec, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -7,11 +7,12 @@ import socket
 
 from engine.cpu_use import KINDS, cpu_seconds, local_server
 from engine.launch import post
+from engine.spec import is_server
 
 
 def test_the_local_engine_is_found_from_its_url_and_its_scheduler_does_the_decoding(cpu_engine):
     server = local_server(cpu_engine.explorer.base_url)
-    assert server is not None and "sglang.launch_server" in server.cmdline()
+    assert server is not None and is_server(server)
     before = cpu_seconds(server)
     assert set(before) == set(KINDS)
     body = {"text": "What is 2 + 3?", "sampling_params": {"max_new_tokens": 64, "ignore_eos": True}}

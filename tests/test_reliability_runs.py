@@ -19,7 +19,7 @@ import pytest
 from engine.launch import EngineError, stop_stale, wait_ready
 from engine.layout import EngineConfig, plan
 from engine.ports import check_port_free, listeners
-from engine.spec import launch_command, launch_env
+from engine.spec import SERVER_MODULE, launch_command, launch_env
 from programs import cli
 from programs.a2r import main
 from programs.core.jsonl import RecordFile, RecordsError
@@ -74,7 +74,7 @@ def engine_processes(port: int) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if "sglang.launch_server" in cmdline and str(port) in cmdline:
+        if SERVER_MODULE in cmdline and str(port) in cmdline:
             found += [process, *process.children(recursive=True)]
     return found
 
@@ -305,7 +305,7 @@ def test_a_stale_engine_of_the_run_folder_is_stopped_and_nothing_else_is(tmp_pat
         code = "import time; time.sleep(600)"
         return subprocess.Popen([sys.executable, "-c", code, *tag], start_new_session=True)
 
-    stale, unrelated = sleeper("sglang.launch_server"), sleeper("something-else")
+    stale, unrelated = sleeper(SERVER_MODULE), sleeper("something-else")
     try:
         for process, name in ((stale, "explorer.pid"), (unrelated, "synthesizer.pid")):
             (tmp_path / name).write_text(f"{process.pid}\n")

@@ -231,8 +231,13 @@ def problem_count(
 def cpu_meter(roles: dict[str, str]) -> Callable[[], dict[str, float]]:
     """A reading of the CPU seconds used so far by this process (the frontend) and by each local engine's
     processes, by role and kind ("explorer scheduler"). `roles` maps each engine's URL to the first role it
-    serves, so an engine serving both is read once, as the explorer; a remote one is not read."""
-    servers = {role: server for url, role in roles.items() if (server := local_server(url)) is not None}
+    serves: an engine serving both roles, even at two spellings of its URL, is read once, as the explorer; a
+    remote one is not read."""
+    servers: dict[str, psutil.Process] = {}
+    for url, role in roles.items():
+        server = local_server(url)
+        if server is not None and server.pid not in {s.pid for s in servers.values()}:
+            servers[role] = server
 
     def read() -> dict[str, float]:
         frontend = psutil.Process().cpu_times()

@@ -13,7 +13,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from benchmarks.modes import MODES, handoff_s
-from benchmarks.throughput import PROBLEMS_PER_SLOT, RATIOS, SYNTHESIS_SHARE, main, table
+from benchmarks.throughput import PROBLEMS_PER_SLOT, RATIOS, SYNTHESIS_SHARE, cpu_meter, main, table
+from engine.cpu_use import KINDS
 
 N, EXPLORER_TOKENS, SYNTHESIZER_TOKENS, PROBLEMS, ROUNDS, IN_FLIGHT = 4, 24, 12, 4, 2, 2
 
@@ -87,6 +88,14 @@ def test_each_mode_records_where_the_cpu_time_went(fixed_run):
     for figures in result["modes"].values():  # a result saved before CPU time was recorded still prints
         del figures["cpu_s"]
     assert not any(row.startswith("CPU") for row in table(result).columns[0].cells)
+
+
+def test_an_engine_reached_at_two_urls_is_read_once(cpu_engine):
+    url = cpu_engine.explorer.base_url
+    other = url.replace("127.0.0.1", "localhost")
+    assert other != url
+    reading = cpu_meter({url: "explorer", other: "synthesizer"})()
+    assert set(reading) == {"frontend", *(f"explorer {kind}" for kind in KINDS)}
 
 
 def test_explorer_prompts_are_prefilled_once_per_problem(fixed_run):

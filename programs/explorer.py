@@ -37,7 +37,8 @@ class Watch:
     streamed and stops alone once its recent tokens fall below the confidence threshold the first replies
     set. A stopped path stays stopped, out of the vote and the synthesis, even when it finished on its own
     while its abort was in flight (its finish reason then says `stop` or `length`): the decision is the one a
-    replay in the observed finish order makes.
+    replay in the observed finish order makes. A streamed path's last chunk ends it, so that chunk never
+    stops it.
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class Watch:
         self.started = time.perf_counter()
         self.finished_s: dict[int, float] = {}
         self.answers: list[str | None] = []  # of the paths that finished unstopped, in finish order
-        self.stopped: dict[int, tuple[str, float]] = {}  # path -> (what stopped it, when)
+        self.stopped: dict[int, tuple[str, float, int | None]] = {}  # path -> (by what, when, after tokens)
         self.warm: list[float] = []  # lowest group confidences of the first paths to finish
         self.threshold: float | None = None
         self.confidences: dict[int, list[float]] = {i: [] for i in range(len(rids))}  # per decoded token
@@ -93,6 +94,8 @@ class Watch:
             recent = self._decoded(index, meta)[-window:]
             if index in self.stopped or self.threshold is None or len(recent) < window:
                 return
+            if meta.get("finish_reason") is not None:  # the path has ended: nothing left to stop
+                return
             if sum(recent) / window >= self.threshold:
                 return
             self._stop([index], "confidence")
@@ -106,13 +109,21 @@ class Watch:
         return self.confidences[index]
 
     def _stop(self, paths: list[int], by: str) -> None:
+        """Mark `paths` stopped, with the tokens each had streamed (the engine decodes more while the abort
+        is in flight, so the record's `completion_tokens` may be higher)."""
         when = self.now()
-        self.stopped.update((i, (by, when)) for i in paths)
+        for i in paths:
+            self.stopped[i] = (by, when, len(self.confidences[i]) if self.online is not None else None)
 
     def record(self, index: int, path: PathRecord) -> PathRecord:
-        by, when = self.stopped.get(index, (None, None))
+        by, when, after = self.stopped.get(index, (None, None, None))
         return replace(
-            path, finished_s=self.finished_s.get(index), stopped_by=by, stopped_s=when, kept=by is None
+            path,
+            finished_s=self.finished_s.get(index),
+            stopped_by=by,
+            stopped_s=when,
+            stopped_after=after,
+            kept=by is None,
         )
 
 

@@ -229,7 +229,19 @@ def test_online_stop_sets_its_threshold_from_the_first_replies_and_stops_a_path_
     watch.on_progress(3)({"output_top_logprobs": top([0.1] * 3 + [2.5] * 4)})  # recent window above
     watch.on_progress(2)({"output_top_logprobs": top([0.1] * 8 + [2.5])})  # recent window below
     assert aborted == [watch.rids[2]]
-    assert watch.stopped[2][0] == "confidence" and 3 not in watch.stopped
+    by, _, after = watch.stopped[2]
+    assert by == "confidence" and after == 9 and 3 not in watch.stopped  # 9: the tokens it had streamed
+
+
+def test_a_paths_last_chunk_does_not_stop_it():
+    """The last chunk carries the finish reason: the path has ended, so a low final window cannot stop it
+    (it would be recorded as stopped although nothing was cut)."""
+    aborted: list[str] = []
+    watch = Watch(request_ids(3), None, aborted.append, OnlineStop(keep=0.5, warmup=2, window=4))
+    watch.on_reply(0)("", {"output_top_logprobs": top([3.0] * 6)})
+    watch.on_reply(1)("", {"output_top_logprobs": top([1.0] * 6)})
+    watch.on_progress(2)({"output_top_logprobs": top([0.1] * 8), "finish_reason": {"type": "length"}})
+    assert not aborted and not watch.stopped
 
 
 def test_online_stop_refuses_what_cannot_stop_a_path():
@@ -253,6 +265,8 @@ def test_online_confidence_stops_paths_on_the_real_engine(cpu_engine):
             if path.stopped_by is not None:
                 assert path.stopped_by == "confidence" and not path.kept
                 assert path.stopped_s >= finished[online.warmup - 1]  # never before the threshold is set
-                assert online.window <= path.completion_tokens < 512
+                # Decided on a full window, before the end; the engine may decode on until the abort lands.
+                assert online.window <= path.stopped_after < 512
+                assert path.stopped_after <= path.completion_tokens
                 stopped.append(path)
     assert stopped  # the threshold keeps 90% of paths like the first: over 24 paths some fall below

@@ -36,7 +36,7 @@ def grade(gold: str, answer: str | None, label: str = "") -> bool | None:
     return is_equivalent(gold, answer, label=label) if gold else None
 
 
-ADAPTIVE_PATH_FIELDS = ("confidence", "finished_s", "stopped_by", "stopped_s", "kept")
+ADAPTIVE_PATH_FIELDS = ("confidence", "finished_s", "stopped_by", "stopped_s", "stopped_after", "kept")
 UNANIMOUS = "unanimous"  # a synthesis skipped because every kept path agreed
 
 
@@ -64,6 +64,7 @@ class PathRecord:
     finished_s: float | None = None  # when its reply came back, seconds since its exploration began
     stopped_by: str | None = None  # the stop policy that ended it early; None when it ran to its end
     stopped_s: float | None = None  # when the policy stopped it
+    stopped_after: int | None = None  # tokens it had streamed by then; None when it was not streamed
     kept: bool = True  # in the vote and the synthesis (a stop policy or the confidence filter can drop it)
 
     @classmethod

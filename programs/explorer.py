@@ -91,12 +91,10 @@ class Watch:
         assert self.online is not None
         window = self.online.window
         with self._lock:
+            if index in self.stopped or meta.get("finish_reason") is not None:
+                return  # stopped already, or ended with this chunk: nothing left to decide
             recent = self._decoded(index, meta)[-window:]
-            if index in self.stopped or self.threshold is None or len(recent) < window:
-                return
-            if meta.get("finish_reason") is not None:  # the path has ended: nothing left to stop
-                return
-            if sum(recent) / window >= self.threshold:
+            if self.threshold is None or len(recent) < window or sum(recent) / window >= self.threshold:
                 return
             self._stop([index], "confidence")
         self.abort(self.rids[index])

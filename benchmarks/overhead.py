@@ -33,6 +33,7 @@ from typing import Any
 from rich.table import Table
 
 from benchmarks.modes import prompts, raw_params
+from engine.endpoint import PREFILL_TOP_K
 from engine.launch import post
 from programs.core.config import RunConfig
 from programs.core.records import Problem
@@ -86,9 +87,13 @@ def fixed_costs(
     sc = Pipeline(one_token, explorer, None)
     texts = prompts(explorer, pool[:in_flight], config)
     prompt, others = texts[problem.id], [texts[p.id] for p in pool[1:in_flight]]
-    commit = {"text": prompt, "sampling_params": {"max_new_tokens": 0}}
-    one = {"text": prompt, "sampling_params": {"max_new_tokens": 1}}
-    raw = {"text": prompt, "sampling_params": {"max_new_tokens": 1, "n": n}}
+    # The run's sampling, and the commit's top-k as `PathEndpoint` sends it: one request without a top-k
+    # would slow every decode step of the load it is timed against (see engine.endpoint.PREFILL_TOP_K).
+    sampling = {**raw_params(config), "max_new_tokens": 1}
+    sampling.pop("n")
+    commit = {"text": prompt, "sampling_params": {"max_new_tokens": 0, "top_k": PREFILL_TOP_K}}
+    one = {"text": prompt, "sampling_params": sampling}
+    raw = {"text": prompt, "sampling_params": {**sampling, "n": n}}
     post(explorer.url, "/generate", commit)  # cached from here on, as in every fork after its commit
 
     def separate() -> None:  # BURST requests at once, as fork sends its paths
@@ -96,7 +101,7 @@ def fixed_costs(
             list(threads.map(lambda _: post(explorer.url, "/generate", one), range(BURST)))
 
     def together() -> None:  # the same BURST sequences as one request
-        post(explorer.url, "/generate", {**one, "sampling_params": {"max_new_tokens": 1, "n": BURST}})
+        post(explorer.url, "/generate", {**one, "sampling_params": {**sampling, "n": BURST}})
 
     with steady_load(explorer, others or [prompt], config, in_flight - 1):
         costs = {

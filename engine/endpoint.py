@@ -28,6 +28,10 @@ RID_VAR = "rid"
 ON_REPLY_VAR = "on_reply"  # called with (text, meta_info) when the engine answers, in the path's thread
 ON_PROGRESS_VAR = "on_progress"  # if set, the path streams and this sees each chunk's (cumulative) meta_info
 RID_END = "."  # closes every request id: SGLang aborts by prefix, and no id ending here prefixes another
+# A top-k for requests that only prefill. Without one SGLang takes top-k as "all", and a batch holding such a
+# request samples every one of its requests by sorting the whole vocabulary instead of taking the top k;
+# filtering the finished request out of the batch does not undo that (SamplingBatchInfo.max_top_k).
+PREFILL_TOP_K = 1
 # Prompts whose replica is remembered. Forgetting one costs its next request the cached prefix, never its
 # answer; this is far more than the problems a run keeps in flight.
 PINNED_PROMPTS = 4096
@@ -80,6 +84,8 @@ class PathEndpoint(RuntimeEndpoint):
         # The one hook `RuntimeEndpoint.generate`, `generate_stream` and the prefix commit of `fork` call with
         # both the stream and the request body.
         super()._add_images(s, data)
+        if data["sampling_params"].get("max_new_tokens") == 0:  # the prefix commit: it decodes nothing
+            data["sampling_params"].setdefault("top_k", PREFILL_TOP_K)
         seed, rid = s.variables.get(SEED_VAR), s.variables.get(RID_VAR)
         if seed is not None:
             data["sampling_params"]["sampling_seed"] = int(seed)

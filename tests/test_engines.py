@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from engine.endpoint import PINNED_PROMPTS, DpRanks, PathEndpoint
+from engine.endpoint import PINNED_PROMPTS, PREFILL_TOP_K, DpRanks, PathEndpoint
 from engine.launch import model_info, serve, server_info
 from engine.layout import EngineConfig, plan
 from engine.ports import check_port_free
@@ -133,6 +133,15 @@ def test_an_engine_without_replicas_gets_no_rank():
     with stand_in_engine({"dp_size": 1}) as (url, bodies):
         sent = explore(PathEndpoint(url), bodies, "Problem A")
     assert len(sent) == 4 and not any("routed_dp_rank" in b for b in sent)
+
+
+def test_the_prefix_commit_names_a_top_k_and_the_paths_keep_theirs():
+    """A request without a top-k would make SGLang sort the whole vocabulary for every request of its batch,
+    long after the commit itself has finished."""
+    with stand_in_engine({"dp_size": 1}) as (url, bodies):
+        commit, *paths = explore(PathEndpoint(url), bodies, "Problem A")
+    assert commit["sampling_params"] == {"max_new_tokens": 0, "top_k": PREFILL_TOP_K}
+    assert [b["sampling_params"]["top_k"] for b in paths] == [SamplingConfig(max_tokens=8).top_k] * 3
 
 
 def test_replica_choice_is_round_robin_and_forgets_only_the_oldest_prompts():

@@ -66,6 +66,7 @@ PAPER_REFERENCE_TOKENS = (TABLE4_4B_TO_8B["synthesizer_in"] - TABLE4_4B_TO_8B["e
 SYNTHESIS_SHARE = TABLE4_4B_TO_8B["synthesizer_out"] / TABLE4_4B_TO_8B["explorer_out"]
 ROLES = ("explorer", "synthesizer")
 PROBLEMS_PER_SLOT = 4  # problems per in-flight slot: enough that syntheses overlap later explorations
+STEADY = 0.05  # a ratio whose rounds all lie within this share of their median is steady
 # Ratios taken within each round: tokens/s of the first mode over the second's, and the pipeline's time to
 # answer and wall time against the two-phase batch on the same work.
 RATIOS = {
@@ -414,6 +415,16 @@ def ratio_line(result: dict[str, Any]) -> str:
     )
 
 
+def unsteady(result: dict[str, Any]) -> list[str]:
+    """The ratios with a round further than STEADY from their median. The modes of a round run one after
+    another, so such a range tells of the machine's speed (or of free-length sampling) more than of the modes."""
+    return [
+        name
+        for name, r in result["ratios"].items()
+        if not (1 - STEADY) * r["median"] <= r["min"] <= r["max"] <= (1 + STEADY) * r["median"]
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     return cli.run_main(run, parse_args(argv))
 
@@ -456,6 +467,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         cli.show(table(ordered[0]))
         console.print(ratio_line(ordered[0]))
+    for name, result in zip([p.name for p in todo], ordered, strict=True):
+        if wide := unsteady(result):
+            console.print(
+                f"[yellow]note:[/] {name}: {', '.join(wide)} moved more than ±{STEADY:.0%} between rounds. The "
+                "modes of a round run one after another, so a change in the machine's speed (or, at free length, "
+                "in the paths sampled) shows here: read the medians, or measure again on an idle machine"
+            )
     cli.show(budget_table(ordered))
     written = [f"sweep-{args.sweep}.json", f"sweep-{args.sweep}.png"] if args.sweep else ["throughput.json"]
     console.print(f"results: {', '.join(str(output / name) for name in written)}")

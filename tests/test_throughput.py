@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from benchmarks.modes import MODES, handoff_s
-from benchmarks.throughput import PROBLEMS_PER_SLOT, RATIOS, SYNTHESIS_SHARE, cpu_meter, main, table
+from benchmarks.throughput import PROBLEMS_PER_SLOT, RATIOS, SYNTHESIS_SHARE, cpu_meter, main, table, unsteady
 from engine.cpu_use import KINDS
 
 N, EXPLORER_TOKENS, SYNTHESIZER_TOKENS, PROBLEMS, ROUNDS, IN_FLIGHT = 4, 24, 12, 4, 2, 2
@@ -165,6 +165,17 @@ def test_the_overhead_budget_is_measured_on_the_engine(fixed_run):
     slot_seconds = sc["wall_s"] * sc["in_flight"] / sc["problems"]
     assert shares["commit"] == pytest.approx(costs["commit_s"] / slot_seconds)
     assert shares["handoff"] == pytest.approx(sc["handoff_s"] / slot_seconds)
+
+
+def test_ratios_whose_rounds_leave_five_percent_of_their_median_are_named():
+    def ratio(low: float, high: float) -> dict[str, float]:
+        return {"median": 1.0, "min": low, "max": high}
+
+    result = {
+        "ratios": {"steady": ratio(0.95, 1.05), "slow round": ratio(0.94, 1.0), "fast": ratio(1.0, 1.06)}
+    }
+    assert unsteady(result) == ["slow round", "fast"]
+    assert unsteady({"ratios": {"one round": ratio(1.0, 1.0)}}) == []
 
 
 def test_handoff_is_the_wait_of_a_freed_slot():

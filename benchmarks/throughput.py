@@ -467,10 +467,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         cli.show(table(ordered[0]))
         console.print(ratio_line(ordered[0]))
-    for name, result in zip([p.name for p in todo], ordered, strict=True):
-        if wide := unsteady(result):
+    for p in todo:
+        if wide := unsteady(results[p.name]):
             console.print(
-                f"[yellow]note:[/] {name}: {', '.join(wide)} moved more than ±{STEADY:.0%} between rounds. The "
+                f"[yellow]note:[/] {p.name}: {', '.join(wide)} moved more than ±{STEADY:.0%} between rounds. The "
                 "modes of a round run one after another, so a change in the machine's speed (or, at free length, "
                 "in the paths sampled) shows here: read the medians, or measure again on an idle machine"
             )

@@ -26,10 +26,21 @@ from programs.explorer import Watch, run_explorer
 from programs.pipeline import Pipeline
 
 BUDGET = 2000  # far above any path the offline explorer writes, so a path below it was stopped, not cut
+SNAPSHOT_S = 2.0  # ample for the engine's next load snapshot (see running_once_settled)
 
 
 def running_requests(url: str) -> int:
     return sum(load["num_running_reqs"] for load in get_json(f"{url}/v1/loads")["loads"])
+
+
+def running_once_settled(url: str) -> int:
+    """The engine's running requests once its next load snapshot is out. SGLang publishes one every 15 decode
+    steps and when it goes idle, which it does only after sending the last replies, so a reading taken the
+    moment they arrive can still show them running. A path left decoding after its abort would outlast this."""
+    deadline = time.monotonic() + SNAPSHOT_S
+    while (running := running_requests(url)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return running
 
 
 def test_request_ids_never_prefix_one_another():
@@ -77,7 +88,7 @@ def test_a_stop_ends_decoding_on_the_engine_and_keeps_what_the_paths_wrote(cpu_e
     paths = run_explorer(
         handle.backend, prompt, SamplingConfig(BUDGET), list(range(6)), StopPolicy.parse("first:1")
     )
-    assert running_requests(handle.url) == 0
+    assert running_once_settled(handle.url) == 0
     kept = [p for p in paths if p.kept]
     stopped = [p for p in paths if not p.kept]
     assert len(kept) == 1 and kept[0].stopped_by is None and kept[0].finish_reason == "stop"
@@ -258,7 +269,7 @@ def test_online_confidence_stops_paths_on_the_real_engine(cpu_engine):
     for problem in load_problems("chain:5:3"):
         prompt = chat_prompt(handle.tokenizer, problem.problem)
         paths = run_explorer(handle.backend, prompt, SamplingConfig(512), list(range(8)), online=online)
-        assert running_requests(handle.url) == 0
+        assert running_once_settled(handle.url) == 0
         finished = sorted(p.finished_s for p in paths if p.kept)
         for path in paths:
             assert path.confidence is not None

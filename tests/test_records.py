@@ -58,6 +58,17 @@ def path(answer: str | None, prompt: int = 10, cached: int = 9, completion: int 
     return PathRecord.from_engine(text, meta, seed=1)
 
 
+def test_a_path_stopped_while_still_queued_is_recorded_with_what_the_engine_reported():
+    # The reply SGLang sent for a path a stop policy aborted before it was scheduled (seen on a loaded CPU).
+    meta = {"id": "a2r-bf3e0277a2c04b6b-p1.", "finish_reason": {"type": "abort", "message": "Abort in waiting queue"},
+            "weight_version": "default", "e2e_latency": 0.0227, "completion_tokens": 0}  # fmt: skip
+    queued = PathRecord.from_engine("", meta, seed=1)
+    assert (queued.prompt_tokens, queued.cached_tokens, queued.completion_tokens) == (0, 0, 0)
+    assert (queued.finish_reason, queued.answer, queued.text) == ("abort", None, "")
+    used = usage([ProblemRecord.build(Problem("a", "?", "1"), {}, [path("1"), queued], None, {})])
+    assert (used.paths, used.explorer_prompt_tokens, used.prefix_cache_hit_ratio) == (2, 10, 0.9)
+
+
 def test_build_grades_every_answer_and_takes_the_vote():
     paths = [path("4"), path("5"), path("4"), path(None)]
     synthesis = SynthesisRecord.from_engine("p", "<think>a</think> \\boxed{5}", {"prompt_tokens": 30, "completion_tokens": 7}, [0, 1], [])  # fmt: skip

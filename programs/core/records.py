@@ -69,13 +69,16 @@ class PathRecord:
 
     @classmethod
     def from_engine(cls, text: str, meta: dict[str, Any], seed: int | None) -> PathRecord:
-        """A path from its text and the engine's `meta_info`; its answer is read from its answer part."""
+        """A path from its text and the engine's `meta_info`; its answer is read from its answer part.
+
+        A path stopped before the engine scheduled it (SGLang: "Abort in waiting queue") prefilled nothing,
+        and its reply carries no prompt count: it is recorded as 0 prompt tokens, not lost."""
         part = answer_part(text)
         return cls(
             text=text,
             answer_part=part.text,
             answer_part_fallback=part.fallback,
-            prompt_tokens=meta["prompt_tokens"],
+            prompt_tokens=meta.get("prompt_tokens", 0),
             completion_tokens=meta["completion_tokens"],
             cached_tokens=meta.get("cached_tokens", 0),
             finish_reason=finish_reason(meta),

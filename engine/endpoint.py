@@ -2,7 +2,7 @@
 
 `sgl.gen` has no per-call seed, request id or hooks, yet parallel paths need them: a seed each so they
 differ, an id each so one can be stopped, and hooks so a stop policy hears of every path the moment it
-ends, or watches it decode. `PathEndpoint` is SGLang's own `RuntimeEndpoint` that reads them from variables a program
+ends, watches it decode, or holds back one it stopped before it was sent. `PathEndpoint` is SGLang's own `RuntimeEndpoint` that reads them from variables a program
 stored on the path's stream (`path.set_var(SEED_VAR, seed)`, ...). The seed is honoured by a server
 launched with `--enable-deterministic-inference` (`EngineSpec.deterministic`) and ignored otherwise.
 
@@ -27,6 +27,10 @@ SEED_VAR = "sampling_seed"
 RID_VAR = "rid"
 ON_REPLY_VAR = "on_reply"  # called with (text, meta_info) when the engine answers, in the path's thread
 ON_PROGRESS_VAR = "on_progress"  # if set, the path streams and this sees each chunk's (cumulative) meta_info
+SKIP_IF_VAR = "skip_if"  # if set and true when the path is about to be sent, it is not sent (it was stopped)
+# The reply of a path that was never sent, in the engine's own shape.
+NOT_SENT = {"finish_reason": {"type": "abort", "message": "stopped before it was sent"}, "prompt_tokens": 0,
+            "completion_tokens": 0}  # fmt: skip
 RID_END = "."  # closes every request id: SGLang aborts by prefix, and no id ending here prefixes another
 # A top-k for requests that only prefill. Without one SGLang takes top-k as "all", and a batch holding such a
 # request samples every one of its requests by sorting the whole vocabulary instead of taking the top k;
@@ -96,8 +100,11 @@ class PathEndpoint(RuntimeEndpoint):
             data["routed_dp_rank"] = self.dp_ranks.rank(str(prompt))
 
     def generate(self, s: Any, sampling_params: Any) -> tuple[str, dict]:
-        on_progress = s.variables.get(ON_PROGRESS_VAR)
-        if on_progress is None:
+        on_progress, skip_if = s.variables.get(ON_PROGRESS_VAR), s.variables.get(SKIP_IF_VAR)
+        # A path stopped before it was sent stays unsent: its abort, sent first, would be dropped as unknown.
+        if skip_if is not None and skip_if():
+            text, meta = "", dict(NOT_SENT)
+        elif on_progress is None:
             text, meta = super().generate(s, sampling_params)
         else:  # streamed through SGLang's own client, so a hook can watch the path decode
             text, meta = "", {}

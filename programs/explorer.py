@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 import sglang as sgl
 
-from engine.endpoint import ON_PROGRESS_VAR, ON_REPLY_VAR, RID_VAR, SEED_VAR, request_ids
+from engine.endpoint import ON_PROGRESS_VAR, ON_REPLY_VAR, RID_VAR, SEED_VAR, SKIP_IF_VAR, request_ids
+from engine.spec import EngineError
 from programs.core.confidence import (
     TOP_K,
     OnlineStop,
@@ -27,6 +29,8 @@ from programs.core.confidence import (
 from programs.core.config import SamplingConfig
 from programs.core.records import PathRecord
 from programs.core.stopping import StopPolicy
+
+RESEND_ABORTS_S = 0.5  # how often a stopped path that has not replied yet is aborted again
 
 
 class Watch:
@@ -64,6 +68,9 @@ class Watch:
 
     def on_reply(self, index: int) -> Callable[[str, dict[str, Any]], None]:
         return lambda text, meta: self._reply(index, text, meta)
+
+    def is_stopped(self, index: int) -> Callable[[], bool]:
+        return lambda: index in self.stopped
 
     def on_progress(self, index: int) -> Callable[[dict[str, Any]], None]:
         return lambda meta: self._progress(index, meta)
@@ -106,6 +113,33 @@ class Watch:
         self._read[index] = len(top)
         return self.confidences[index]
 
+    @contextmanager
+    def resending_aborts(self, every_s: float = RESEND_ABORTS_S) -> Iterator[None]:
+        """While the exploration runs, abort again each stopped path that has not replied. SGLang drops an
+        abort for a request id it does not know yet, so a path whose request reached the engine after its
+        abort (its thread starved on a loaded machine) would otherwise decode to its end, and the whole
+        exploration would wait for it. (One window stays open: an abort that lands while SGLang is still
+        tokenizing the request reaches its scheduler first and is dropped there, and SGLang sends no second.)"""
+        done = threading.Event()
+
+        def resend() -> None:
+            while not done.wait(every_s):
+                with self._lock:
+                    pending = [self.rids[i] for i in self.stopped if i not in self.finished_s]
+                try:
+                    for rid in pending:
+                        self.abort(rid)
+                except (OSError, EngineError):
+                    return  # the engine is gone: the paths' own requests report that
+
+        thread = threading.Thread(target=resend, name="resend-aborts", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
     def _stop(self, paths: list[int], by: str) -> None:
         """Mark `paths` stopped, with the tokens each had streamed (the engine decodes more while the abort
         is in flight, so the record's `completion_tokens` may be higher)."""
@@ -136,6 +170,7 @@ def explore(s, prompt: str, sampling: dict, seeds: list[int], rids: list[str], w
         path.set_var(SEED_VAR, seed)
         path.set_var(RID_VAR, rid)
         path.set_var(ON_REPLY_VAR, watch.on_reply(i))
+        path.set_var(SKIP_IF_VAR, watch.is_stopped(i))
         if watch.online is not None:
             path.set_var(ON_PROGRESS_VAR, watch.on_progress(i))
         path += sgl.gen("path", **sampling)
@@ -169,7 +204,10 @@ def run_explorer(
     if confidence or online is not None:
         kwargs.update(return_logprob=True, top_logprobs_num=TOP_K)
     # (`n` would be taken by `run` itself as a sampling parameter, so the path count is len(seeds).)
-    state = explore.run(prompt=prompt, sampling=kwargs, seeds=seeds, rids=rids, watch=watch, backend=backend)
+    with watch.resending_aborts():
+        state = explore.run(
+            prompt=prompt, sampling=kwargs, seeds=seeds, rids=rids, watch=watch, backend=backend
+        )
     if state.error() is not None:
         raise RuntimeError(f"the explorer's prompt prefill failed: {state.error()}")
     records = []

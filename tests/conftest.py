@@ -4,12 +4,14 @@ explorer serving both roles on one engine, and the asymmetric pair on two."""
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from engine.launch import serve
+from engine.launch import get_json, serve
 from engine.layout import EngineConfig, Engines, plan
 from engine.ports import free_port
 from programs.offline.model import OfflineModels, offline_models
@@ -57,3 +59,29 @@ def cpu_pair(offline_pair: OfflineModels, tmp_path_factory: pytest.TempPathFacto
     # The session runs more than the pair's frontend (model builds, other engines): it keeps all its cores.
     with serve(engines, tmp_path_factory.mktemp("pair-logs"), pin_frontend=False) as running:
         yield running
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """What an engine reports it is decoding, read from SGLang's `/v1/loads`. That is a snapshot the scheduler
+    publishes every 15 decode steps and when it goes idle, which it does only after sending its last replies:
+    a reading taken the moment they arrive can still list them, so assertions of "nothing left" read `settled`.
+    """
+
+    url: str
+
+    def running(self) -> int:
+        return sum(load["num_running_reqs"] for load in get_json(f"{self.url}/v1/loads")["loads"])
+
+    def settled(self, within_s: float) -> int:
+        """The running count once it reaches 0, or as it stands after `within_s`: a request left decoding
+        outlasts any such wait."""
+        deadline = time.monotonic() + within_s
+        while (running := self.running()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return running
+
+
+@pytest.fixture(scope="session")
+def explorer_load(cpu_engine: Engines) -> EngineLoad:
+    return EngineLoad(cpu_engine.explorer.base_url)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import adaptive, policies
-from engine.endpoint import PathEndpoint, request_ids
-from engine.launch import get_json, post
+from engine.endpoint import SEED_VAR, PathEndpoint, request_ids
+from engine.launch import post
 from programs.a2r import main as a2r_main
 from programs.core.confidence import OnlineStop
 from programs.core.config import RunConfig, SamplingConfig
@@ -26,21 +26,7 @@ from programs.explorer import Watch, run_explorer
 from programs.pipeline import Pipeline
 
 BUDGET = 2000  # far above any path the offline explorer writes, so a path below it was stopped, not cut
-SNAPSHOT_S = 2.0  # ample for the engine's next load snapshot (see running_once_settled)
-
-
-def running_requests(url: str) -> int:
-    return sum(load["num_running_reqs"] for load in get_json(f"{url}/v1/loads")["loads"])
-
-
-def running_once_settled(url: str) -> int:
-    """The engine's running requests once its next load snapshot is out. SGLang publishes one every 15 decode
-    steps and when it goes idle, which it does only after sending the last replies, so a reading taken the
-    moment they arrive can still show them running. A path left decoding after its abort would outlast this."""
-    deadline = time.monotonic() + SNAPSHOT_S
-    while (running := running_requests(url)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return running
+SNAPSHOT_S = 2.0  # ample for the engine's next load snapshot (see EngineLoad in conftest.py)
 
 
 def test_request_ids_never_prefix_one_another():
@@ -55,7 +41,7 @@ def test_abort_refuses_an_id_that_would_stop_other_requests(rid):
         PathEndpoint.abort(None, rid)  # type: ignore[arg-type]  # refused before any request is sent
 
 
-def test_aborting_path_1_does_not_stop_path_10(cpu_engine):
+def test_aborting_path_1_does_not_stop_path_10(cpu_engine, explorer_load):
     url = cpu_engine.explorer.base_url
     ids, replies = request_ids(11), {}
 
@@ -71,7 +57,7 @@ def test_aborting_path_1_does_not_stop_path_10(cpu_engine):
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 60
-    while running_requests(url) < 2 and time.monotonic() < deadline:
+    while explorer_load.running() < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     PathEndpoint(url).abort(ids[1])
     for thread in threads:
@@ -82,21 +68,82 @@ def test_aborting_path_1_does_not_stop_path_10(cpu_engine):
     assert replies[ids[10]]["completion_tokens"] == 300
 
 
-def test_a_stop_ends_decoding_on_the_engine_and_keeps_what_the_paths_wrote(cpu_engine):
+class OnePathMayEnd(PathEndpoint):
+    """The engine's own endpoint, with every forked path but seed 0's decoding to its budget, and seed 0's sent
+    once the engine runs the others: exactly one path can end on its own, and the rest are decoding when it
+    does, however loaded the machine. (An abort that reaches SGLang while it is still tokenizing a request is
+    lost, see `Watch.resending_aborts`; here every abort finds its request running.)"""
+
+    def __init__(self, base_url: str, load, others: int) -> None:
+        super().__init__(base_url)
+        self.load, self.others = load, others
+
+    def _add_images(self, s, data) -> None:
+        super()._add_images(s, data)
+        if data["sampling_params"].get("sampling_seed", 0) != 0:
+            data["sampling_params"]["ignore_eos"] = True
+
+    def generate(self, s, sampling_params):
+        if s.variables[SEED_VAR] == 0:
+            deadline = time.monotonic() + 60
+            while self.load.running() < self.others and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return super().generate(s, sampling_params)
+
+
+def test_a_stop_ends_decoding_on_the_engine_and_keeps_what_the_paths_wrote(cpu_engine, explorer_load):
     handle = EngineHandle.attach(cpu_engine.explorer)
     prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3?")
-    paths = run_explorer(
-        handle.backend, prompt, SamplingConfig(BUDGET), list(range(6)), StopPolicy.parse("first:1")
-    )
-    assert running_once_settled(handle.url) == 0
-    kept = [p for p in paths if p.kept]
-    stopped = [p for p in paths if not p.kept]
-    assert len(kept) == 1 and kept[0].stopped_by is None and kept[0].finish_reason == "stop"
-    assert len(stopped) == 5
-    for path in stopped:
-        assert path.stopped_by == "first:1" and path.stopped_s >= kept[0].finished_s
-        assert 0 < path.completion_tokens < BUDGET and path.text  # its partial text and the engine's count
-    assert sum(p.finish_reason == "abort" for p in stopped) >= 4  # at most a rare one finished in flight
+    backend = OnePathMayEnd(handle.url, explorer_load, others=5)
+    paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(6)), StopPolicy.parse("first:1"))
+    assert explorer_load.settled(SNAPSHOT_S) == 0
+    assert paths[0].kept and paths[0].stopped_by is None and paths[0].finish_reason == "stop"
+    for path in paths[1:]:
+        assert not path.kept and path.stopped_by == "first:1" and path.stopped_s >= paths[0].finished_s
+        assert path.finish_reason == "abort" and 0 < path.completion_tokens < BUDGET and path.text  # kept
+
+
+def test_a_path_whose_request_reaches_the_engine_after_its_abort_is_stopped_all_the_same(cpu_engine):
+    endpoint = PathEndpoint(cpu_engine.explorer.base_url)
+    watch = Watch(request_ids(2), StopPolicy.parse("first:1"), endpoint.abort)
+    with watch.resending_aborts(every_s=0.2):
+        watch.on_reply(0)("<think>x</think> \\boxed{3}", {"completion_tokens": 5})
+        assert 1 in watch.stopped  # and its abort is sent, to an engine that has not seen the request yet
+        body = {"text": "<think>\n", "rid": watch.rids[1],
+                "sampling_params": {"max_new_tokens": BUDGET, "ignore_eos": True}}  # fmt: skip
+        meta = json.loads(post(endpoint.base_url, "/generate", body))["meta_info"]
+        watch.on_reply(1)("", meta)
+    assert meta["finish_reason"]["type"] == "abort" and meta["completion_tokens"] < BUDGET
+
+
+class LateSender(PathEndpoint):
+    """The engine's own endpoint, sending every forked path but seed 0's only once seed 0's reply is in, as
+    threads starved on a loaded machine would."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url)
+        self.first_in = threading.Event()
+
+    def generate(self, s, sampling_params):
+        if s.variables[SEED_VAR] == 0:
+            try:
+                return super().generate(s, sampling_params)
+            finally:
+                self.first_in.set()
+        self.first_in.wait(60)
+        return super().generate(s, sampling_params)
+
+
+def test_a_path_stopped_before_its_request_was_sent_is_never_sent(cpu_engine, explorer_load):
+    handle = EngineHandle.attach(cpu_engine.explorer)
+    prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3?")
+    backend = LateSender(handle.url)
+    paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(4)), StopPolicy.parse("first:1"))
+    assert paths[0].kept and paths[0].completion_tokens > 0
+    for path in paths[1:]:  # the engine prefilled and decoded nothing for them
+        assert path.stopped_by == "first:1" and path.finish_reason == "abort"
+        assert (path.prompt_tokens, path.completion_tokens, path.text) == (0, 0, "")
+    assert explorer_load.settled(SNAPSHOT_S) == 0
 
 
 @pytest.mark.parametrize("policy", ["agree:2", "first:3", "majority"])
@@ -262,14 +309,14 @@ def test_online_stop_refuses_what_cannot_stop_a_path():
         OnlineStop.for_run(1.0, 8, 512)
 
 
-def test_online_confidence_stops_paths_on_the_real_engine(cpu_engine):
+def test_online_confidence_stops_paths_on_the_real_engine(cpu_engine, explorer_load):
     handle = EngineHandle.attach(cpu_engine.explorer)
     online = OnlineStop.for_run(0.9, 8, 512)
     stopped = []
     for problem in load_problems("chain:5:3"):
         prompt = chat_prompt(handle.tokenizer, problem.problem)
         paths = run_explorer(handle.backend, prompt, SamplingConfig(512), list(range(8)), online=online)
-        assert running_once_settled(handle.url) == 0
+        assert explorer_load.settled(SNAPSHOT_S) == 0
         finished = sorted(p.finished_s for p in paths if p.kept)
         for path in paths:
             assert path.confidence is not None

@@ -20,7 +20,6 @@ import pytest
 import requests
 import uvicorn
 
-from engine.launch import get_json
 from engine.ports import free_port
 from programs.chat_api import ChatRequest
 from programs.core.config import RunConfig, SamplingConfig
@@ -72,10 +71,6 @@ def ask(served: Served, model: str = "a2r", **extra: object):
     return served.client().chat.completions.create(
         model=model, messages=[{"role": "user", "content": QUESTION}], **extra
     )
-
-
-def running_requests(url: str) -> int:
-    return sum(load["num_running_reqs"] for load in get_json(f"{url}/v1/loads")["loads"])
 
 
 def test_models_health_and_the_api_key(served):
@@ -192,7 +187,7 @@ def test_malformed_json_is_a_400(served):
     assert reply.status_code == 400 and "not valid JSON" in reply.json()["error"]["message"]
 
 
-def test_a_client_that_leaves_mid_stream_has_its_engine_requests_aborted(served):
+def test_a_client_that_leaves_mid_stream_has_its_engine_requests_aborted(served, explorer_load):
     # 24 paths at temperature 2 rarely stop on their own: left alone they would decode for a minute or more.
     body = {
         **GOOD,
@@ -207,12 +202,9 @@ def test_a_client_that_leaves_mid_stream_has_its_engine_requests_aborted(served)
         running, deadline = 0, time.monotonic() + 60
         while running < 2 and time.monotonic() < deadline:  # fork's prefix commit alone is one request
             time.sleep(0.05)
-            running = running_requests(served.service.explorer.url)
+            running = explorer_load.running()
         assert running >= 2
-    deadline = time.monotonic() + 15
-    while running_requests(served.service.explorer.url) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert running_requests(served.service.explorer.url) == 0
+    assert explorer_load.settled(15) == 0  # the server notices the client left, then aborts
     assert served.service.active == 0
 
 

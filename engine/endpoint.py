@@ -2,9 +2,10 @@
 
 `sgl.gen` has no per-call seed, request id or hooks, yet parallel paths need them: a seed each so they
 differ, an id each so one can be stopped, and hooks so a stop policy hears of every path the moment it
-ends, watches it decode, or holds back one it stopped before it was sent. `PathEndpoint` is SGLang's own `RuntimeEndpoint` that reads them from variables a program
-stored on the path's stream (`path.set_var(SEED_VAR, seed)`, ...). The seed is honoured by a server
-launched with `--enable-deterministic-inference` (`EngineSpec.deterministic`) and ignored otherwise.
+ends, watches it decode, or holds back one it stopped before it was sent. `PathEndpoint` is SGLang's own
+`RuntimeEndpoint` that reads them from variables a program stored on the path's stream
+(`path.set_var(SEED_VAR, seed)`, ...). The seed is honoured by a server launched with
+`--enable-deterministic-inference` (`EngineSpec.deterministic`) and ignored otherwise.
 
 On an engine with data-parallel replicas every request carries `routed_dp_rank`, chosen per prompt: a
 fork's prefix-caching prefill and its N paths send the same text, so they reach the replica whose radix

@@ -120,6 +120,9 @@ class Watch:
         abort (its thread starved on a loaded machine) would otherwise decode to its end, and the whole
         exploration would wait for it. (One window stays open: an abort that lands while SGLang is still
         tokenizing the request reaches its scheduler first and is dropped there, and SGLang sends no second.)"""
+        if self.policy is None and self.online is None:  # nothing can stop a path: no aborts to resend
+            yield
+            return
         done = threading.Event()
 
         def resend() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,11 +73,18 @@ class EngineLoad:
     def running(self) -> int:
         return sum(load["num_running_reqs"] for load in get_json(f"{self.url}/v1/loads")["loads"])
 
+    def at_least(self, count: int, within_s: float) -> int:
+        """The running count once it reaches `count`, or as it stands after `within_s`."""
+        return self._until(lambda running: running >= count, within_s)
+
     def settled(self, within_s: float) -> int:
         """The running count once it reaches 0, or as it stands after `within_s`: a request left decoding
         outlasts any such wait."""
+        return self._until(lambda running: running == 0, within_s)
+
+    def _until(self, reached: Callable[[int], bool], within_s: float) -> int:
         deadline = time.monotonic() + within_s
-        while (running := self.running()) and time.monotonic() < deadline:
+        while not reached(running := self.running()) and time.monotonic() < deadline:
             time.sleep(0.05)
         return running
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,9 +55,7 @@ def test_aborting_path_1_does_not_stop_path_10(cpu_engine, explorer_load):
     threads = [threading.Thread(target=generate, args=(ids[i],)) for i in (1, 10)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 60
-    while explorer_load.running() < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    explorer_load.at_least(2, within_s=60)
     PathEndpoint(url).abort(ids[1])
     for thread in threads:
         thread.join(120)
@@ -85,9 +82,7 @@ class OnePathMayEnd(PathEndpoint):
 
     def generate(self, s, sampling_params):
         if s.variables[SEED_VAR] == 0:
-            deadline = time.monotonic() + 60
-            while self.load.running() < self.others and time.monotonic() < deadline:
-                time.sleep(0.05)
+            self.load.at_least(self.others, within_s=60)
         return super().generate(s, sampling_params)
 
 

@@ -199,11 +199,7 @@ def test_a_client_that_leaves_mid_stream_has_its_engine_requests_aborted(served,
         assert next(reply.iter_lines()).startswith(b"data: ")  # the role chunk: the paths are exploring
         # Paths are decoding when the client leaves (a loaded machine may not show all 24 at one instant). The
         # count asserted is the one waited for: a second reading could miss a request that was passing through.
-        running, deadline = 0, time.monotonic() + 60
-        while running < 2 and time.monotonic() < deadline:  # fork's prefix commit alone is one request
-            time.sleep(0.05)
-            running = explorer_load.running()
-        assert running >= 2
+        assert explorer_load.at_least(2, within_s=60) >= 2  # fork's prefix commit alone is one request
     assert explorer_load.settled(15) == 0  # the server notices the client left, then aborts
     assert served.service.active == 0
 

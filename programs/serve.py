@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -332,7 +333,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--n", type=int, default=4, help="explorer paths per request (a request's a2r.n overrides)"
     )
     server.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
-    server.add_argument("--port", type=int, default=8000, help="HTTP port")
+    # Its own dest: `dataclass_from_args(EngineConfig, ...)` reads an attribute `port` as the engines' first port.
+    server.add_argument("--port", type=int, default=8000, dest="http_port", help="HTTP port")
     server.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every /v1 request")
     server.add_argument(
         "--max-queue", type=int, help="requests held at once before 503 (default: 4x the explorer's)"
@@ -351,7 +353,31 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run_main(run, parse_args(argv))
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, listening before anything starts: a port in use fails at once, and no engine
+    launched afterwards can be given it (connections made during start-up wait for A2R to answer them)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port") from None
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        sock = listen(args.host, args.http_port)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    with sock:
+        return serve_on(sock, args)
+
+
+def serve_on(sock: socket.socket, args: argparse.Namespace) -> int:
     try:
         engines, config = cli.plan_run(args, *cli.profile_for(args))
     except ValueError as exc:
@@ -363,10 +389,11 @@ def run(args: argparse.Namespace) -> int:
         with serve(engines, logs) as running:
             service = Service(config, *EngineHandle.attach_roles(running), args.max_queue, logs)
             console.print(
-                f"A2R on http://{args.host}:{args.port}/v1 (models: {', '.join(MODELS)}); engines ({engines.layout}): "
+                f"A2R on http://{args.host}:{args.http_port}/v1 (models: {', '.join(MODELS)}); engines ({engines.layout}): "
                 f"explorer {config.explorer_model}, synthesizer {config.synthesizer_model}; logs in {logs}"
             )
-            uvicorn.run(build_app(service, args.api_key), host=args.host, port=args.port, log_level="warning")
+            app = build_app(service, args.api_key)
+            uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     except (KeyboardInterrupt, EngineError, RuntimeError) as exc:
         for log in sorted(logs.glob("*.log")):
             logger.error("%s:\n%s", log, log_tail(log))

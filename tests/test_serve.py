@@ -6,6 +6,7 @@ import copy
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,10 +22,12 @@ import requests
 import uvicorn
 
 from engine.ports import free_port
+from programs import cli
 from programs.chat_api import ChatRequest
 from programs.core.config import RunConfig, SamplingConfig
 from programs.engine_handle import EngineHandle
-from programs.serve import Service, build_app
+from programs.profile import PAPER
+from programs.serve import Service, build_app, parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-test"
@@ -213,6 +216,62 @@ def test_an_engine_that_died_answers_503(cpu_engine):
         reply = served.post(GOOD)
         assert reply.status_code == 503 and reply.headers["Retry-After"]
         assert "engines failed" in reply.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("argv", "port"), [([], 8000), (["--port", "18441"], 18441)])
+def test_launched_engines_never_take_the_servers_port(argv, port):
+    args = parse_args(["--n", "4", "--device", "cpu", "--explorer-model", "org/model", *argv])
+    engines = cli.plan_engines(args, PAPER, "cpu", None)
+    assert port not in {engines.explorer.port, engines.synthesizer.port}
+
+
+def test_a_port_in_use_is_refused_in_one_line_before_anything_starts(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = [sys.executable, "-m", "programs.serve", "--n", "4", "--port", str(port), "--output", str(tmp_path)]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0], lines
+    assert not list(tmp_path.iterdir())  # no engine was started, no log written
+
+
+def started(process: subprocess.Popen, within_s: float) -> str:
+    """The address `programs.serve` printed once its engines were up (it also reports a failed start)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + within_s
+    for line in process.stdout:
+        seen.append(line)
+        if match := re.search(r"A2R on (http://\S+)/v1", line):
+            return match.group(1)
+        assert time.monotonic() < deadline, "".join(seen)
+    raise AssertionError(f"exited with {process.wait()} before serving:\n{''.join(seen)}")
+
+
+def test_the_command_as_typed_launches_its_engines_and_answers_only_as_a2r(tmp_path, offline_pair):
+    port = free_port()
+    argv = [sys.executable, "-m", "programs.serve", "--n", "4", "--port", str(port), "--api-key", KEY,
+            "--output", str(tmp_path)]  # fmt: skip
+    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = started(process, within_s=600)
+        assert url == f"http://127.0.0.1:{port}"
+        served = Served(url, None)  # type: ignore[arg-type]
+        reply = served.client().chat.completions.create(
+            model="a2r", messages=[{"role": "user", "content": QUESTION}]
+        )
+        assert BOXED.search(reply.choices[0].message.content)
+        # A2R's routes only: its health body, its models behind the key, none of the engine's own routes.
+        assert requests.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
+        assert [m.id for m in served.client().models.list()] == ["a2r", "self-consistency"]
+        assert requests.get(f"{url}/v1/models", timeout=30).status_code == 401
+        assert requests.get(f"{url}/get_model_info", timeout=30).status_code == 404
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode in (0, 130), output
 
 
 def test_the_command_fronts_running_engines_and_stops_on_sigterm(cpu_engine, tmp_path):

@@ -82,6 +82,21 @@ def context_length(spec: EngineSpec) -> int:
         ) from None
 
 
+def known_context(spec: EngineSpec) -> int | None:
+    """The context `spec` will enforce, where it is known before anything starts: the one given, a running
+    server's own, or a local model folder's config; None for a hub id or a server that does not answer."""
+    if spec.context_length:
+        return spec.context_length
+    if not spec.launched:
+        with contextlib.suppress(EngineError, OSError):
+            return context_length(spec)
+        return None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        config = json.loads((Path(spec.model).expanduser() / "config.json").read_text())
+        return int(config["max_position_embeddings"])
+    return None
+
+
 def check_model(model: str) -> None:
     """A model is a local directory or a hub id `org/name`; anything else that looks like a path is a typo."""
     if Path(model).expanduser().is_dir():

@@ -24,6 +24,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from engine.gpu import probe_gpu
+from engine.launch import known_context
 from engine.layout import EngineConfig, Engines, plan
 from programs.core.confidence import STREAM_INTERVAL
 from programs.core.config import RunConfig, SamplingConfig
@@ -35,6 +36,7 @@ from programs.profile import OFFLINE, PROFILES, Profile, choose_profile, default
 # columns, cutting paths and messages mid-word.
 console = Console(soft_wrap=True)
 
+ROLES = ("explorer", "synthesizer")
 RUN_FLAGS_NOT_ON_THE_COMMAND_LINE = (
     "n",
     "explorer",
@@ -75,7 +77,7 @@ def add_run_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
     """Sampling (both roles), per-role token budgets and the A2R run's own flags, from their dataclasses."""
     group = parser.add_argument_group("sampling and run")
     add_dataclass_args(group, SamplingConfig, skip=("max_tokens", "ignore_eos"))
-    for role in ("explorer", "synthesizer"):
+    for role in ROLES:
         if f"{role}_max_tokens" not in skip:
             group.add_argument(
                 f"--{role}-max-tokens", type=int, help=f"{role} token budget (default: the profile's)"
@@ -174,7 +176,8 @@ def plan_run(
     """The engines and the run the shared flags describe (building the offline pair if they need it, so
     call it once the cheap checks have passed); `overrides` fix what an entry point decides itself."""
     engines = plan_engines(args, profile, device, build_offline_models(profile, args))
-    return engines, RunConfig.from_args(args, budgets=budgets(profile), **role_models(engines), **overrides)
+    fitted = fit_budgets(args, budgets(profile), engines)
+    return engines, RunConfig.from_args(args, budgets=fitted, **role_models(engines), **overrides)
 
 
 def role_models(engines: Engines) -> dict[str, str]:
@@ -187,6 +190,29 @@ def role_models(engines: Engines) -> dict[str, str]:
 
 def budgets(profile: Profile) -> tuple[int, int]:
     return profile.explorer_max_tokens, profile.synthesizer_max_tokens
+
+
+def fit_budgets(args: argparse.Namespace, defaults: tuple[int, int], engines: Engines) -> tuple[int, int]:
+    """The profile's (explorer, synthesizer) budgets made to fit each role's context where it is known before
+    anything starts (`engine.launch.known_context`): a default over half the context is capped to half, the
+    other half left for the prompt, with a line saying so; a budget given by flag that leaves no room for a
+    prompt is refused (ValueError) naming the flag. Otherwise every problem would fail, one by one."""
+    fitted = []
+    for role, spec, default in zip(ROLES, (engines.explorer, engines.synthesizer), defaults, strict=True):
+        context, given = known_context(spec), getattr(args, f"{role}_max_tokens", None)
+        if context is not None and given is not None and given >= context:
+            raise ValueError(
+                f"--{role}-max-tokens {given} leaves no room for a prompt in the {role}'s context "
+                f"({context} tokens): give less"
+            )
+        if context is not None and given is None and default > context // 2:
+            console.print(
+                f"[yellow]{role} budget capped to {context // 2} tokens (the profile's {default} overflow its "
+                f"{context}-token context); --{role}-max-tokens sets it"
+            )
+            default = context // 2
+        fitted.append(default)
+    return fitted[0], fitted[1]
 
 
 def default_output(dataset: str | None, n: int, kind: str = "", question: str | None = None) -> Path:

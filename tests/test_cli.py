@@ -194,3 +194,32 @@ def test_engine_that_fails_to_start_shows_its_log(capsys, tmp_path, port):
          "--output", str(tmp_path / "r")], capsys)  # fmt: skip
     assert code == 1 and "exited with code" in out and "last lines of" in out
     assert not list((tmp_path / "r").glob("records.jsonl"))
+
+
+def model_folder(path: Path, context: int) -> Path:
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"max_position_embeddings": context}))
+    return path
+
+
+def test_a_named_models_default_budgets_are_capped_to_its_context(tmp_path, capsys):
+    args = parse_args(["--device", "cpu", "--explorer-model", str(model_folder(tmp_path / "m", 4096))])
+    _, config = cli.plan_run(args, *cli.profile_for(args))
+    assert (config.explorer.max_tokens, config.synthesizer.max_tokens) == (2048, 2048)
+    out = capsys.readouterr().out
+    assert "explorer budget capped to 2048" in out and "--explorer-max-tokens" in out
+
+
+def test_a_budget_given_over_the_context_is_refused_naming_its_flag(tmp_path, capsys):
+    model = model_folder(tmp_path / "m", 4096)
+    argv = ["--device", "cpu", "--explorer-model", str(model), "--synthesizer-max-tokens", "4096",
+            "--output", str(tmp_path / "r")]  # fmt: skip
+    code, out = run_cli(argv, capsys)
+    assert code == 2 and "--synthesizer-max-tokens 4096" in out and "(4096 tokens)" in out
+    assert not (tmp_path / "r" / "logs").exists()  # refused before any engine started
+
+
+def test_a_remote_engines_budgets_fit_the_context_it_reports(cpu_engine):
+    args = parse_args(["--explorer-url", cpu_engine.explorer.base_url])
+    _, config = cli.plan_run(args, *cli.profile_for(args))
+    assert config.explorer.max_tokens == config.synthesizer.max_tokens == 2048  # the offline model's 4096 / 2

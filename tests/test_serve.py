@@ -230,7 +230,8 @@ def test_a_port_in_use_is_refused_in_one_line_before_anything_starts(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        argv = [sys.executable, "-m", "programs.serve", "--n", "4", "--port", str(port), "--output", str(tmp_path)]
+        argv = [sys.executable, "-m", "programs.serve", "--n", "4", "--port", str(port),
+                "--output", str(tmp_path)]  # fmt: skip
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = (done.stdout + done.stderr).strip().splitlines()

@@ -24,6 +24,9 @@ MODELS = {
 }
 ROLES = ("system", "user", "assistant")
 MAX_N = 64  # paths per request
+# A conversation longer than this many characters per token of the explorer's context cannot fit it (tokens
+# run 2-5 characters), and tokenizing costs ~250 MB per MB of text: refused (413) before it is tokenized.
+CHARS_PER_CONTEXT_TOKEN = 16
 A2R_KNOBS = ("n", "explorer_max_tokens", "explorer_temperature", "explorer_top_p", "stop", "keep_confident",
              "online_confidence", "return_references")  # fmt: skip
 
@@ -58,8 +61,9 @@ class ChatRequest:
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
-    def parse(cls, body: Any, base: RunConfig) -> ChatRequest:
-        """Read `body` against the server's `base` configuration; a bad field is an ApiError naming it."""
+    def parse(cls, body: Any, base: RunConfig, max_chars: int | None = None) -> ChatRequest:
+        """Read `body` against the server's `base` configuration; a bad field is an ApiError naming it, and a
+        conversation over `max_chars` characters is a 413."""
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
         model = body.get("model")
@@ -67,6 +71,10 @@ class ChatRequest:
             raise ApiError(404, f"model {model!r} does not exist; this server has {', '.join(MODELS)}", "model",
                            "model_not_found")  # fmt: skip
         messages = read_messages(body.get("messages"))
+        chars = sum(len(m["content"]) for m in messages)
+        if max_chars is not None and chars > max_chars:
+            raise ApiError(413, f"the messages hold {chars} characters, more than the {max_chars} the context "
+                           "can take", "messages", "context_length_exceeded")  # fmt: skip
         if body.get("n", 1) != 1:
             raise ApiError(400, "n > 1 is not supported: every request returns one choice (use a2r.n for paths)",
                            "n")  # fmt: skip

@@ -32,7 +32,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from engine.endpoint import new_batch, request_ids, synthesis_id
 from engine.launch import EngineError, get_json, log_tail, serve
 from programs import cli
-from programs.chat_api import MODELS, ApiError, ChatRequest, ThinkSplitter, references, usage
+from programs.chat_api import (
+    CHARS_PER_CONTEXT_TOKEN,
+    MODELS,
+    ApiError,
+    ChatRequest,
+    ThinkSplitter,
+    references,
+    usage,
+)
 from programs.cli import console
 from programs.core.config import RunConfig
 from programs.core.grading import is_equivalent
@@ -45,6 +53,7 @@ from programs.pipeline import Pipeline, stage_slots
 logger = logging.getLogger("a2r.serve")
 KEEPALIVE_S = 5.0  # an SSE comment this often while the paths are explored, so proxies keep the stream open
 RETRY_AFTER_S = 2
+MAX_BODY_BYTES = 4 << 20  # far above what a context of 40k tokens holds, far below what hurts the server
 
 
 class Cancelled(Exception):
@@ -89,8 +98,19 @@ class Service:
         self.active = 0
         self._lock = threading.Lock()
 
+    @property
+    def max_chars(self) -> int:
+        """The longest conversation, in characters, worth tokenizing for the explorer."""
+        return CHARS_PER_CONTEXT_TOKEN * self.explorer.context_length
+
     def submit(self, request: ChatRequest, loop: asyncio.AbstractEventLoop) -> Ticket:
-        """Start a request; ApiError 503 when the server already holds `max_queue` of them."""
+        """Start a request; ApiError 503 when the server already holds `max_queue` of them, 400 when its
+        synthesizer budget leaves no room in the context (found before its paths are explored)."""
+        budget, context = request.config.synthesizer.max_tokens, self.synthesizer.context_length
+        if request.config.synthesize and budget >= context:
+            raise ApiError(400, f"max_tokens ({budget}) must be below the synthesizer's context ({context} tokens), "
+                           "which also holds the question and the paths' answers", "max_tokens",
+                           "context_length_exceeded")  # fmt: skip
         with self._lock:
             if self.active >= self.max_queue:
                 raise ApiError(503, f"the server holds {self.active} requests, its limit; retry shortly")
@@ -276,7 +296,23 @@ async def stream(service: Service, ticket: Ticket) -> AsyncIterator[str]:
         log_request(ticket, record, "ok" if record else "failed" if done else "cancelled")
 
 
-def build_app(service: Service, api_key: str | None = None) -> FastAPI:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused (413) once it passes `limit` bytes, declared or as it arrives."""
+    declared = request.headers.get("content-length", "")
+    too_large = ApiError(
+        413, f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)"
+    )
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def build_app(service: Service, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     app = FastAPI(title="A2R")
 
     @app.exception_handler(ApiError)
@@ -306,10 +342,10 @@ def build_app(service: Service, api_key: str | None = None) -> FastAPI:
     async def chat_completions(request: Request) -> Any:
         authorize(request)
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await read_body(request, max_body_bytes))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the body is not valid JSON: {exc}") from None
-        chat = ChatRequest.parse(body, service.config)
+        chat = ChatRequest.parse(body, service.config, service.max_chars)
         ticket = service.submit(chat, asyncio.get_running_loop())
         if chat.stream:
             return StreamingResponse(stream(service, ticket), media_type="text/event-stream")
@@ -340,12 +376,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-queue", type=int, help="requests held at once before 503 (default: 4x the explorer's)"
     )
     server.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=MAX_BODY_BYTES,
+        help=f"largest request body (default: {MAX_BODY_BYTES})",
+    )
+    server.add_argument(
         "--output", type=Path, default=Path("runs/serve"), help="folder for the engines' logs"
     )
     cli.add_engine_args(parser, skip=("port",))  # engines take free ports; --port is the server's
     cli.add_run_args(parser, skip=("synthesize",))
     args = parser.parse_args(argv)
-    cli.check_positive(parser, args, "n", "max_queue")
+    cli.check_positive(parser, args, "n", "max_queue", "max_body_bytes")
     return args
 
 
@@ -392,7 +434,7 @@ def serve_on(sock: socket.socket, args: argparse.Namespace) -> int:
                 f"A2R on http://{args.host}:{args.http_port}/v1 (models: {', '.join(MODELS)}); engines ({engines.layout}): "
                 f"explorer {config.explorer_model}, synthesizer {config.synthesizer_model}; logs in {logs}"
             )
-            app = build_app(service, args.api_key)
+            app = build_app(service, args.api_key, args.max_body_bytes)
             uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     except (KeyboardInterrupt, EngineError, RuntimeError) as exc:
         for log in sorted(logs.glob("*.log")):

@@ -23,7 +23,7 @@ import uvicorn
 
 from engine.ports import free_port
 from programs import cli
-from programs.chat_api import ChatRequest
+from programs.chat_api import ApiError, ChatRequest
 from programs.core.config import RunConfig, SamplingConfig
 from programs.engine_handle import EngineHandle
 from programs.profile import PAPER
@@ -305,3 +305,36 @@ def test_self_consistency_works_on_a_server_that_skips_unanimous_syntheses():
     body = {"model": "self-consistency", "messages": [{"role": "user", "content": QUESTION}]}
     assert not ChatRequest.parse(body, base).config.synthesize
     assert ChatRequest.parse({**body, "model": "a2r"}, base).config.skip_synthesis_if_unanimous
+
+
+def test_max_tokens_that_fill_the_synthesizers_context_are_refused_before_exploring(served):
+    reply = served.post({**GOOD, "max_tokens": 1 << 20, "a2r": {"return_references": True}})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == "max_tokens" and "(4096 tokens)" in error["message"]
+    assert not re.search(r"-\d", error["message"])
+
+
+def test_a_body_over_the_limit_is_a_413_declared_or_streamed(served):
+    big = json.dumps({**GOOD, "messages": [{"role": "user", "content": "x" * (5 << 20)}]}).encode()
+    assert served.post(None, raw=big).status_code == 413
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))  # chunked: no Content-Length
+    reply = requests.post(f"{served.url}/v1/chat/completions", data=chunks, headers=headers, timeout=300)
+    assert reply.status_code == 413 and "--max-body-bytes" in reply.json()["error"]["message"]
+
+
+def test_a_conversation_longer_than_the_context_can_hold_is_a_413_before_tokenizing(served):
+    long = {**GOOD, "messages": [{"role": "user", "content": "1 + " * 20_000 + "1"}]}
+    reply = served.post(long)
+    assert reply.status_code == 413 and "characters" in reply.json()["error"]["message"]
+
+
+def test_the_character_cap_counts_the_whole_conversation():
+    messages = [{"role": "user", "content": "a" * 60}, {"role": "assistant", "content": "b" * 30},
+                {"role": "user", "content": "c" * 20}]  # fmt: skip
+    body = {"model": "a2r", "messages": messages}
+    assert ChatRequest.parse(body, CONFIG, max_chars=110).query == "c" * 20
+    with pytest.raises(ApiError) as refused:
+        ChatRequest.parse(body, CONFIG, max_chars=109)
+    assert refused.value.status == 413 and refused.value.param == "messages"

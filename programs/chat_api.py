@@ -2,14 +2,17 @@
 stream chunks built, errors in OpenAI's error object. No engine and no HTTP here, so every rule is testable
 alone.
 
-The rule for message shapes: `messages` is a non-empty list of `system`, `user` and `assistant` messages
-whose content is text (a string, or a list of `text` parts), and the last one is the user's question, not
-empty. The explorer reads the whole conversation through its chat template; the synthesizer's Query is the
-last user message alone, since the paper's template has one query and the references.
+The rule for message shapes: `messages` is a non-empty list of `system` (or `developer`, read as system),
+`user` and `assistant` messages whose content is text (a string, or a list of `text` parts; an assistant's may
+be null), and the last one is the user's question, not empty. The explorer reads the whole conversation
+through its chat template; the synthesizer's Query is the last user message alone, since the paper's template
+has one query and the references. What OpenAI's API offers and this server cannot do (tools, structured
+output, log-probabilities, penalties) is refused with a 400 rather than silently dropped.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,7 +25,27 @@ MODELS = {
     "a2r": "explore N paths, then synthesize a final answer over their answer parts",
     "self-consistency": "explore N paths and answer with one of the paths that gave the majority answer",
 }
-ROLES = ("system", "user", "assistant")
+ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+}  # as the template
+# Fields this server cannot honour, refused unless they ask for nothing (null, false, 0, empty, "none", text).
+UNSUPPORTED = {
+    "tools": "this server calls no tools",
+    "tool_choice": "this server calls no tools",
+    "functions": "this server calls no functions",
+    "function_call": "this server calls no functions",
+    "parallel_tool_calls": "this server calls no tools",
+    "response_format": "replies are free text (no JSON mode or schema)",
+    "logprobs": "replies carry no log-probabilities",
+    "top_logprobs": "replies carry no log-probabilities",
+    "logit_bias": "the synthesizer's sampling takes no logit bias",
+    "presence_penalty": "the synthesizer's sampling takes no penalties",
+    "frequency_penalty": "the synthesizer's sampling takes no penalties",
+}
+MAX_STOP = 4  # OpenAI's limit on stop sequences
 MAX_N = 64  # paths per request
 # A conversation longer than this many characters per token of the explorer's context cannot fit it (tokens
 # run 2-5 characters), and tokenizing costs ~250 MB per MB of text: refused (413) before it is tokenized.
@@ -40,7 +63,7 @@ class ApiError(Exception):
 
     @property
     def kind(self) -> str:
-        return {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
+        return {401: "authentication_error", 404: "not_found_error", 500: "server_error",
                 503: "service_unavailable"}.get(self.status, "invalid_request_error")  # fmt: skip
 
     def body(self) -> dict[str, Any]:
@@ -58,6 +81,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     return_references: bool = False
+    stop: tuple[str, ...] = ()  # the synthesizer's stop sequences
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -67,32 +91,75 @@ class ChatRequest:
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
         model = body.get("model")
+        if not isinstance(model, str):
+            raise ApiError(400, f"model must be a string, one of {', '.join(MODELS)}", "model")
         if model not in MODELS:
             raise ApiError(404, f"model {model!r} does not exist; this server has {', '.join(MODELS)}", "model",
                            "model_not_found")  # fmt: skip
+        refuse_unsupported(body)
         messages = read_messages(body.get("messages"))
         chars = sum(len(m["content"]) for m in messages)
         if max_chars is not None and chars > max_chars:
             raise ApiError(413, f"the messages hold {chars} characters, more than the {max_chars} the context "
                            "can take", "messages", "context_length_exceeded")  # fmt: skip
-        if body.get("n", 1) != 1:
-            raise ApiError(400, "n > 1 is not supported: every request returns one choice (use a2r.n for paths)",
-                           "n")  # fmt: skip
+        if body.get("n") not in (None, 1) or isinstance(body.get("n"), bool):
+            raise ApiError(400, f"n must be 1, got {body['n']!r}: every request returns one choice (a2r.n sets "
+                           "the paths)", "n")  # fmt: skip
         knobs = body.get("a2r") or {}
         if not isinstance(knobs, dict) or set(knobs) - set(A2R_KNOBS):
             unknown = sorted(set(knobs) - set(A2R_KNOBS)) if isinstance(knobs, dict) else knobs
             raise ApiError(400, f"a2r takes {', '.join(A2R_KNOBS)}; got {unknown}", "a2r")
-        config = configure(base, body, knobs, synthesize=model == "a2r")
+        stop = stop_sequences(body.get("stop"))
+        if stop and model != "a2r":
+            raise ApiError(
+                400, "stop applies to the synthesizer, which model self-consistency does not run", "stop"
+            )
         stream_options = body.get("stream_options") or {}
+        if not isinstance(stream_options, dict):
+            raise ApiError(400, "stream_options must be an object", "stream_options")
         return cls(
             model=model,
             messages=messages,
             query=messages[-1]["content"],
-            config=config,
-            stream=bool(body.get("stream", False)),
-            include_usage=bool(stream_options.get("include_usage", False)),
-            return_references=bool(knobs.get("return_references", False)),
+            config=configure(base, body, knobs, synthesize=model == "a2r"),
+            stream=flag(body, "stream", "stream"),
+            include_usage=flag(stream_options, "include_usage", "stream_options.include_usage"),
+            return_references=flag(knobs, "return_references", "a2r.return_references"),
+            stop=stop,
         )
+
+
+def flag(source: dict[str, Any], key: str, param: str) -> bool:
+    """A boolean field: true, false or absent (null), never a string that merely looks like one."""
+    value = source.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ApiError(400, f"{param} must be true or false, got {value!r}", param)
+    return bool(value)
+
+
+def refuse_unsupported(body: dict[str, Any]) -> None:
+    for key, why in UNSUPPORTED.items():
+        value = body.get(key)
+        if (
+            value not in (None, False, 0, "none", [], {}, {"type": "text"})
+            or isinstance(value, float)
+            and value
+        ):
+            raise ApiError(400, f"{key} is not supported: {why}", key, "unsupported_parameter")
+
+
+def stop_sequences(stop: Any) -> tuple[str, ...]:
+    """OpenAI's `stop`: null, one string, or a list of up to MAX_STOP non-empty strings."""
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOP
+        or not all(isinstance(x, str) and x for x in stops)
+    ):
+        raise ApiError(400, f"stop must be a string or a list of up to {MAX_STOP} non-empty strings", "stop")
+    return tuple(stops)
 
 
 def read_messages(messages: Any) -> tuple[dict[str, str], ...]:
@@ -101,9 +168,15 @@ def read_messages(messages: Any) -> tuple[dict[str, str], ...]:
     read = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool" or isinstance(message, dict) and message.get("tool_calls"):
+            raise ApiError(400, f"{where}: tool calls are not supported (this server calls no tools)", where)
+        if not isinstance(role, str) or role not in ROLES:
             raise ApiError(400, f"{where} must have a role of {', '.join(ROLES)}", where)
-        read.append({"role": message["role"], "content": text_content(message.get("content"), where)})
+        content = message.get("content")
+        if content is None and role == "assistant":  # an assistant turn may carry no text
+            content = ""
+        read.append({"role": ROLES[role], "content": text_content(content, where)})
     if read[-1]["role"] != "user":
         raise ApiError(400, "the last message must be the user's question", f"messages[{len(read) - 1}]")
     if not read[-1]["content"].strip():
@@ -114,8 +187,10 @@ def read_messages(messages: Any) -> tuple[dict[str, str], ...]:
 def text_content(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(str(p.get("text", "")) for p in content)
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
+        return "".join(p["text"] for p in content)
     raise ApiError(
         400, f"{where}.content must be text (a string or a list of text parts)", f"{where}.content"
     )
@@ -133,9 +208,10 @@ def configure(base: RunConfig, body: dict[str, Any], knobs: dict[str, Any], synt
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
+            or not math.isfinite(value)
             or (kind is int and value != int(value))
         ):
-            raise ApiError(400, f"{param} must be a {kind.__name__}, got {value!r}", param)
+            raise ApiError(400, f"{param} must be a finite {kind.__name__}, got {value!r}", param)
         if not low <= value <= high:
             raise ApiError(400, f"{param} must be between {low} and {high}, got {value}", param)
         return kind(value)
@@ -147,20 +223,27 @@ def configure(base: RunConfig, body: dict[str, Any], knobs: dict[str, Any], synt
     explorer = {"max_tokens": number(knobs, "explorer_max_tokens", int, 1, 1 << 20, "a2r.explorer_max_tokens"),
                 "temperature": number(knobs, "explorer_temperature", float, 0, 2, "a2r.explorer_temperature"),
                 "top_p": number(knobs, "explorer_top_p", float, 1e-6, 1, "a2r.explorer_top_p")}  # fmt: skip
-    n = number(knobs, "n", int, 1, MAX_N, "a2r.n") or base.n
+    adaptive = {"keep_confident": number(knobs, "keep_confident", float, 0, 1, "a2r.keep_confident"),
+                "online_confidence": number(knobs, "online_confidence", float, 0, 1, "a2r.online_confidence")}  # fmt: skip
+    stop = knobs.get("stop")
+    if stop is not None and not isinstance(stop, str):
+        raise ApiError(
+            400, f"a2r.stop must be a policy name (majority, agree:K, first:M), got {stop!r}", "a2r.stop"
+        )
+    seed = number(body, "seed", int, -(1 << 63), (1 << 63) - 1, "seed")
     try:
         return replace(
             base,
-            n=n,
+            n=number(knobs, "n", int, 1, MAX_N, "a2r.n") or base.n,
             explorer=replace(base.explorer, **{k: v for k, v in explorer.items() if v is not None}),
             synthesizer=replace(base.synthesizer, **{k: v for k, v in synthesizer.items() if v is not None}),
             synthesize=synthesize,
             skip_synthesis_if_unanimous=synthesize and base.skip_synthesis_if_unanimous,
-            stop=knobs.get("stop", base.stop),
-            keep_confident=knobs.get("keep_confident", base.keep_confident),
-            online_confidence=knobs.get("online_confidence", base.online_confidence),
+            stop=stop if stop is not None else base.stop,
+            **{k: v for k, v in adaptive.items() if v is not None},
+            seed=base.seed if seed is None else seed,
         )
-    except (ValueError, TypeError) as exc:
+    except ValueError as exc:
         raise ApiError(400, f"a2r: {exc}", "a2r") from None
 
 

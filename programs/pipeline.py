@@ -72,9 +72,11 @@ class Pipeline:
         seed: int | None = None,
         batch: str | None = None,
         on_text: Callable[[str], None] | None = None,
+        stop: tuple[str, ...] = (),
     ) -> SynthesisRecord:
         """The synthesis over the kept paths' answer parts; seeded by default as the problem's path N, its
-        engine request the synthesis of `batch`, its text streamed to `on_text` as it is decoded.
+        engine request the synthesis of `batch`, its text streamed to `on_text` as it is decoded and ended
+        early at any of the `stop` strings.
 
         With `skip_synthesis_if_unanimous`, kept paths that all give one answer return it unsynthesized: a
         record with no prompt, no tokens and the finish reason `unanimous`."""
@@ -87,7 +89,7 @@ class Pipeline:
         seed = cfg.path_seed(problem.id, cfg.n) if seed is None else seed
         parts = [paths[i].answer_part for i in kept]
         rid = synthesis_id(batch) if batch else None
-        record = run_synthesizer(self.synthesizer, problem.problem, parts, cfg, seed, rid, on_text)
+        record = run_synthesizer(self.synthesizer, problem.problem, parts, cfg, seed, rid, on_text, stop)
         return replace(record, reference_order=[kept[j] for j in record.reference_order])
 
     def run(

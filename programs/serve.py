@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import socket
@@ -28,6 +29,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from engine.endpoint import new_batch, request_ids, synthesis_id
 from engine.launch import EngineError, get_json, log_tail, serve
@@ -53,6 +55,7 @@ from programs.pipeline import Pipeline, stage_slots
 logger = logging.getLogger("a2r.serve")
 KEEPALIVE_S = 5.0  # an SSE comment this often while the paths are explored, so proxies keep the stream open
 RETRY_AFTER_S = 2
+CLIENT_LEFT = 499  # nginx's status for a request whose client closed the connection first
 MAX_BODY_BYTES = 4 << 20  # far above what a context of 40k tokens holds, far below what hurts the server
 
 
@@ -129,7 +132,7 @@ class Service:
         def synthesize(paths: Any) -> Any:
             if ticket.cancelled.is_set():
                 raise Cancelled
-            return pipeline.synthesize(ticket.problem, paths, batch=batch, on_text=on_text)
+            return pipeline.synthesize(ticket.problem, paths, batch=batch, on_text=on_text, stop=request.stop)
 
         def notify(event: Event) -> None:
             kind, job = event[0], event[1]
@@ -312,16 +315,34 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def key_matches(authorization: str | None, api_key: str) -> bool:
+    """Whether an Authorization header carries `api_key` as a bearer token (the scheme in any case, RFC 7235),
+    compared in constant time so the answer's timing tells nothing of the key."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), api_key.encode())
+
+
 def build_app(service: Service, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    app = FastAPI(title="A2R")
+    # No /docs, /redoc or /openapi.json: they would answer without the key, and this API is OpenAI's.
+    app = FastAPI(title="A2R", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, error: ApiError) -> JSONResponse:
         headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status == 503 else None
         return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, error: HTTPException) -> JSONResponse:  # unknown routes and methods
+        return JSONResponse(
+            ApiError(error.status_code, str(error.detail)).body(), status_code=error.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, error: Exception) -> JSONResponse:  # a bug: logged with its traceback
+        return JSONResponse(ApiError(500, f"internal error: {type(error).__name__}").body(), status_code=500)
+
     def authorize(request: Request) -> None:
-        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+        if api_key and not key_matches(request.headers.get("authorization"), api_key):
             raise ApiError(
                 401, "missing or wrong API key: send 'Authorization: Bearer KEY'", code="invalid_api_key"
             )
@@ -345,18 +366,23 @@ def build_app(service: Service, api_key: str | None = None, max_body_bytes: int 
             body = json.loads(await read_body(request, max_body_bytes))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, "the body is not valid JSON: nested too deeply") from None
         chat = ChatRequest.parse(body, service.config, service.max_chars)
         ticket = service.submit(chat, asyncio.get_running_loop())
         if chat.stream:
             return StreamingResponse(stream(service, ticket), media_type="text/event-stream")
-        record = None
+        record, status = None, "failed"
         try:
             record = await wait(service, ticket, request.is_disconnected)
+            status = "ok"
         except Cancelled:
             service.cancel(ticket)
-            return JSONResponse({}, status_code=499)
+            status = "cancelled"
+            gone = ApiError(CLIENT_LEFT, "the client closed the connection before the reply")
+            return JSONResponse(gone.body(), status_code=CLIENT_LEFT)
         finally:
-            log_request(ticket, record, "ok" if record else "failed")
+            log_request(ticket, record, status)
         return completion(ticket, record)
 
     return app

@@ -102,9 +102,11 @@ def run_synthesizer(
     seed: int,
     rid: str | None = None,
     on_text: Callable[[str], None] | None = None,
+    stop: tuple[str, ...] = (),
 ) -> SynthesisRecord:
     """Synthesize over `answer_parts` (in path order) with the run's synthesizer sampling and template, as
-    engine request `rid`; with `on_text`, streamed to it piece by piece as the engine decodes."""
+    engine request `rid`, ending at any of the `stop` strings; with `on_text`, streamed to it piece by piece
+    as the engine decodes."""
     sampling = config.synthesizer
     order = reference_order(len(answer_parts), config.shuffle_references, seed)
     budget = handle.context_length - sampling.max_tokens - 1
@@ -115,7 +117,8 @@ def run_synthesizer(
         )
     references = [answer_parts[i] for i in order]
     prompt, trimmed = fit_references(handle.tokenizer, query, references, budget, config.thinking)
-    args = {"prompt": prompt, "sampling": sampling.gen_kwargs(), "seed": seed, "rid": rid}
+    gen = {**sampling.gen_kwargs(), **({"stop": list(stop)} if stop else {})}
+    args = {"prompt": prompt, "sampling": gen, "seed": seed, "rid": rid}
     state = synthesize.run(**args, backend=handle.backend, stream=on_text is not None)
     if on_text is not None:
         for piece in state.text_iter("synthesis"):

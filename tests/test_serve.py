@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 import signal
 import socket
@@ -338,3 +339,115 @@ def test_the_character_cap_counts_the_whole_conversation():
     with pytest.raises(ApiError) as refused:
         ChatRequest.parse(body, CONFIG, max_chars=109)
     assert refused.value.status == 413 and refused.value.param == "messages"
+
+
+USER = [{"role": "user", "content": QUESTION}]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"max_tokens": float("nan")}, "max_tokens"),
+        ({"a2r": {"n": float("inf")}}, "a2r.n"),
+        ({"model": ["a2r"]}, "model"),
+        ({"a2r": {"stop": 5}}, "a2r.stop"),
+        ({"a2r": {"stop": ["majority"]}}, "a2r.stop"),
+        ({"stream_options": [1]}, "stream_options"),
+        ({"stream_options": "x"}, "stream_options"),
+        ({"stream": "false"}, "stream"),
+        ({"a2r": {"return_references": "no"}}, "a2r.return_references"),
+        ({"a2r": {"keep_confident": True}}, "a2r.keep_confident"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]},
+            "messages[0].content",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": {"x": 1}}]}]},
+            "messages[0].content",
+        ),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}, "tools"),
+        ({"functions": [{"name": "f"}], "function_call": "auto"}, "functions"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+        ({"logprobs": True, "top_logprobs": 5}, "logprobs"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": 1}, "frequency_penalty"),
+        ({"stop": 5}, "stop"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": "self-consistency", "stop": "x"}, "stop"),
+        ({"seed": "7"}, "seed"),
+        ({"n": 2}, "n"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}]},
+                    {"role": "tool", "content": "4"},
+                    *USER,
+                ]
+            },
+            "messages[1]",
+        ),  # fmt: skip
+    ],
+)
+def test_a_body_the_server_cannot_honour_is_a_400_naming_the_param(extra, param):
+    with pytest.raises(ApiError) as refused:
+        ChatRequest.parse({"model": "a2r", "messages": USER, **extra}, CONFIG)
+    assert (refused.value.status, refused.value.param) == (400, param), refused.value.message
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"messages": [{"role": "developer", "content": "Be brief."}, *USER]},
+        {"messages": [*USER, {"role": "assistant", "content": None}, *USER]},
+        {"n": None, "stream": None, "stream_options": None, "stop": None, "seed": None},
+        {"tools": [], "logprobs": False, "response_format": {"type": "text"}, "presence_penalty": 0},
+    ],
+)
+def test_what_openais_clients_commonly_send_is_accepted(extra):
+    request = ChatRequest.parse({"model": "a2r", "messages": USER, **extra}, CONFIG)
+    assert request.query == QUESTION and request.messages[0]["role"] in ("system", "user")
+
+
+def test_stop_and_seed_reach_the_synthesizer_and_the_run():
+    request = ChatRequest.parse({"model": "a2r", "messages": USER, "stop": "\\n\\n", "seed": 7}, CONFIG)
+    assert request.stop == ("\\n\\n",) and request.config.seed == 7
+
+
+def test_the_synthesizer_stops_at_a_stop_sequence(served):
+    reply = ask(served, stop=["boxed"])
+    message = reply.choices[0].message
+    assert "boxed" not in (message.content or "") + (message.model_extra.get("reasoning_content") or "")
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_nested_json_is_a_400_and_unknown_routes_are_openai_errors(served):
+    reply = served.post(None, raw=b"[" * 100_000)
+    assert reply.status_code == 400 and "nested" in reply.json()["error"]["message"]
+    headers = {"Authorization": f"Bearer {KEY}"}
+    for route in ("/docs", "/redoc", "/openapi.json", "/v1/nothing"):
+        missing = requests.get(f"{served.url}{route}", headers=headers, timeout=30)
+        assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error", route
+
+
+def test_the_bearer_scheme_is_read_in_any_case(served):
+    reply = requests.get(f"{served.url}/v1/models", headers={"Authorization": f"bearer {KEY}"}, timeout=30)
+    assert reply.status_code == 200
+    assert (
+        requests.get(f"{served.url}/v1/models", headers={"Authorization": f"Bearer  {KEY}"}).status_code
+        == 401
+    )
+
+
+def test_a_client_that_leaves_is_logged_as_cancelled(served, caplog):
+    body = {**GOOD, "a2r": {"n": 16, "explorer_max_tokens": 3000, "explorer_temperature": 2.0}}
+    with caplog.at_level(logging.INFO, logger="a2r.serve"):
+        with pytest.raises(requests.Timeout):
+            requests.post(f"{served.url}/v1/chat/completions", json=body, timeout=2,
+                          headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+        deadline = time.monotonic() + 60  # the server notices within a second; the line is its last act
+        while not (lines := [r.getMessage() for r in caplog.records if r.name == "a2r.serve"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert " cancelled " in lines[0], lines

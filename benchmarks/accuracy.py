@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         records = ProtocolRecords(problems, args.runs, args.ns, explorations, syntheses)
         explorations.check_problems((trial.id, trial.problem) for trial in records.trials())
     except (DatasetError, RecordsError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        cli.print_error(exc)
         return 2
     explore, synth = records.missing()
     console.print(

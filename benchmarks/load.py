@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         problems = load_problems(dataset, args.limit)
         engines, config = cli.plan_run(args, profile, device)
     except (DatasetError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        cli.print_error(exc)
         return 2
     args.output.mkdir(parents=True, exist_ok=True)
     try:

@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         for records in files.values():
             records.check_problems((p.id, p) for p in problems)
     except (DatasetError, RecordsError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        cli.print_error(exc)
         return 2
     todo = {name: [p for p in problems if p.id not in records] for name, records in files.items()}
     walls: dict[str, float] = {}

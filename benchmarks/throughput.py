@@ -439,7 +439,7 @@ def run(args: argparse.Namespace) -> int:
         output = args.output or cli.default_output(args.dataset, args.n, kind="throughput")
         output.mkdir(parents=True, exist_ok=True)
     except (DatasetError, OSError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        cli.print_error(exc)
         return 2
     folder = {p.name: output if args.sweep is None else output / p.name for p in todo}
     results = {p.name: r for p in todo if (r := saved(p, folder[p.name])) is not None}
@@ -456,7 +456,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]interrupted:[/] engines stopped; values measured in full stay in {output}")
         return 130
     except (EngineError, RuntimeError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        cli.print_error(exc)
         return 1
     ordered = [results[p.name] for p in todo]
     if args.sweep is not None:

@@ -17,7 +17,9 @@ import json
 import time
 from pathlib import Path
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from engine.launch import EngineError, serve
 from engine.layout import Engines
@@ -75,12 +77,14 @@ def run(args: argparse.Namespace) -> int:
         records = RecordFile(output, config.to_dict(), console)
         records.check_problems((p.id, p) for p in problems)
     except (DatasetError, RecordsError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        cli.print_error(exc)
         return 2
     todo = [p for p in problems if p.id not in records or (args.retry_failed and records.failed(p.id))]
     console.print(
-        f"{len(problems)} problems, {len(problems) - len(todo)} already in {records.path}; engines "
-        f"({engines.layout}): explorer {config.explorer_model}, synthesizer {config.synthesizer_model}"
+        escape(
+            f"{len(problems)} problems, {len(problems) - len(todo)} already in {records.path}; engines "
+            f"({engines.layout}): explorer {config.explorer_model}, synthesizer {config.synthesizer_model}"
+        )
     )
     try:
         if todo:
@@ -93,17 +97,19 @@ def run(args: argparse.Namespace) -> int:
     if summary["failed"]:
         first = next(r for r in finished if r.error)
         console.print(
-            f"[red]{summary['failed']} of {len(finished)} problems failed[/] (first: {first.id}: {first.error}); "
+            f"[red]{summary['failed']} of {len(finished)} problems failed[/] "
+            f"(first: {escape(f'{first.id}: {first.error}')}); "
             "their records say why; rerun with --retry-failed to try them again"
         )
     if args.question and not finished[0].error:
         cli.show(question_table(finished[0]))
         synthesis = finished[0].synthesizer
         if synthesis is not None:
-            console.print(f"[bold]synthesizer's reply:[/]\n{synthesis.text}")
+            console.print("[bold]synthesizer's reply:[/]")
+            console.print(Text(synthesis.text))
     else:
         cli.show(run_table(summary))
-    console.print(f"records: {records.path}\nsummary: {output / 'summary.json'}")
+    console.print(escape(f"records: {records.path}\nsummary: {output / 'summary.json'}"))
     return 1 if summary["failed"] else 0
 
 

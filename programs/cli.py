@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
@@ -33,8 +34,10 @@ from programs.offline.model import OfflineModels, offline_models
 from programs.profile import OFFLINE, PROFILES, Profile, choose_profile, default_models
 
 # soft_wrap: rich never breaks a printed line itself. Piped output (CI, logs, tests) otherwise wraps at 80
-# columns, cutting paths and messages mid-word.
-console = Console(soft_wrap=True)
+# columns, cutting paths and messages mid-word. emoji off: `chain:x:5` is a dataset name, not ❌. Text that did
+# not come from the project (names, paths, questions, replies, errors quoting them) is printed through `escape`
+# or as `Text`, never read as markup.
+console = Console(soft_wrap=True, emoji=False)
 
 ROLES = ("explorer", "synthesizer")
 RUN_FLAGS_NOT_ON_THE_COMMAND_LINE = (
@@ -129,7 +132,8 @@ def build_offline_models(profile: Profile, args: argparse.Namespace) -> OfflineM
         return None
     models = offline_models()
     console.print(
-        f"[bold yellow]No GPU: running on the CPU with the project's offline models ({models.explorer.parent}).[/] "
+        f"[bold yellow]No GPU: running on the CPU with the project's offline models "
+        f"({escape(str(models.explorer.parent))}).[/] "
         f"They were trained here on small arithmetic (`--dataset {OFFLINE.datasets[0]}`); on other problems "
         "their answers show the pipeline working, not accuracy."
     )
@@ -250,10 +254,15 @@ def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace)
 def stopped(exc: BaseException, kept: str) -> int:
     """Say why a run stopped early and what it `kept`; its exit status: 130 for Ctrl-C or SIGTERM, else 1."""
     if isinstance(exc, KeyboardInterrupt):
-        console.print(f"[yellow]interrupted:[/] {kept}; rerun to resume")
+        console.print(f"[yellow]interrupted:[/] {escape(kept)}; rerun to resume")
         return 130
-    console.print(f"[red]error:[/] {exc}\n{kept}")
+    console.print(f"[red]error:[/] {escape(str(exc))}\n{escape(kept)}")
     return 1
+
+
+def print_error(exc: BaseException | str) -> None:
+    """The one line a refused run prints: its message, which may quote a user's name or path, as text."""
+    console.print(f"[red]error:[/] {escape(str(exc))}")
 
 
 def log_frontend_warnings(log_dir: Path) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from programs.core.metrics import aggregate, score_problem
 from programs.core.records import STAGES, ProblemRecord, usage
@@ -96,10 +97,12 @@ def question_table(record: ProblemRecord) -> Table:
     table.add_column("answer", justify="right")
     table.add_column("tokens", justify="right")
     for i, path in enumerate(record.paths, start=1):
-        table.add_row(f"explorer path {i}", str(path.answer), str(path.completion_tokens))
-    table.add_row("self-consistency", str(record.self_consistency["answer"]), "")
+        table.add_row(f"explorer path {i}", Text(str(path.answer)), str(path.completion_tokens))
+    table.add_row("self-consistency", Text(str(record.self_consistency["answer"])), "")
     if record.synthesizer:
         table.add_row(
-            "A2R (synthesizer)", str(record.synthesizer.answer), str(record.synthesizer.completion_tokens)
+            "A2R (synthesizer)",
+            Text(str(record.synthesizer.answer)),
+            str(record.synthesizer.completion_tokens),
         )
     return table

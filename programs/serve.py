@@ -29,6 +29,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from rich.markup import escape
 from starlette.exceptions import HTTPException
 
 from engine.endpoint import new_batch, request_ids, synthesis_id
@@ -439,7 +440,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sock = listen(args.host, args.http_port)
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        cli.print_error(exc)
         return 2
     with sock:
         return serve_on(sock, args)
@@ -449,7 +450,7 @@ def serve_on(sock: socket.socket, args: argparse.Namespace) -> int:
     try:
         engines, config = cli.plan_run(args, *cli.profile_for(args))
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        cli.print_error(exc)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logs = args.output / "logs"
@@ -457,8 +458,11 @@ def serve_on(sock: socket.socket, args: argparse.Namespace) -> int:
         with serve(engines, logs) as running:
             service = Service(config, *EngineHandle.attach_roles(running), args.max_queue, logs)
             console.print(
-                f"A2R on http://{args.host}:{args.http_port}/v1 (models: {', '.join(MODELS)}); engines ({engines.layout}): "
-                f"explorer {config.explorer_model}, synthesizer {config.synthesizer_model}; logs in {logs}"
+                escape(
+                    f"A2R on http://{args.host}:{args.http_port}/v1 (models: {', '.join(MODELS)}); engines "
+                    f"({engines.layout}): explorer {config.explorer_model}, synthesizer {config.synthesizer_model}; "
+                    f"logs in {logs}"
+                )
             )
             app = build_app(service, args.api_key, args.max_body_bytes)
             uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

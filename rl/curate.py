@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         records = RecordFile(args.output, config.to_dict(), console, name=RECORDS)
         records.check_problems((p.id, p) for p in problems)
     except (DatasetError, RecordsError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        cli.print_error(exc)
         return 2
     todo = [p for p in problems if p.id not in records]
     console.print(

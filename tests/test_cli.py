@@ -14,6 +14,8 @@ import pytest
 
 from programs import cli
 from programs.a2r import main, parse_args
+from programs.core.records import PathRecord, ProblemRecord, SynthesisRecord
+from programs.datasets import question_problem
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -223,3 +225,37 @@ def test_a_remote_engines_budgets_fit_the_context_it_reports(cpu_engine):
     args = parse_args(["--explorer-url", cpu_engine.explorer.base_url])
     _, config = cli.plan_run(args, *cli.profile_for(args))
     assert config.explorer.max_tokens == config.synthesizer.max_tokens == 2048  # the offline model's 4096 / 2
+
+
+@pytest.mark.parametrize("dataset", ["a[/b].jsonl", "x[/]y", "chain:x:99999999999"])
+def test_a_dataset_name_is_printed_as_typed_never_as_markup(dataset, capsys, tmp_path):
+    code, out = run_cli(["--dataset", dataset, "--output", str(tmp_path / "r")], capsys)
+    assert code == 2 and dataset in out, out
+
+
+def test_a_run_folder_with_markup_in_its_path_is_named_as_it_is(capsys, tmp_path):
+    folder = tmp_path / "out[red]x"
+    folder.write_text("a file, not a folder")
+    code, out = run_cli(
+        ["--dataset", "chain:3:2", "--explorer-url", "http://127.0.0.1:9", "--output", str(folder)], capsys
+    )
+    assert code == 2 and str(folder) in out, out
+
+
+def test_a_question_and_its_replies_are_printed_as_text_on_every_rerun(capsys, tmp_path):
+    """The records are saved before anything is printed, so a reply read as markup broke every rerun."""
+    question, reply = "Is [b]x[/b] in [a, b]?", "<think>the interval [a, b] and [x]</think> so \\boxed{[/i]}"
+    argv = ["--n", "2", "--question", question, "--explorer-url", "http://127.0.0.1:9", "--output",
+            str(tmp_path / "run"), "--explorer-max-tokens", "16", "--synthesizer-max-tokens", "16"]  # fmt: skip
+    args = parse_args(argv)
+    _, config = cli.plan_run(args, *cli.profile_for(args))
+    meta = {"prompt_tokens": 9, "completion_tokens": 5, "cached_tokens": 8}
+    paths = [PathRecord.from_engine(reply, meta, seed=i) for i in range(2)]
+    synthesis = SynthesisRecord.from_engine("prompt", reply, meta, [0, 1], [])
+    record = ProblemRecord.build(question_problem(question), config.to_dict(), paths, synthesis, {})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "records.jsonl").write_text(json.dumps(record.to_json()) + "\n")
+    for _ in range(2):
+        code, out = run_cli(argv, capsys)  # nothing left to do: no engine is asked
+        assert code == 0 and "the interval [a, b] and [x]</think> so \\boxed{[/i]}" in out
+        assert out.count("[/i]") == 5  # the reply, and the table: both paths, the vote, the synthesizer

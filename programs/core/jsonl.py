@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 
 from programs.core.records import Problem
 
@@ -132,7 +133,7 @@ class RecordFile:
         lines = raw.split(b"\n")
         if lines and lines[-1]:
             # A run killed mid-write leaves a partial last line: that problem is simply redone.
-            self.console.print(f"[yellow]dropping an unfinished last line of {self.path}[/]")
+            self.console.print(f"[yellow]dropping an unfinished last line of {escape(str(self.path))}[/]")
             with self.path.open("r+b") as f:
                 f.truncate(len(raw) - len(lines[-1]))
         try:

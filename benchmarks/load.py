@@ -25,7 +25,7 @@ import openai
 import uvicorn
 from rich.table import Table
 
-from engine.launch import EngineError, flush_cache, serve
+from engine.launch import EngineError, serve
 from engine.ports import free_port
 from programs import cli
 from programs.cli import console
@@ -167,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
             service = Service(config, explorer, synthesizer, max_queue=len(problems))
             console.print(f"server: {len(problems)} streaming requests, {args.concurrency} at once ...")
             server = through_server(service, problems, args.concurrency)
-            for url in dict.fromkeys((explorer.url, synthesizer.url)):
-                flush_cache(url)
+            for handle in {handle.url: handle for handle in (explorer, synthesizer)}.values():
+                handle.flush_cache()
             console.print(f"pipeline: the same problems, at most {args.concurrency} explored at once ...")
             pipeline = through_pipeline(Pipeline(config, explorer, synthesizer), problems, args.concurrency)
     except (KeyboardInterrupt, EngineError, RuntimeError) as exc:

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from engine.launch import post
 from programs.core.config import RunConfig
 from programs.core.records import PathRecord, Problem, ProblemRecord, usage
 from programs.engine_handle import EngineHandle
@@ -77,7 +76,7 @@ def run_raw(
     def solve(problem: Problem) -> ProblemRecord:
         started = time.perf_counter() - start
         body = {"text": texts[problem.id], "sampling_params": params}
-        outputs = json.loads(post(explorer.url, "/generate", body))
+        outputs = json.loads(explorer.post("/generate", body))
         finished = time.perf_counter() - start
         outputs = outputs if isinstance(outputs, list) else [outputs]
         paths = [PathRecord.from_engine(out["text"], out["meta_info"], None) for out in outputs]

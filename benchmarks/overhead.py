@@ -34,7 +34,6 @@ from rich.table import Table
 
 from benchmarks.modes import prompts, raw_params
 from engine.endpoint import PREFILL_TOP_K
-from engine.launch import post
 from programs.core.config import RunConfig
 from programs.core.records import Problem
 from programs.engine_handle import EngineHandle
@@ -65,7 +64,7 @@ def steady_load(
 
     def keep_busy(index: int) -> None:
         while not stop.is_set():
-            post(explorer.url, "/generate", {**body, "text": prompts[index % len(prompts)]})
+            explorer.post("/generate", {**body, "text": prompts[index % len(prompts)]})
 
     with ThreadPoolExecutor(max(1, streams), "load") as pool:
         busy = [pool.submit(keep_busy, i) for i in range(streams)]
@@ -94,22 +93,22 @@ def fixed_costs(
     commit = {"text": prompt, "sampling_params": {"max_new_tokens": 0, "top_k": PREFILL_TOP_K}}
     one = {"text": prompt, "sampling_params": sampling}
     raw = {"text": prompt, "sampling_params": {**sampling, "n": n}}
-    post(explorer.url, "/generate", commit)  # cached from here on, as in every fork after its commit
+    explorer.post("/generate", commit)  # cached from here on, as in every fork after its commit
 
     def separate() -> None:  # BURST requests at once, as fork sends its paths
         with ThreadPoolExecutor(BURST) as threads:
-            list(threads.map(lambda _: post(explorer.url, "/generate", one), range(BURST)))
+            list(threads.map(lambda _: explorer.post("/generate", one), range(BURST)))
 
     def together() -> None:  # the same BURST sequences as one request
-        post(explorer.url, "/generate", {**one, "sampling_params": {**sampling, "n": BURST}})
+        explorer.post("/generate", {**one, "sampling_params": {**sampling, "n": BURST}})
 
     with steady_load(explorer, others or [prompt], config, in_flight - 1):
         costs = {
             "prompt_s": timed(lambda: prompts(explorer, [problem], config)),
-            "commit_s": timed(lambda: post(explorer.url, "/generate", commit)),
+            "commit_s": timed(lambda: explorer.post("/generate", commit)),
             "request_s": (timed(separate, repeats=5) - timed(together, repeats=5)) / BURST,
             "sc_problem_s": timed(lambda: sc.explore(problem)),
-            "raw_problem_s": timed(lambda: post(explorer.url, "/generate", raw)),
+            "raw_problem_s": timed(lambda: explorer.post("/generate", raw)),
         }
     return costs
 

@@ -28,7 +28,7 @@ from rich.progress import Progress, TimeElapsedColumn
 from rich.table import Table
 
 from benchmarks.adaptive import evaluate, read_records
-from engine.launch import flush_cache, serve
+from engine.launch import serve
 from programs import cli
 from programs.cli import console
 from programs.core.config import RunConfig
@@ -217,8 +217,8 @@ def run(args: argparse.Namespace) -> int:
                             fresh[name].append(record)
                             bar.advance(task)
 
-                        for url in dict.fromkeys(handle.url for handle in handles):
-                            flush_cache(url)
+                        for handle in {handle.url: handle for handle in handles}.values():
+                            handle.flush_cache()
                         start = time.perf_counter()
                         Pipeline(config, *handles).run(todo[name], append)
                         walls[name] = time.perf_counter() - start

@@ -49,7 +49,7 @@ from benchmarks.modes import MODES, PaperSizedReferences, run_raw, run_two_phase
 from benchmarks.overhead import budget_table, fixed_costs, shares
 from benchmarks.sweep import SWEEPS, plot_sweep, sweep_table, sweep_values
 from engine.cpu_use import cpu_seconds, local_server
-from engine.launch import EngineError, flush_cache, serve
+from engine.launch import EngineError, serve
 from engine.layout import Engines
 from programs import cli
 from programs.cli import console
@@ -283,8 +283,8 @@ def measure_point(
         for index in range(point.rounds):
             figures = {}
             for mode in MODES:
-                for url in roles:
-                    flush_cache(url)
+                for handle in {handle.url: handle for handle in handles}.values():
+                    handle.flush_cache()
                 console.print(f"{point.name} round {index + 1}/{point.rounds}: {mode}, {len(problems)} problems, "
                               f"{slots[0]} in flight ...")  # fmt: skip
                 before = cpu()

@@ -81,8 +81,8 @@ class DpRanks:
 
 
 class PathEndpoint(RuntimeEndpoint):
-    def __init__(self, base_url: str, dp_size: int = 1) -> None:
-        super().__init__(base_url)
+    def __init__(self, base_url: str, dp_size: int = 1, api_key: str | None = None) -> None:
+        super().__init__(base_url, api_key=api_key)
         self.dp_ranks = DpRanks(dp_size)
 
     def _add_images(self, s: Any, data: dict[str, Any]) -> None:
@@ -124,9 +124,9 @@ class PathEndpoint(RuntimeEndpoint):
         prefixes, so both are refused."""
         if not rid.endswith(RID_END) or len(rid) == len(RID_END):
             raise ValueError(f"refusing to abort {rid!r}: only ids from request_ids() address one request")
-        post(self.base_url, "/abort_request", {"rid": rid})
+        post(self.base_url, "/abort_request", {"rid": rid}, key=self.api_key)
 
 
 def connect(spec: EngineSpec, dp_size: int = 1) -> PathEndpoint:
     """The frontend backend of a running engine with `dp_size` data-parallel replicas (as it reports them)."""
-    return PathEndpoint(spec.base_url, dp_size)
+    return PathEndpoint(spec.base_url, dp_size, spec.api_key)

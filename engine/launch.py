@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,14 +20,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from engine.layout import Engines
+from engine.layout import ENGINE_KEY_ENV, Engines
 from engine.ports import check_port_free, listeners
-from engine.spec import EngineError, EngineSpec, is_server, launch_command, launch_env
+from engine.spec import EngineError, EngineSpec, is_server, launch_command, launch_env, write_key_file
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +38,31 @@ LOG_TAIL_LINES = 40
 FLUSH_WAIT_S = 30.0
 
 
-def get_json(url: str, timeout: float = REMOTE_TIMEOUT_S) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def auth(key: str | None) -> dict[str, str]:
+    """The header an engine with `key` requires (none for an engine without one)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def new_key() -> str:
+    """A random key for one run's launched engines."""
+    return secrets.token_urlsafe(24).replace("-", "x").replace("_", "y")  # plain YAML, plain header
+
+
+def get_json(url: str, timeout: float = REMOTE_TIMEOUT_S, key: str | None = None) -> dict[str, Any]:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=auth(key)), timeout=timeout) as response:
         return json.loads(response.read())
 
 
-def post(url: str, route: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> bytes:
+def post(
+    url: str,
+    route: str,
+    body: dict[str, Any] | None = None,
+    timeout: float | None = None,
+    key: str | None = None,
+) -> bytes:
     """POST JSON to a server route; an HTTP error becomes an EngineError carrying the server's answer."""
     data = json.dumps(body or {}).encode()
-    request = urllib.request.Request(f"{url}{route}", data, {"Content-Type": "application/json"})
+    request = urllib.request.Request(f"{url}{route}", data, {"Content-Type": "application/json", **auth(key)})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read()
@@ -53,19 +71,19 @@ def post(url: str, route: str, body: dict[str, Any] | None = None, timeout: floa
         raise EngineError(f"{url}{route} answered {exc.code}: {detail}") from None
 
 
-def flush_cache(url: str, wait_s: float = FLUSH_WAIT_S) -> None:
+def flush_cache(url: str, wait_s: float = FLUSH_WAIT_S, key: str | None = None) -> None:
     """Empty the server's prefix cache. SGLang flushes only once idle, so it waits up to `wait_s` for the
     requests still running."""
-    post(url, f"/flush_cache?timeout={wait_s:g}", timeout=wait_s + 10)
+    post(url, f"/flush_cache?timeout={wait_s:g}", timeout=wait_s + 10, key=key)
 
 
 def server_info(spec: EngineSpec) -> dict[str, Any]:
     """SGLang's own description of a running server (`max_total_num_tokens`, limits, flags)."""
-    return get_json(f"{spec.base_url}/get_server_info")
+    return get_json(f"{spec.base_url}/get_server_info", key=spec.api_key)
 
 
 def model_info(spec: EngineSpec) -> dict[str, Any]:
-    return get_json(f"{spec.base_url}/get_model_info")
+    return get_json(f"{spec.base_url}/get_model_info", key=spec.api_key)
 
 
 def context_length(spec: EngineSpec) -> int:
@@ -74,7 +92,7 @@ def context_length(spec: EngineSpec) -> int:
     if spec.context_length:
         return spec.context_length
     try:
-        return int(get_json(f"{spec.base_url}/v1/models")["data"][0]["max_model_len"])
+        return int(get_json(f"{spec.base_url}/v1/models", key=spec.api_key)["data"][0]["max_model_len"])
     except (urllib.error.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise EngineError(
             f"{spec.base_url} answers as an SGLang server but its /v1/models gives no context length ({exc}); "
@@ -164,6 +182,12 @@ def check_ours(spec: EngineSpec, process: subprocess.Popen, log: Path) -> None:
 def check_remote(spec: EngineSpec) -> None:
     try:
         model_info(spec)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise EngineError(
+                f"{spec.base_url} wants an API key: give it with --engine-key or {ENGINE_KEY_ENV}"
+            ) from None
+        raise EngineError(f"no SGLang server answers at {spec.base_url} (HTTP {exc.code})") from None
     except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise EngineError(f"no SGLang server answers at {spec.base_url} ({reason})") from None
@@ -184,12 +208,22 @@ def stop(process: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 
 def start(spec: EngineSpec, log: Path) -> subprocess.Popen:
+    """Launch `spec`, its output to `log`; both the log (SGLang writes its arguments there) and the key file
+    are this user's alone."""
     check_model(spec.model)
     check_port_free(spec.host, spec.port)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as sink:
+    key_file = write_key_file(spec, log.with_suffix(".key.yaml")) if spec.api_key else None
+    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as sink:
+        os.fchmod(sink.fileno(), 0o600)
         return subprocess.Popen(
-            [sys.executable, "-m", "engine.tether", str(os.getpid()), *launch_command(spec)],
+            [
+                sys.executable,
+                "-m",
+                "engine.tether",
+                str(os.getpid()),
+                *launch_command(spec, key_file=key_file),
+            ],
             env=launch_env(spec),
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -239,11 +273,25 @@ def set_affinity(cores: set[int]) -> None:
             os.sched_setaffinity(int(thread), cores)
 
 
+def keyed(engines: Engines, key: str | None = None) -> Engines:
+    """`engines` with every launched one that has no key given requiring `key` (default: a new random one)."""
+    key = key or new_key()
+
+    def lock(spec: EngineSpec) -> EngineSpec:
+        return spec if not spec.launched or spec.api_key else replace(spec, api_key=key)
+
+    explorer = lock(engines.explorer)
+    synthesizer = explorer if engines.synthesizer is engines.explorer else lock(engines.synthesizer)
+    return replace(engines, explorer=explorer, synthesizer=synthesizer)
+
+
 @contextlib.contextmanager
 def serve(engines: Engines, log_dir: Path, pin_frontend: bool = True) -> Iterator[Engines]:
     """Make every engine in `engines` answer for the duration of the block, each within its `ready_timeout`,
     with this process on the plan's `frontend_cores` unless `pin_frontend` is false (a process that does
-    more than drive these engines, such as a test session)."""
+    more than drive these engines, such as a test session). It yields the engines as they run: the launched
+    ones behind a key (`keyed`), which every client of theirs sends."""
+    engines = keyed(engines)
     for spec in (engines.explorer, engines.synthesizer):
         if not spec.launched:
             check_remote(spec)
@@ -265,3 +313,4 @@ def serve(engines: Engines, log_dir: Path, pin_frontend: bool = True) -> Iterato
         for _, process, log in reversed(started):
             stop(process)
             log.with_suffix(".pid").unlink(missing_ok=True)  # the pid file lives as long as its engine
+            log.with_suffix(".key.yaml").unlink(missing_ok=True)

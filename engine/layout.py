@@ -24,6 +24,7 @@ from engine.sizing import DEFAULT_SHARES, UnsizableModel, colocated_shares, read
 from engine.spec import CPU_READY_TIMEOUT_S, READY_TIMEOUT_S, EngineSpec
 
 logger = logging.getLogger(__name__)
+ENGINE_KEY_ENV = "A2R_ENGINE_KEY"  # the engines' key, for servers given by URL
 
 
 @dataclass
@@ -72,6 +73,13 @@ class EngineConfig:
     )
     port: int | None = field(
         default=None, metadata={"help": "first port; the synthesizer takes the next (default: free ports)"}
+    )
+    engine_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "API key of the servers given by URL, and the one launched engines take (default: "
+            f"${ENGINE_KEY_ENV}, else a random key per run); the environment keeps it out of `ps`"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -127,6 +135,7 @@ def plan(
         attention_backend=config.attention_backend,
         ready_timeout=config.ready_timeout,
         port=ports[0],
+        api_key=config.engine_key or os.environ.get(ENGINE_KEY_ENV) or None,
     )
     if config.deterministic and device == "cuda" and gpu is not None and config.explorer_url is None:
         warn_if_radix_cache_lost(config.attention_backend, gpu)

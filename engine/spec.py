@@ -61,6 +61,9 @@ class EngineSpec:
     ready_timeout: float | None = None  # seconds to wait for it to answer (default by device)
     url: str | None = None  # an existing server or sglang-router: launch nothing
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the server process
+    # The key it requires on every route but /health (launched: SGLang's --api-key and --admin-api-key, read
+    # from a private file so `ps` does not show it; remote: sent with every request). Never printed.
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -94,8 +97,9 @@ class EngineSpec:
         return self.url is None
 
 
-def launch_command(spec: EngineSpec, python: str = sys.executable) -> list[str]:
-    """The argv that starts `spec` as an SGLang HTTP server."""
+def launch_command(spec: EngineSpec, python: str = sys.executable, key_file: Path | None = None) -> list[str]:
+    """The argv that starts `spec` as an SGLang HTTP server; a keyed spec takes its key from `key_file`, which
+    `engine.launch.start` writes (`write_key_file`), so the key never shows in the process list."""
     if not spec.launched:
         raise ValueError(f"{spec.base_url} is a remote engine; nothing to launch")
     args = [python, "-m", SERVER_MODULE, "--model-path", spec.model]
@@ -117,9 +121,22 @@ def launch_command(spec: EngineSpec, python: str = sys.executable) -> list[str]:
         # An idle CPU scheduler otherwise spins a whole core that the other engine needs.
         args.append("--sleep-on-idle")
     args += list(spec.extra_args)
+    if spec.api_key and key_file is not None:
+        args += ["--config", str(key_file)]
     if spec.device == "cpu" and spec.cpu_cores:
         args = ["taskset", "-c", ",".join(map(str, spec.cpu_cores)), *args]
     return args
+
+
+def write_key_file(spec: EngineSpec, path: Path) -> Path:
+    """SGLang's YAML config holding `spec`'s key for both its user and admin routes, readable by this user
+    alone. SGLang reads it as it starts; the key is random letters and digits, so it needs no quoting."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(f"api-key: {spec.api_key}\nadmin-api-key: {spec.api_key}\n")
+    return path
 
 
 def is_server(process: psutil.Process) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from engine.endpoint import PathEndpoint, connect
-from engine.launch import EngineError, context_length, model_info, server_info
+from engine.launch import EngineError, context_length, flush_cache, model_info, post, server_info
 from engine.layout import Engines
 from engine.spec import EngineSpec
 from programs.core.prompts import chat_prompt
@@ -59,6 +59,18 @@ class EngineHandle:
     @property
     def url(self) -> str:
         return self.backend.base_url
+
+    @property
+    def key(self) -> str | None:
+        """The engine's API key, which every request to it carries."""
+        return self.backend.api_key
+
+    def post(self, route: str, body: dict[str, Any]) -> bytes:
+        """A raw request to one of the engine's routes (`/generate`), with its key."""
+        return post(self.url, route, body, key=self.key)
+
+    def flush_cache(self) -> None:
+        flush_cache(self.url, key=self.key)
 
     def prompt(self, text: str | Sequence[dict[str, str]], budget: int, thinking: bool, label: str) -> str:
         """`text` as a chat prompt, refused before sending if it and `budget` new tokens overflow the context."""

@@ -180,7 +180,7 @@ class Service:
     def healthy(self) -> bool:
         for handle in {self.explorer.url: self.explorer, self.synthesizer.url: self.synthesizer}.values():
             try:
-                get_json(f"{handle.url}/model_info", timeout=5)
+                get_json(f"{handle.url}/model_info", timeout=5, key=handle.key)
             except (OSError, ValueError):
                 return False
         return True

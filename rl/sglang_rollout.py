@@ -40,7 +40,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.launch import stop, wait_ready
+from engine.launch import auth, stop, wait_ready
 from engine.ports import free_port
 from engine.spec import READY_TIMEOUT_S, launch_env
 from rl.gpu_ids import handle_for_gpu, nvml_uuids, server_gpu_env, visible_device_uuid
@@ -180,7 +180,8 @@ class SGLangRollout:
                 aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)),
                 loop,
             )
-        async with self._http[0].post(f"{self.spec.base_url}{route}", json=body) as response:
+        url, headers = f"{self.spec.base_url}{route}", auth(self.spec.api_key)
+        async with self._http[0].post(url, json=body, headers=headers) as response:
             text = await response.text()
             if response.status != 200:
                 raise RuntimeError(f"SGLang {route} failed (HTTP {response.status}): {text[:500]}")

@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import Future
 from pathlib import Path
 
-from engine.launch import start
+from engine.launch import new_key, start
 from engine.spec import EngineSpec
 
 
@@ -45,6 +45,7 @@ def rollout_spec(
         port=port,
         extra_args=tuple(extra),
         env=dict(env or {}),
+        api_key=new_key(),  # its weight and memory routes answer only the actor that launched it
     )
 
 

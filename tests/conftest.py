@@ -3,6 +3,7 @@ explorer serving both roles on one engine, and the asymmetric pair on two."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.launch import get_json, serve
-from engine.layout import EngineConfig, Engines, plan
+from engine.launch import get_json, new_key, serve
+from engine.layout import ENGINE_KEY_ENV, EngineConfig, Engines, plan
 from engine.ports import free_port
 from programs.offline.model import OfflineModels, offline_models
 
@@ -21,6 +22,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # A killed test run (CI's time limit, `timeout`) must still stop its engines: SIGTERM takes the
     # Ctrl-C path, which runs fixture teardown.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The session's engines take one key, and the commands the tests run are given it as a user gives the
+    # key of engines named by URL (`--explorer-url` in a test names a session engine).
+    os.environ.setdefault(ENGINE_KEY_ENV, new_key())
 
 
 @pytest.fixture
@@ -69,9 +73,11 @@ class EngineLoad:
     """
 
     url: str
+    key: str | None
 
     def running(self) -> int:
-        return sum(load["num_running_reqs"] for load in get_json(f"{self.url}/v1/loads")["loads"])
+        loads = get_json(f"{self.url}/v1/loads", key=self.key)["loads"]
+        return sum(load["num_running_reqs"] for load in loads)
 
     def at_least(self, count: int, within_s: float) -> int:
         """The running count once it reaches `count`, or as it stands after `within_s`."""
@@ -91,4 +97,4 @@ class EngineLoad:
 
 @pytest.fixture(scope="session")
 def explorer_load(cpu_engine: Engines) -> EngineLoad:
-    return EngineLoad(cpu_engine.explorer.base_url)
+    return EngineLoad(cpu_engine.explorer.base_url, cpu_engine.explorer.api_key)

@@ -50,13 +50,13 @@ def test_aborting_path_1_does_not_stop_path_10(cpu_engine, explorer_load):
             "rid": rid,
             "sampling_params": {"max_new_tokens": 300, "ignore_eos": True},
         }
-        replies[rid] = json.loads(post(url, "/generate", body))["meta_info"]
+        replies[rid] = json.loads(post(url, "/generate", body, key=cpu_engine.explorer.api_key))["meta_info"]
 
     threads = [threading.Thread(target=generate, args=(ids[i],)) for i in (1, 10)]
     for thread in threads:
         thread.start()
     explorer_load.at_least(2, within_s=60)
-    PathEndpoint(url).abort(ids[1])
+    PathEndpoint(url, api_key=cpu_engine.explorer.api_key).abort(ids[1])
     for thread in threads:
         thread.join(120)
     assert replies[ids[1]]["finish_reason"]["type"] == "abort"
@@ -71,8 +71,8 @@ class OnePathMayEnd(PathEndpoint):
     does, however loaded the machine. (An abort that reaches SGLang while it is still tokenizing a request is
     lost, see `Watch.resending_aborts`; here every abort finds its request running.)"""
 
-    def __init__(self, base_url: str, load, others: int) -> None:
-        super().__init__(base_url)
+    def __init__(self, base_url: str, load, others: int, api_key: str | None) -> None:
+        super().__init__(base_url, api_key=api_key)
         self.load, self.others = load, others
 
     def _add_images(self, s, data) -> None:
@@ -89,7 +89,7 @@ class OnePathMayEnd(PathEndpoint):
 def test_a_stop_ends_decoding_on_the_engine_and_keeps_what_the_paths_wrote(cpu_engine, explorer_load):
     handle = EngineHandle.attach(cpu_engine.explorer)
     prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3?")
-    backend = OnePathMayEnd(handle.url, explorer_load, others=5)
+    backend = OnePathMayEnd(handle.url, explorer_load, others=5, api_key=handle.key)
     paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(6)), StopPolicy.parse("first:1"))
     assert explorer_load.settled(SNAPSHOT_S) == 0
     assert paths[0].kept and paths[0].stopped_by is None and paths[0].finish_reason == "stop"
@@ -99,14 +99,14 @@ def test_a_stop_ends_decoding_on_the_engine_and_keeps_what_the_paths_wrote(cpu_e
 
 
 def test_a_path_whose_request_reaches_the_engine_after_its_abort_is_stopped_all_the_same(cpu_engine):
-    endpoint = PathEndpoint(cpu_engine.explorer.base_url)
+    endpoint = PathEndpoint(cpu_engine.explorer.base_url, api_key=cpu_engine.explorer.api_key)
     watch = Watch(request_ids(2), StopPolicy.parse("first:1"), endpoint.abort)
     with watch.resending_aborts(every_s=0.2):
         watch.on_reply(0)("<think>x</think> \\boxed{3}", {"completion_tokens": 5})
         assert 1 in watch.stopped  # and its abort is sent, to an engine that has not seen the request yet
         body = {"text": "<think>\n", "rid": watch.rids[1],
                 "sampling_params": {"max_new_tokens": BUDGET, "ignore_eos": True}}  # fmt: skip
-        meta = json.loads(post(endpoint.base_url, "/generate", body))["meta_info"]
+        meta = json.loads(post(endpoint.base_url, "/generate", body, key=endpoint.api_key))["meta_info"]
         watch.on_reply(1)("", meta)
     assert meta["finish_reason"]["type"] == "abort" and meta["completion_tokens"] < BUDGET
 
@@ -115,8 +115,8 @@ class LateSender(PathEndpoint):
     """The engine's own endpoint, sending every forked path but seed 0's only once seed 0's reply is in, as
     threads starved on a loaded machine would."""
 
-    def __init__(self, base_url: str) -> None:
-        super().__init__(base_url)
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        super().__init__(base_url, api_key=api_key)
         self.first_in = threading.Event()
 
     def generate(self, s, sampling_params):
@@ -132,7 +132,7 @@ class LateSender(PathEndpoint):
 def test_a_path_stopped_before_its_request_was_sent_is_never_sent(cpu_engine, explorer_load):
     handle = EngineHandle.attach(cpu_engine.explorer)
     prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3?")
-    backend = LateSender(handle.url)
+    backend = LateSender(handle.url, handle.key)
     paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(4)), StopPolicy.parse("first:1"))
     assert paths[0].kept and paths[0].completion_tokens > 0
     for path in paths[1:]:  # the engine prefilled and decoded nothing for them

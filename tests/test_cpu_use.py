@@ -16,7 +16,7 @@ def test_the_local_engine_is_found_from_its_url_and_its_scheduler_does_the_decod
     before = cpu_seconds(server)
     assert set(before) == set(KINDS)
     body = {"text": "What is 2 + 3?", "sampling_params": {"max_new_tokens": 64, "ignore_eos": True}}
-    post(cpu_engine.explorer.base_url, "/generate", body)
+    post(cpu_engine.explorer.base_url, "/generate", body, key=cpu_engine.explorer.api_key)
     after = cpu_seconds(server)
     used = {kind: after[kind] - before[kind] for kind in KINDS}
     assert all(seconds >= 0 for seconds in used.values())

@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,10 +16,10 @@ from typing import Any
 import pytest
 
 from engine.endpoint import PINNED_PROMPTS, PREFILL_TOP_K, DpRanks, PathEndpoint
-from engine.launch import model_info, serve, server_info
-from engine.layout import EngineConfig, plan
+from engine.launch import get_json, keyed, model_info, serve, server_info
+from engine.layout import ENGINE_KEY_ENV, EngineConfig, plan
 from engine.ports import check_port_free
-from engine.spec import EngineSpec
+from engine.spec import EngineSpec, launch_command, write_key_file
 from programs.core.config import RunConfig, SamplingConfig
 from programs.core.records import Problem
 from programs.engine_handle import EngineHandle
@@ -164,3 +166,36 @@ def test_the_kv_pool_counts_every_replica(tiny_model, server, dp, kv):
         handle = EngineHandle.attach(EngineSpec(model="", url=url, dp=dp))
     assert handle.kv_tokens == kv and handle.backend.dp_ranks.dp_size == kv // 1000
     assert handle.in_flight(1000) == kv // 1000
+
+
+def test_launched_engines_refuse_requests_without_their_key(cpu_engine):
+    spec = cpu_engine.explorer
+    assert spec.api_key
+    for route in ("/v1/loads", "/get_server_info", "/flush_cache", "/update_weights_from_disk"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{spec.base_url}{route}", timeout=30)
+        assert refused.value.code in (401, 403), route
+    assert get_json(f"{spec.base_url}/v1/loads", key=spec.api_key)["loads"]
+    assert urllib.request.urlopen(f"{spec.base_url}/health", timeout=30).status == 200  # readiness stays open
+
+
+def test_each_run_keys_its_launched_engines_and_no_key_shows_in_their_command(monkeypatch, tmp_path):
+    monkeypatch.delenv(ENGINE_KEY_ENV, raising=False)
+    planned = plan(EngineConfig(explorer_model="org/a", synthesizer_model="org/b"), device="cpu")
+    first, second = keyed(planned), keyed(planned)
+    assert first.explorer.api_key == first.synthesizer.api_key != second.explorer.api_key
+    assert len(first.explorer.api_key) >= 32 and first.explorer.api_key not in repr(first)
+    key_file = write_key_file(first.explorer, tmp_path / "explorer.key.yaml")
+    command = launch_command(first.explorer, key_file=key_file)
+    assert first.explorer.api_key not in " ".join(command) and command[command.index("--config") + 1] == str(
+        key_file
+    )
+    assert key_file.stat().st_mode & 0o777 == 0o600 and first.explorer.api_key in key_file.read_text()
+
+
+def test_a_key_given_for_engines_reaches_remote_and_launched_ones(monkeypatch):
+    monkeypatch.setenv(ENGINE_KEY_ENV, "from-the-environment")
+    remote = plan(EngineConfig(explorer_url="http://10.0.0.5:30000"), device="cpu")
+    assert keyed(remote).explorer.api_key == "from-the-environment"
+    flagged = plan(EngineConfig(explorer_model="org/a", engine_key="from-the-flag"), device="cpu")
+    assert keyed(flagged).explorer.api_key == "from-the-flag"

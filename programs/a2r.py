@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         finished = [ProblemRecord.from_json(records.records[p.id]) for p in problems if p.id in records]
         summary = {**run_summary(finished, config.to_dict()), "dataset": dataset or "question"}
         (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    except (KeyboardInterrupt, EngineError, RuntimeError, ValueError) as exc:
+    except (KeyboardInterrupt, EngineError, RuntimeError, ValueError, OSError) as exc:  # OSError: a full disk
         return cli.stopped(exc, f"{len(records.records)} records kept in {records.path}")
     if summary["failed"]:
         first = next(r for r in finished if r.error)

@@ -15,7 +15,7 @@ import pytest
 from programs import cli
 from programs.a2r import main, parse_args
 from programs.core.records import PathRecord, ProblemRecord, SynthesisRecord
-from programs.datasets import question_problem
+from programs.datasets import load_problems, question_problem
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -259,3 +259,22 @@ def test_a_question_and_its_replies_are_printed_as_text_on_every_rerun(capsys, t
         code, out = run_cli(argv, capsys)  # nothing left to do: no engine is asked
         assert code == 0 and "the interval [a, b] and [x]</think> so \\boxed{[/i]}" in out
         assert out.count("[/i]") == 5  # the reply, and the table: both paths, the vote, the synthesizer
+
+
+def test_a_full_disk_is_one_error_line_and_the_records_stay(capsys, tmp_path):
+    url = "http://127.0.0.1:9"  # every problem is already done: no engine is asked
+    argv = ["--n", "2", "--dataset", "chain:3:1", "--explorer-url", url, "--output", str(tmp_path / "run"),
+            "--explorer-max-tokens", "16", "--synthesizer-max-tokens", "16"]  # fmt: skip
+    args = parse_args(argv)
+    _, config = cli.plan_run(args, *cli.profile_for(args))
+    meta = {"prompt_tokens": 9, "completion_tokens": 5, "cached_tokens": 8}
+    paths = [PathRecord.from_engine("\\boxed{1}", meta, seed=i) for i in range(2)]
+    problem = load_problems("chain:3:1", None)[0]
+    record = ProblemRecord.build(problem, config.to_dict(), paths, None, {})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "records.jsonl").write_text(json.dumps(record.to_json()) + "\n")
+    (tmp_path / "run" / "summary.json").symlink_to("/dev/full")  # every write there: ENOSPC
+    code, out = run_cli(argv, capsys)
+    assert code == 1 and "No space left on device" in out and "Traceback" not in out
+    assert [line for line in out.splitlines() if line.startswith("error:")] == [out.splitlines()[-2]]
+    assert len(read_records(tmp_path / "run")) == 1

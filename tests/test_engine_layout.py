@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 import threading
 import time
 
@@ -283,3 +284,29 @@ def test_pinned_moves_every_thread_and_gives_the_cores_back():
     newer.join()
     older.join()
     assert os.sched_getaffinity(0) == before and seen["newer after"] == before
+
+
+SLOW_TO_STOP = """
+import signal, sys, time
+def stopping(*_):
+    open(sys.argv[1], "a").write(f"term {sys.argv[2]}\\n")
+    time.sleep(2)
+    open(sys.argv[1], "a").write(f"exit {sys.argv[2]}\\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stopping)
+open(sys.argv[1], "a").write(f"up {sys.argv[2]}\\n")
+time.sleep(600)
+"""
+
+
+def test_servers_are_all_told_to_stop_before_any_is_waited_for(tmp_path):
+    events = tmp_path / "events"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", SLOW_TO_STOP, str(events), name], start_new_session=True)
+        for name in ("explorer", "synthesizer")
+    ]
+    while not events.exists() or events.read_text().count("up ") < 2:
+        time.sleep(0.05)
+    launch.stop_all(processes)
+    kinds = [line.split()[0] for line in events.read_text().splitlines() if not line.startswith("up ")]
+    assert kinds == ["term", "term", "exit", "exit"] and all(p.returncode == 0 for p in processes)

@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
+import math
+import os
 import socket
 import threading
 import time
@@ -31,6 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from rich.markup import escape
 from starlette.exceptions import HTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from engine.endpoint import new_batch, request_ids, synthesis_id
 from engine.launch import EngineError, get_json, log_tail, serve
@@ -57,6 +61,12 @@ logger = logging.getLogger("a2r.serve")
 KEEPALIVE_S = 5.0  # an SSE comment this often while the paths are explored, so proxies keep the stream open
 RETRY_AFTER_S = 2
 CLIENT_LEFT = 499  # nginx's status for a request whose client closed the connection first
+HEALTH_TTL_S = 1.0  # /health answers from a reading this recent: each reading costs a round trip per engine
+HEADER_TIMEOUT_S = 10.0  # a connection whose request head has not arrived by then is closed
+MAX_CONNECTIONS = 256  # open connections; past them a new one is closed at once
+DRAIN_S = 30  # on SIGTERM, how long requests in flight may take to finish before they are cut
+API_KEY_ENV = "A2R_API_KEY"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_BODY_BYTES = 4 << 20  # far above what a context of 40k tokens holds, far below what hurts the server
 
 
@@ -101,6 +111,8 @@ class Service:
         self.max_queue = max_queue or 4 * slots[0]
         self.active = 0
         self._lock = threading.Lock()
+        self.health_ttl_s = HEALTH_TTL_S
+        self._health = (-math.inf, False)  # (when it was read, whether every engine answered)
 
     @property
     def max_chars(self) -> int:
@@ -178,11 +190,23 @@ class Service:
         return ApiError(503, f"the engines failed this request: {error}")
 
     def healthy(self) -> bool:
-        for handle in {self.explorer.url: self.explorer, self.synthesizer.url: self.synthesizer}.values():
-            try:
-                get_json(f"{handle.url}/model_info", timeout=5, key=handle.key)
-            except (OSError, ValueError):
-                return False
+        """Whether every engine answers, as read at most `health_ttl_s` ago (a flood of /health calls costs
+        the engines one round trip each per period, not one per call)."""
+        read_at, ok = self._health
+        if time.monotonic() - read_at < self.health_ttl_s:
+            return ok
+        ok = all(
+            self._answers(handle) for handle in {h.url: h for h in (self.explorer, self.synthesizer)}.values()
+        )
+        self._health = (time.monotonic(), ok)
+        return ok
+
+    @staticmethod
+    def _answers(handle: EngineHandle) -> bool:
+        try:
+            get_json(f"{handle.url}/model_info", timeout=5, key=handle.key)
+        except (OSError, ValueError):
+            return False
         return True
 
 
@@ -316,6 +340,43 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+class BoundedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with slow clients bounded. uvicorn times out only idle keep-alive
+    connections, so a client that sends its headers a byte at a time holds a connection for ever: here a
+    connection whose first request head has not arrived within `header_timeout_s` is closed, and past
+    `max_connections` open ones a new connection is closed at once."""
+
+    def __init__(self, *args: Any, max_connections: int, header_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_connections, self.header_timeout_s = max_connections, header_timeout_s
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.close()
+            return
+        self.loop.call_later(self.header_timeout_s, self.close_if_no_request)
+
+    def close_if_no_request(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():
+            self.transport.close()
+
+
+def http_server(
+    app: FastAPI,
+    max_connections: int = MAX_CONNECTIONS,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    drain_s: int = DRAIN_S,
+) -> uvicorn.Server:
+    """The HTTP server for `app`: slow clients bounded (`BoundedH11`), and on SIGTERM requests in flight
+    given `drain_s` seconds to finish."""
+    protocol = functools.partial(
+        BoundedH11, max_connections=max_connections, header_timeout_s=header_timeout_s
+    )
+    config = uvicorn.Config(app, http=protocol, log_level="warning", timeout_graceful_shutdown=drain_s)
+    return uvicorn.Server(config)
+
+
 def key_matches(authorization: str | None, api_key: str) -> bool:
     """Whether an Authorization header carries `api_key` as a bearer token (the scheme in any case, RFC 7235),
     compared in constant time so the answer's timing tells nothing of the key."""
@@ -398,7 +459,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     server.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
     # Its own dest: `dataclass_from_args(EngineConfig, ...)` reads an attribute `port` as the engines' first port.
     server.add_argument("--port", type=int, default=8000, dest="http_port", help="HTTP port")
-    server.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every /v1 request")
+    server.add_argument(
+        "--api-key",
+        help=f"require 'Authorization: Bearer KEY' on every /v1 request (default: ${API_KEY_ENV}; on the command "
+        "line it shows in `ps`)",
+    )
+    server.add_argument("--api-key-file", type=Path, help="read the API key from this file instead")
+    server.add_argument(
+        "--max-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        help=f"open connections (default: {MAX_CONNECTIONS})",
+    )
+    server.add_argument(
+        "--header-timeout",
+        type=float,
+        default=HEADER_TIMEOUT_S,
+        help=f"seconds a new connection has to send its request head (default: {HEADER_TIMEOUT_S:g})",
+    )
+    server.add_argument(
+        "--drain-timeout",
+        type=int,
+        default=DRAIN_S,
+        help=f"on SIGTERM, seconds requests in flight have to finish (default: {DRAIN_S})",
+    )
     server.add_argument(
         "--max-queue", type=int, help="requests held at once before 503 (default: 4x the explorer's)"
     )
@@ -414,7 +498,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_engine_args(parser, skip=("port",))  # engines take free ports; --port is the server's
     cli.add_run_args(parser, skip=("synthesize",))
     args = parser.parse_args(argv)
-    cli.check_positive(parser, args, "n", "max_queue", "max_body_bytes")
+    cli.check_positive(parser, args, "n", "max_queue", "max_body_bytes", "max_connections")
+    if args.header_timeout <= 0 or args.drain_timeout < 0:
+        parser.error("--header-timeout must be positive and --drain-timeout at least 0")
     return args
 
 
@@ -436,17 +522,37 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def server_key(args: argparse.Namespace) -> str | None:
+    """The API key: from --api-key-file, --api-key or $A2R_API_KEY, in that order; None serves without one."""
+    if args.api_key_file is None:
+        return args.api_key or os.environ.get(API_KEY_ENV) or None
+    try:
+        key = args.api_key_file.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"--api-key-file {args.api_key_file}: {exc.strerror}") from None
+    if not key:
+        raise ValueError(f"--api-key-file {args.api_key_file} is empty")
+    return key
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        key = server_key(args)
+        if key is None and args.host not in LOCAL_HOSTS:
+            console.print(
+                f"[yellow]warning:[/] {escape(args.host)} is not this machine alone and no API key is set: anyone "
+                f"who reaches it uses the engines. Set ${API_KEY_ENV} or --api-key-file, and put a reverse proxy "
+                "in front (docs/serving.md)"
+            )
         sock = listen(args.host, args.http_port)
     except ValueError as exc:
         cli.print_error(exc)
         return 2
     with sock:
-        return serve_on(sock, args)
+        return serve_on(sock, args, key)
 
 
-def serve_on(sock: socket.socket, args: argparse.Namespace) -> int:
+def serve_on(sock: socket.socket, args: argparse.Namespace, key: str | None) -> int:
     try:
         engines, config = cli.plan_run(args, *cli.profile_for(args))
     except ValueError as exc:
@@ -464,8 +570,10 @@ def serve_on(sock: socket.socket, args: argparse.Namespace) -> int:
                     f"logs in {logs}"
                 )
             )
-            app = build_app(service, args.api_key, args.max_body_bytes)
-            uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+            app = build_app(service, key, args.max_body_bytes)
+            http_server(app, args.max_connections, args.header_timeout, args.drain_timeout).run(
+                sockets=[sock]
+            )
     except (KeyboardInterrupt, EngineError, RuntimeError) as exc:
         for log in sorted(logs.glob("*.log")):
             logger.error("%s:\n%s", log, log_tail(log))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
 import logging
@@ -16,11 +18,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 import requests
 import uvicorn
+from fastapi import FastAPI
 
 from engine.ports import free_port
 from programs import cli
@@ -28,7 +32,7 @@ from programs.chat_api import ApiError, ChatRequest
 from programs.core.config import RunConfig, SamplingConfig
 from programs.engine_handle import EngineHandle
 from programs.profile import PAPER
-from programs.serve import Service, build_app, parse_args
+from programs.serve import API_KEY_ENV, Service, build_app, http_server, listen, main, parse_args, server_key
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-test"
@@ -52,17 +56,26 @@ class Served:
         return requests.post(f"{self.url}/v1/chat/completions", data=data, headers=headers, timeout=300)
 
 
-def serving(service: Service) -> Iterator[Served]:
-    port = free_port()
-    config = uvicorn.Config(build_app(service, KEY), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+@contextlib.contextmanager
+def running(app: FastAPI, **limits: Any) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
+    """`app` served as `programs.serve` serves it, on a free port, in a thread; its URL, server and thread."""
+    sock = listen("127.0.0.1", 0)
+    server = http_server(app, **limits)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    yield Served(f"http://127.0.0.1:{port}", service)
-    server.should_exit = True
-    thread.join(30)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+def serving(service: Service) -> Iterator[Served]:
+    with running(build_app(service, KEY)) as (url, _, _):
+        yield Served(url, service)
 
 
 @pytest.fixture(scope="module")
@@ -451,3 +464,101 @@ def test_a_client_that_leaves_is_logged_as_cancelled(served, caplog):
             assert time.monotonic() < deadline
             time.sleep(0.1)
     assert " cancelled " in lines[0], lines
+
+
+def test_health_is_read_from_the_engines_at_most_once_per_period(cpu_engine):
+    handle = EngineHandle.attach(cpu_engine.explorer)
+    service = Service(CONFIG, handle, handle)
+    service.health_ttl_s = 3600
+    assert service.healthy()
+    backend = copy.copy(handle.backend)
+    backend.base_url = f"http://127.0.0.1:{free_port()}"  # the engines are gone from here on
+    service.explorer = service.synthesizer = replace(handle, backend=backend)
+    assert service.healthy()  # the reading of a moment ago
+    service.health_ttl_s = 0
+    assert not service.healthy()
+
+
+def slow_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/")
+    async def hello() -> dict[str, str]:
+        return {"hello": "there"}
+
+    @app.get("/slow")
+    async def slow() -> dict[str, str]:
+        await asyncio.sleep(120)
+        return {}
+
+    return app
+
+
+def closed(sock: socket.socket, within_s: float, drip: bytes = b"") -> bool:
+    """Whether the server closes `sock` within `within_s`, while the client sends `drip` now and then."""
+    sock.settimeout(0.3)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(1024) == b"":
+                return True
+        except TimeoutError:
+            with contextlib.suppress(OSError):
+                sock.sendall(drip)
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def test_a_client_that_sends_its_headers_slowly_is_cut_off_and_others_are_served():
+    with running(slow_app(), header_timeout_s=1) as (url, _, _):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as slow:
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            assert requests.get(url, timeout=30).json() == {"hello": "there"}
+            assert closed(slow, within_s=30, drip=b"X")
+
+
+def test_past_the_connection_cap_a_new_connection_is_closed_at_once():
+    with running(slow_app(), max_connections=2, header_timeout_s=60) as (url, _, _):
+        host, port = url.removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port))) for _ in range(2)]
+        with socket.create_connection((host, int(port))) as third:
+            assert closed(third, within_s=30)
+        for sock in held:
+            assert not closed(sock, within_s=0.5)
+            sock.close()
+
+
+def test_a_shutdown_waits_for_requests_in_flight_only_as_long_as_the_drain_allows():
+    with running(slow_app(), drain_s=1) as (url, server, thread):
+        pending = ThreadPoolExecutor(1).submit(requests.get, f"{url}/slow", timeout=300)
+        while not server.server_state.tasks:
+            time.sleep(0.05)
+        server.should_exit = True  # what SIGTERM does
+        thread.join(60)
+        assert not thread.is_alive()  # the request would have held it for 120 s
+        with contextlib.suppress(requests.ConnectionError):  # cut: no reply, or an error one
+            assert pending.result(timeout=60).status_code != 200
+
+
+def test_the_key_is_read_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    assert server_key(parse_args([])) == "from-env"
+    (tmp_path / "key").write_text("from-file\n")
+    assert server_key(parse_args(["--api-key-file", str(tmp_path / "key")])) == "from-file"
+    monkeypatch.delenv(API_KEY_ENV)
+    assert server_key(parse_args([])) is None
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        server_key(parse_args(["--api-key-file", str(tmp_path / "empty")]))
+
+
+def test_serving_every_network_without_a_key_is_warned_about(capsys, monkeypatch):
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    with socket.socket() as busy:  # the run stops at its port, right after the warning
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        assert main(["--host", "0.0.0.0", "--port", str(busy.getsockname()[1])]) == 2
+    out = capsys.readouterr().out
+    assert "warning: 0.0.0.0 is not this machine alone and no API key is set" in out

@@ -25,12 +25,9 @@ MODELS = {
     "a2r": "explore N paths, then synthesize a final answer over their answer parts",
     "self-consistency": "explore N paths and answer with one of the paths that gave the majority answer",
 }
-ROLES = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "assistant": "assistant",
-}  # as the template
+# Each role a message may have, and the role the chat template reads it as (newer OpenAI SDKs send
+# `developer` where older ones sent `system`).
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # Fields this server cannot honour, refused unless they ask for nothing (null, false, 0, empty, "none", text).
 UNSUPPORTED = {
     "tools": "this server calls no tools",
@@ -138,13 +135,11 @@ def flag(source: dict[str, Any], key: str, param: str) -> bool:
 
 
 def refuse_unsupported(body: dict[str, Any]) -> None:
+    """A 400 for the first field in UNSUPPORTED that asks for something (a harness's `logprobs: false` asks
+    for nothing and passes)."""
     for key, why in UNSUPPORTED.items():
         value = body.get(key)
-        if (
-            value not in (None, False, 0, "none", [], {}, {"type": "text"})
-            or isinstance(value, float)
-            and value
-        ):
+        if value not in (None, False, 0, "none", [], {}, {"type": "text"}):
             raise ApiError(400, f"{key} is not supported: {why}", key, "unsupported_parameter")
 
 

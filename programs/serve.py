@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
-import hmac
 import json
 import logging
 import math
@@ -29,12 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from rich.markup import escape
 from starlette.exceptions import HTTPException
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from engine.endpoint import new_batch, request_ids, synthesis_id
 from engine.launch import EngineError, get_json, log_tail, serve
@@ -55,6 +51,16 @@ from programs.core.prompts import split_thinking
 from programs.core.records import UNANIMOUS, Problem, ProblemRecord
 from programs.engine_handle import EngineHandle, UnservableProblem
 from programs.executor import Event, Job, TwoStageExecutor
+from programs.http_server import (
+    DRAIN_S,
+    HEADER_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    MAX_CONNECTIONS,
+    http_server,
+    key_matches,
+    listen,
+    read_body,
+)
 from programs.pipeline import Pipeline, stage_slots
 
 logger = logging.getLogger("a2r.serve")
@@ -62,12 +68,8 @@ KEEPALIVE_S = 5.0  # an SSE comment this often while the paths are explored, so 
 RETRY_AFTER_S = 2
 CLIENT_LEFT = 499  # nginx's status for a request whose client closed the connection first
 HEALTH_TTL_S = 1.0  # /health answers from a reading this recent: each reading costs a round trip per engine
-HEADER_TIMEOUT_S = 10.0  # a connection whose request head has not arrived by then is closed
-MAX_CONNECTIONS = 256  # open connections; past them a new one is closed at once
-DRAIN_S = 30  # on SIGTERM, how long requests in flight may take to finish before they are cut
 API_KEY_ENV = "A2R_API_KEY"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-MAX_BODY_BYTES = 4 << 20  # far above what a context of 40k tokens holds, far below what hurts the server
 
 
 class Cancelled(Exception):
@@ -324,66 +326,6 @@ async def stream(service: Service, ticket: Ticket) -> AsyncIterator[str]:
         log_request(ticket, record, "ok" if record else "failed" if done else "cancelled")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request's body, refused (413) once it passes `limit` bytes, declared or as it arrives."""
-    declared = request.headers.get("content-length", "")
-    too_large = ApiError(
-        413, f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)"
-    )
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
-
-
-class BoundedH11(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with slow clients bounded. uvicorn times out only idle keep-alive
-    connections, so a client that sends its headers a byte at a time holds a connection for ever: here a
-    connection whose first request head has not arrived within `header_timeout_s` is closed, and past
-    `max_connections` open ones a new connection is closed at once."""
-
-    def __init__(self, *args: Any, max_connections: int, header_timeout_s: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.max_connections, self.header_timeout_s = max_connections, header_timeout_s
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
-            transport.close()
-            return
-        self.loop.call_later(self.header_timeout_s, self.close_if_no_request)
-
-    def close_if_no_request(self) -> None:
-        if self.cycle is None and not self.transport.is_closing():
-            self.transport.close()
-
-
-def http_server(
-    app: FastAPI,
-    max_connections: int = MAX_CONNECTIONS,
-    header_timeout_s: float = HEADER_TIMEOUT_S,
-    drain_s: int = DRAIN_S,
-) -> uvicorn.Server:
-    """The HTTP server for `app`: slow clients bounded (`BoundedH11`), and on SIGTERM requests in flight
-    given `drain_s` seconds to finish."""
-    protocol = functools.partial(
-        BoundedH11, max_connections=max_connections, header_timeout_s=header_timeout_s
-    )
-    config = uvicorn.Config(app, http=protocol, log_level="warning", timeout_graceful_shutdown=drain_s)
-    return uvicorn.Server(config)
-
-
-def key_matches(authorization: str | None, api_key: str) -> bool:
-    """Whether an Authorization header carries `api_key` as a bearer token (the scheme in any case, RFC 7235),
-    compared in constant time so the answer's timing tells nothing of the key."""
-    scheme, _, token = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), api_key.encode())
-
-
 def build_app(service: Service, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     # No /docs, /redoc or /openapi.json: they would answer without the key, and this API is OpenAI's.
     app = FastAPI(title="A2R", docs_url=None, redoc_url=None, openapi_url=None)
@@ -506,20 +448,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     return cli.run_main(run, parse_args(argv))
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """The server's socket, listening before anything starts: a port in use fails at once, and no engine
-    launched afterwards can be given it (connections made during start-up wait for A2R to answer them)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port") from None
-    return sock
 
 
 def server_key(args: argparse.Namespace) -> str | None:

@@ -31,8 +31,9 @@ from programs import cli
 from programs.chat_api import ApiError, ChatRequest
 from programs.core.config import RunConfig, SamplingConfig
 from programs.engine_handle import EngineHandle
+from programs.http_server import http_server, listen
 from programs.profile import PAPER
-from programs.serve import API_KEY_ENV, Service, build_app, http_server, listen, main, parse_args, server_key
+from programs.serve import API_KEY_ENV, Service, build_app, main, parse_args, server_key
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-test"

@@ -36,7 +36,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import median, median_low
 from typing import Any
@@ -347,7 +347,7 @@ def result_of(
             "engines": {
                 "layout": engines.layout,
                 "frontend_cores": engines.frontend_cores,
-                **{r: asdict(getattr(engines, r)) for r in ROLES},
+                **{r: getattr(engines, r).to_dict() for r in ROLES},
             },
             "machine": machine(device),
         },

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import psutil
@@ -87,6 +87,10 @@ class EngineSpec:
         if self.device == "cpu":
             object.__setattr__(self, "max_total_tokens", self.max_total_tokens or CPU_KV_TOKENS)
             object.__setattr__(self, "attention_backend", self.attention_backend or CPU_ATTENTION_BACKEND)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field but the key, for results that carry the configuration that produced them."""
+        return {k: v for k, v in asdict(self).items() if k != "api_key"}
 
     @property
     def base_url(self) -> str:

@@ -110,11 +110,6 @@ def run_synthesizer(
     sampling = config.synthesizer
     order = reference_order(len(answer_parts), config.shuffle_references, seed)
     budget = handle.context_length - sampling.max_tokens - 1
-    if budget < 1:
-        raise UnservableProblem(
-            f"the synthesizer's budget ({sampling.max_tokens} tokens) leaves no room for its prompt in its "
-            f"context ({handle.context_length} tokens)"
-        )
     references = [answer_parts[i] for i in order]
     prompt, trimmed = fit_references(handle.tokenizer, query, references, budget, config.thinking)
     gen = {**sampling.gen_kwargs(), **({"stop": list(stop)} if stop else {})}

@@ -199,3 +199,8 @@ def test_a_key_given_for_engines_reaches_remote_and_launched_ones(monkeypatch):
     assert keyed(remote).explorer.api_key == "from-the-environment"
     flagged = plan(EngineConfig(explorer_model="org/a", engine_key="from-the-flag"), device="cpu")
     assert keyed(flagged).explorer.api_key == "from-the-flag"
+
+
+def test_results_that_carry_an_engines_configuration_never_carry_its_key():
+    spec = EngineSpec("org/model", api_key="secret-key")
+    assert "secret-key" not in json.dumps(spec.to_dict()) and spec.to_dict()["model"] == "org/model"

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -26,6 +27,7 @@ import requests
 import uvicorn
 from fastapi import FastAPI
 
+from engine.layout import ENGINE_KEY_ENV
 from engine.ports import free_port
 from programs import cli
 from programs.chat_api import ApiError, ChatRequest
@@ -270,7 +272,10 @@ def test_the_command_as_typed_launches_its_engines_and_answers_only_as_a2r(tmp_p
     port = free_port()
     argv = [sys.executable, "-m", "programs.serve", "--n", "4", "--port", str(port), "--api-key", KEY,
             "--output", str(tmp_path)]  # fmt: skip
-    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {k: v for k, v in os.environ.items() if k != ENGINE_KEY_ENV}  # its engines get a key of their own
+    process = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     try:
         url = started(process, within_s=600)
         assert url == f"http://127.0.0.1:{port}"

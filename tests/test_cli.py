@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.layout import ENGINE_KEY_ENV
 from programs import cli
 from programs.a2r import main, parse_args
 from programs.core.records import PathRecord, ProblemRecord, SynthesisRecord
@@ -278,3 +279,12 @@ def test_a_full_disk_is_one_error_line_and_the_records_stay(capsys, tmp_path):
     assert code == 1 and "No space left on device" in out and "Traceback" not in out
     assert [line for line in out.splitlines() if line.startswith("error:")] == [out.splitlines()[-2]]
     assert len(read_records(tmp_path / "run")) == 1
+
+
+def test_a_keyed_server_named_without_its_key_is_one_line_naming_the_flag(
+    cpu_engine, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.delenv(ENGINE_KEY_ENV)
+    code, out = run_cli(["--explorer-url", cpu_engine.explorer.base_url, "--limit", "1",
+                         "--output", str(tmp_path / "r")], capsys)  # fmt: skip
+    assert code == 1 and "wants an API key" in out and "--engine-key" in out and "Traceback" not in out

@@ -7,7 +7,8 @@ It launches engines the way `programs.a2r` does (or fronts running SGLang server
 request on the one two-stage executor the CLI uses, so concurrent requests share the engines: explorations
 run as many at once as the explorer's KV pool holds, and past `--max-queue` requests in the server a new one
 gets 503 with Retry-After. The message rule, the `a2r` knobs and the response fields are in
-`programs.chat_api`. A client that goes away has its engine requests aborted.
+`programs.chat_api`, the HTTP layer under them (bounded bodies and slow clients, the key) in
+`programs.http_server`. A client that goes away has its engine requests aborted.
 """
 
 from __future__ import annotations

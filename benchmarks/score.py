@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,17 @@ def _answers(samples: Any, where: str, key: str, responses: bool) -> list[str | 
     return [extract_answer(s) for s in samples] if responses else list(samples)
 
 
-def read_problems(path: Path, gold_key: str, samples_key: str, responses: bool) -> list[SampledProblem]:
-    """Read and check every line of `path`; `responses` says whether samples are raw responses."""
+def read_problems(
+    path: Path,
+    gold_key: str,
+    samples_key: str,
+    responses: bool,
+    on_cut_line: Callable[[str], None] | None = None,
+) -> list[SampledProblem]:
+    """Read and check every line of `path`; `responses` says whether samples are raw responses, and
+    `on_cut_line` drops a cut-off last line (`read_jsonl`)."""
     try:
-        rows = read_jsonl(path)
+        rows = read_jsonl(path, on_cut_line)
     except OSError as e:
         raise ScoreInputError(f"{path}: cannot read: {e.strerror or e}") from e
     except JsonlError as e:

@@ -87,12 +87,13 @@ def evaluate(
                 raise ScoreInputError(f"{trace.where}: {recorded} tokens, so --stop {policy} cannot replay")
     same = policy.with_same(operator.eq) if policy is not None else None
     rows = []  # per problem: full tokens, spent tokens, Cons before, Cons after (fractions), ...
-    changed = tie_changes = groups = probes = 0
+    changed = tie_changes = groups = probes = left_out = 0
     waves: list[int] = []
     times: list[float] = []
     for trace in traces:
         grouped = trace.grouped()
         parts = grouped.groups(n or len(trace.paths))
+        left_out += len(trace.paths) - sum(len(part.paths) for part in parts)
         full = spent = before_ok = after_ok = 0.0
         for part in parts:
             if same is not None:
@@ -130,6 +131,7 @@ def evaluate(
     summary = {
         "problems": len(rows),
         "groups": groups,
+        "paths_left_out": left_out,  # of problems whose path count is not a multiple of N
         "explorer_tokens_full": int(full_total),
         "explorer_tokens_kept": int(spent_total),
         "probes": probes,

@@ -49,7 +49,7 @@ class SampledProblem:
     responses: list[str] | None = None  # the raw samples, when they were responses
 
 
-def _gold(value: Any, where: str, key: str) -> str:
+def gold_field(value: Any, where: str, key: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ScoreInputError(f"{where}: gold answer {key!r} must be a string or a number, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN and Infinity parse as floats
@@ -96,7 +96,7 @@ def read_problems(
                 )
         answers = _answers(row[samples_key], where, samples_key, responses)
         raw = row[samples_key] if responses else None
-        problems.append(SampledProblem(number, _gold(row[gold_key], where, gold_key), answers, raw))
+        problems.append(SampledProblem(number, gold_field(row[gold_key], where, gold_key), answers, raw))
     if not problems:
         raise ScoreInputError(f"{path}: no problems (the file is empty)")
     return problems

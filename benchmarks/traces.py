@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.score import ScoreInputError, read_problems
+from benchmarks.score import ScoreInputError, gold_field, read_problems
 from programs.core.grading import integer_key, is_equivalent
 from programs.core.jsonl import JsonlError, read_jsonl
 from programs.core.records import PathRecord
@@ -113,9 +113,8 @@ def read_store(path: Path, data: Any) -> list[Trace]:
         for key in ("gold_answer", "each_branch", "probe_freq"):
             if key not in problem:
                 raise ScoreInputError(f"{where}: no {key!r} (keys: {', '.join(map(repr, problem))})")
-        gold, branches, every = problem["gold_answer"], problem["each_branch"], problem["probe_freq"]
-        if not isinstance(gold, (str, int)) or isinstance(gold, bool) or not str(gold).strip():
-            raise ScoreInputError(f"{where}: gold_answer must be a non-empty string, got {gold!r:.40}")
+        gold = gold_field(problem["gold_answer"], where, "gold_answer")
+        branches, every = problem["each_branch"], problem["probe_freq"]
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ScoreInputError(f"{where}: probe_freq must be a whole number >= 1, got {every!r:.40}")
         if not isinstance(branches, list) or not branches:
@@ -135,7 +134,7 @@ def read_store(path: Path, data: Any) -> list[Trace]:
                     [(every * (j + 1), a) for j, a in enumerate(answers)],
                 )
             )
-        traces.append(Trace(where, str(gold).strip(), paths, [None] * len(paths), probe_every=every))
+        traces.append(Trace(where, gold, paths, [None] * len(paths), probe_every=every))
     return traces
 
 
@@ -177,13 +176,15 @@ def read_records(path: Path, note: Callable[[str], None] | None = None) -> list[
             )
         every = min((t for p in paths for t, _ in p.probes), default=None)
         synthesizer = row.get("synthesizer")
+        if synthesizer is not None and not isinstance(synthesizer, dict):
+            raise ScoreInputError(f"{where}: 'synthesizer' must be an object or null")
         traces.append(
             Trace(
                 where,
-                str(row["gold"]),
+                gold_field(row["gold"], where, "gold"),
                 paths,
                 [p.confidence for p in records],
-                bool(synthesizer["correct"]) if synthesizer else None,
+                bool(synthesizer.get("correct")) if synthesizer else None,
                 probe_every=every,
             )
         )

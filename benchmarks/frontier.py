@@ -113,7 +113,7 @@ def write_table(traces_dir: Path, output: Path, probe_tokens: int) -> int:
                     bar.advance(task)
     output.mkdir(parents=True, exist_ok=True)
     summary = {
-        "traces": str(traces_dir),
+        "stores": list(stores),
         "probe_tokens_each": probe_tokens,
         "tuning": tuning,
         "held_out": held_out,

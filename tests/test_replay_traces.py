@@ -344,24 +344,33 @@ def test_settled_meets_the_goal_on_the_stores_it_was_not_tuned_on(capsys):
 
 
 @needs_traces
-def test_the_table_command_of_the_docs_writes_the_table_and_the_plot(tmp_path):
-    """Run as docs/adaptive.md shows it, from a checkout beside ../shared."""
+def test_the_commands_of_the_docs_run_as_typed(tmp_path):
+    """docs/adaptive.md's commands, run from a checkout beside ../shared."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "data").symlink_to(TRACES.parent)
-    command = "python -m benchmarks.adaptive --traces ../shared/data/traces --output docs".split()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, *command[1:]], cwd=checkout, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    table = json.loads((checkout / "docs" / "adaptive_table.json").read_text())
-    assert table["tuning"]["stores"] == ["Qwen3-0.6B", "Qwen3-1.7B"]
-    chosen = table["tuning"]["chosen"]
+
+    def run(command: str) -> str:
+        argv = [sys.executable, *command.split()[1:]]  # "python" is this interpreter
+        done = subprocess.run(argv, cwd=checkout, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    docs = (REPO / "docs" / "adaptive.md").read_text()
+    one = "python -m benchmarks.adaptive ../shared/data/traces/Qwen3-4B-aime24.json.gz --n 16 --stop settled --json"
+    table = "python -m benchmarks.adaptive --traces ../shared/data/traces --output docs"
+    assert one in docs and table in docs
+    result = json.loads(run(one))
+    assert result["groups"] == 240 and result["saved_percent"] > 50
+    run(table)
+    written = json.loads((checkout / "docs" / "adaptive_table.json").read_text())
+    assert written["tuning"]["stores"] == ["Qwen3-0.6B", "Qwen3-1.7B"]
+    chosen = written["tuning"]["chosen"]
     assert StopPolicy.parse("settled") == StopPolicy.parse(
         f"settled:wave={chosen['wave']},eps={chosen['eps']}"
     )
-    assert {(r["n"], r["policy"]) for r in table["rows"] if r["traces"] == "all"} >= {(64, "settled")}
+    assert {(r["n"], r["policy"]) for r in written["rows"] if r["traces"] == "all"} >= {(64, "settled")}
     assert "| all | 16 | `settled` |" in (checkout / "docs" / "adaptive_table.md").read_text()
     assert (checkout / "docs" / "adaptive_pareto.png").stat().st_size > 10_000

@@ -121,7 +121,8 @@ def test_the_policy_reads_every_observation_when_the_caller_passes_another_list(
 
 
 @pytest.mark.parametrize("spec", ["settled:3", "posterior:1.5", "agree:3,wave=0", "first:2,eps=0.1",
-                                  "majority,stable=x", "agree:2,wave=4,wave=4", "posterior:nan"])  # fmt: skip
+                                  "majority,stable=x", "agree:2,stable=0", "agree:2,wave=4,wave=4",
+                                  "posterior:nan", "majority:"])  # fmt: skip
 def test_a_policy_that_does_not_parse_names_the_accepted_forms(spec):
     with pytest.raises(ValueError, match="use majority, agree:K") as error:
         StopPolicy.parse(spec)

@@ -20,6 +20,7 @@ off by default: the paper's A2R waits for all N paths and hands every one to the
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,7 @@ POSTERIOR_EPS = 0.05  # posterior's default: stop once the leader stays the lead
 # `settled`'s defaults, chosen on the Qwen3-0.6B/1.7B traces only by the rule in `benchmarks.frontier`
 # (docs/adaptive.md, "How settled was tuned"). It reads no probes: on those traces a path's probe answer,
 # even one unchanged over 4,000 tokens, was its final answer only about half the time.
-SETTLED = {"wave": 4, "eps": 0.25}
+SETTLED: dict[str, float] = {"wave": 4, "eps": 0.25}
 
 STOP_FORMS = (
     "majority, agree:K, first:M, posterior[:EPS] or settled[:wave=W,eps=E], each optionally followed by "
@@ -166,6 +167,11 @@ def leader_stays(leader: int, runner_up: int) -> float:
 
 
 RULES = ("majority", "agree", "first", "posterior", "settled")
+VALUE_KINDS = {
+    "agree": int,
+    "first": int,
+    "posterior": float,
+}  # the value after the colon, where one is taken
 
 
 @dataclass(frozen=True)
@@ -194,66 +200,45 @@ class StopPolicy:
         def bad(why: str) -> ValueError:
             return ValueError(f"--stop {spec!r} is not a policy ({why}): use {STOP_FORMS}")
 
-        name, colon, rest = spec.partition(":")
-        if "," in name:
-            name, _, options = spec.partition(",")
-            colon, rest = ":", options
+        name, *parts = re.split("[:,]", spec)
         if name not in RULES:
             raise bad(f"unknown name {name!r}")
-        parts = rest.split(",") if colon else []
-        if colon and not all(parts):
+        if not all(parts):
             raise bad("an empty part")
-        positional = [p for p in parts if "=" not in p]
-        keywords = dict(p.split("=", 1) for p in parts if "=" in p)
-        wants = {"agree": int, "first": int, "posterior": float}.get(name)
-        if len(positional) > (1 if wants else 0) or (name in ("agree", "first") and not positional):
-            raise bad(f"{name} takes " + ("one value" if wants else "no value"))
-        if len(keywords) != sum("=" in p for p in parts):
+        values = [p for p in parts if "=" not in p]
+        options = dict(p.split("=", 1) for p in parts if "=" in p)
+        if len(options) < len(parts) - len(values):
             raise bad("a key given twice")
+        kind = VALUE_KINDS.get(name)
+        if len(values) > (kind is not None) or (kind is int and not values):
+            raise bad(f"{name} takes " + ("one value" if kind else "no value"))
         allowed = {"wave", "probe", "stable"} | ({"eps"} if name == "settled" else set())
-        if set(keywords) - allowed:
-            raise bad(f"unknown key {sorted(set(keywords) - allowed)[0]!r}")
-        defaults = SETTLED if name == "settled" else {}
+        if set(options) - allowed:
+            raise bad(f"unknown key {sorted(set(options) - allowed)[0]!r}")
+        settings = {**(SETTLED if name == "settled" else {}), **options}
         try:
-            count = int(positional[0]) if wants is int else None
-            eps = float(positional[0]) if wants is float and positional else None
-            eps = float(keywords.get("eps", defaults.get("eps", POSTERIOR_EPS))) if eps is None else eps
-            wave, probe, stable = (
-                int(v) if v is not None else None
-                for v in (keywords.get(k, defaults.get(k)) for k in ("wave", "probe", "stable"))
-            )
-            stable = 1 if stable is None else stable
+            count = int(values[0]) if kind is int else None
+            eps = float(values[0]) if kind is float and values else float(settings.get("eps", POSTERIOR_EPS))
+            wave, probe = (int(settings[key]) if key in settings else None for key in ("wave", "probe"))
+            stable = int(settings.get("stable", 1))
         except ValueError:
             raise bad("a value is not a number") from None
-        if (
-            count is not None
-            and count < 1
-            or wave is not None
-            and wave < 1
-            or probe is not None
-            and probe < 1
-        ):
+        if any(v is not None and v < 1 for v in (count, wave, probe, stable)):
             raise bad("counts must be whole numbers >= 1")
         if not 0 < eps < 1:
             raise bad("EPS must be in (0, 1)")
         return cls(name, count, eps if name in ("posterior", "settled") else None, wave, probe, stable)
 
     def __str__(self) -> str:
-        defaults = SETTLED if self.name == "settled" else {}
+        """The `--stop` string `parse` reads back, defaults left out."""
+        defaults = {"stable": 1, **(SETTLED if self.name == "settled" else {})}
         parts = [str(self.count)] if self.count is not None else []
         if self.name == "posterior" and self.eps != POSTERIOR_EPS:
             parts.append(f"{self.eps:g}")
-        fields = (
-            ("wave", self.wave),
-            ("probe", self.probe_every),
-            ("stable", self.stable),
-            ("eps", self.eps),
-        )
-        for key, value in fields:
-            if key == "stable" and value == defaults.get(key, 1):
-                continue
-            if value is not None and value != defaults.get(key) and (key != "eps" or self.name == "settled"):
-                parts.append(f"{key}={value:g}" if key == "eps" else f"{key}={value}")
+        options = {"wave": self.wave, "probe": self.probe_every, "stable": self.stable}
+        if self.name == "settled":
+            options["eps"] = self.eps
+        parts += [f"{k}={v:g}" for k, v in options.items() if v is not None and v != defaults.get(k)]
         return self.name + (":" + ",".join(parts) if parts else "")
 
     def check(self, n: int) -> None:

@@ -75,17 +75,20 @@ def tune(stores: dict[str, list[Trace]]) -> dict[str, Any]:
                 row[f"cons_change@{n}"] = sum(r["cons_after"] - r["cons_before"] for r in runs) / len(runs)
                 row[f"time@{n}"] = sum(r["time_to_answer_percent"] for r in runs) / len(runs)
             grid.append(row)
+    return {"stores": tuning, "rule": TUNING_RULE, "grid": grid, "chosen": choose(grid), "defaults": SETTLED}
+
+
+def choose(grid: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The grid row `TUNING_RULE` picks; None when no row keeps Cons@N within a point."""
+
+    def mean(row: dict[str, Any], key: str) -> float:
+        return sum(row[f"{key}@{n}"] for n in TUNE_NS) / len(TUNE_NS)
+
     feasible = [r for r in grid if all(abs(r[f"cons_change@{n}"]) <= 1.0 for n in TUNE_NS)]
-    chosen = None
-    if feasible:
-
-        def mean(row: dict[str, Any], key: str) -> float:
-            return sum(row[f"{key}@{n}"] for n in TUNE_NS) / len(TUNE_NS)
-
-        best = max(mean(r, "saved") for r in feasible)
-        close = [r for r in feasible if mean(r, "saved") >= best - 2.0]
-        chosen = min(close, key=lambda r: mean(r, "time"))
-    return {"stores": tuning, "rule": TUNING_RULE, "grid": grid, "chosen": chosen, "defaults": SETTLED}
+    if not feasible:
+        return None
+    best = max(mean(r, "saved") for r in feasible)
+    return min((r for r in feasible if mean(r, "saved") >= best - 2.0), key=lambda r: mean(r, "time"))
 
 
 def write_table(traces_dir: Path, output: Path, probe_tokens: int) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import adaptive
+from benchmarks.frontier import choose
 from benchmarks.traces import Trace, read_file
 from programs.core.stopping import (
     STOP_FORMS,
@@ -375,3 +376,37 @@ def test_the_commands_of_the_docs_run_as_typed(tmp_path):
     assert {(r["n"], r["policy"]) for r in written["rows"] if r["traces"] == "all"} >= {(64, "settled")}
     assert "| all | 16 | `settled` |" in (checkout / "docs" / "adaptive_table.md").read_text()
     assert (checkout / "docs" / "adaptive_pareto.png").stat().st_size > 10_000
+
+
+# --- benchmarks.frontier ----------------------------------------------------------------------------------------
+
+
+def grid_row(wave: int, saved: float, change: float, time: float) -> dict:
+    return {"wave": wave, "eps": 0.1, **{f"{k}@{n}": v for n in (16, 64)
+            for k, v in (("saved", saved), ("cons_change", change), ("time", time))}}  # fmt: skip
+
+
+def test_tuning_keeps_cons_within_a_point_then_takes_the_soonest_of_the_most_saving():
+    grid = [
+        grid_row(1, 90.0, -1.5, 100.0),  # saves most, but loses 1.5 points
+        grid_row(2, 60.0, -0.5, 300.0),  # the largest feasible saving, but slow
+        grid_row(3, 58.5, +1.0, 150.0),  # within 2 points of it and sooner: chosen
+        grid_row(4, 50.0, 0.0, 90.0),  # soonest, but saves too little
+    ]
+    assert choose(grid)["wave"] == 3
+    assert choose(grid[:1]) is None
+
+
+def test_a_traces_folder_without_stores_is_refused(tmp_path, capsys):
+    assert adaptive.main(["--traces", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert "no trace stores" in capsys.readouterr().out
+
+
+def test_the_table_over_synthetic_stores_names_tuning_and_held_out_stores(tmp_path):
+    for name in ("m-0.6B.json", "m-4B.json.gz"):
+        write_store(tmp_path / name, [("7", [branch(40 + 10 * i, "7", ["7"]) for i in range(64)])] * 2)
+    assert adaptive.main(["--traces", str(tmp_path), "--output", str(tmp_path / "out")]) == 0
+    table = json.loads((tmp_path / "out" / "adaptive_table.json").read_text())
+    assert table["tuning"]["stores"] == ["m-0.6B"] and table["held_out"] == ["m-4B"]
+    assert {r["traces"] for r in table["rows"]} == {"m-0.6B", "m-4B", "held-out (m-4B)", "all"}
+    assert (tmp_path / "out" / "adaptive_pareto.png").stat().st_size > 0

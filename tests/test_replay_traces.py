@@ -136,9 +136,10 @@ def test_policies_round_trip(spec):
     assert str(StopPolicy.parse(spec)) == spec
 
 
-def test_a_wave_wider_than_n_is_refused():
-    with pytest.raises(ValueError, match="waves of 8 paths, more than N=4"):
-        StopPolicy.parse("settled:wave=8").check(4)
+def test_a_wave_of_n_or_more_launches_every_path_at_once():
+    StopPolicy.parse("settled").check(2)  # the recommended policy works at any N
+    result = replay(StopPolicy.parse("agree:2,wave=8"), ["1", "2", "1"], [10, 20, 30])
+    assert (result.waves, result.spent, result.answer_at) == (1, [10, 20, 30], 30)
 
 
 # --- the replay driver ----------------------------------------------------------------------------------------

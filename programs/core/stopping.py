@@ -185,7 +185,7 @@ class StopPolicy:
     name: str  # one of RULES
     count: int | None = None  # K of agree:K, M of first:M
     eps: float | None = None  # of posterior and settled
-    wave: int | None = None  # paths per wave; None: all N at once
+    wave: int | None = None  # paths per wave; None (or N or more): all N at once
     probe_every: int | None = None  # tokens between probes; None: no probes
     stable: int = 1  # a probe answer counts once a path's last `stable` probes agreed
     same: Callable[[str, str], bool] = field(default=is_equivalent, compare=False, repr=False)
@@ -245,8 +245,6 @@ class StopPolicy:
         """Refuse a count that cannot stop anything with `n` paths."""
         if self.count is not None and self.count >= n:
             raise ValueError(f"--stop {self} never stops a path with N={n}: its count must be below N")
-        if self.wave is not None and self.wave > n:
-            raise ValueError(f"--stop {self} launches waves of {self.wave} paths, more than N={n}")
 
     def with_same(self, same: Callable[[str, str], bool]) -> StopPolicy:
         """The same policy comparing answers with `same`."""

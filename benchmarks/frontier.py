@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.progress import Progress
 
-from benchmarks.adaptive import evaluate
+from benchmarks.replay import evaluate
 from benchmarks.score import ScoreInputError
 from benchmarks.traces import Trace, read_file
 from programs.cli import console

@@ -27,7 +27,7 @@ import numpy as np
 from rich.progress import Progress, TimeElapsedColumn
 from rich.table import Table
 
-from benchmarks.adaptive import evaluate
+from benchmarks.replay import evaluate
 from benchmarks.traces import read_records
 from engine.launch import flush_cache, serve
 from programs import cli

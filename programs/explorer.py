@@ -28,7 +28,7 @@ from programs.core.confidence import (
 )
 from programs.core.config import SamplingConfig
 from programs.core.records import PathRecord
-from programs.core.stopping import StopPolicy
+from programs.core.stopping import Seen, StopPolicy
 
 RESEND_ABORTS_S = 0.5  # how often a stopped path that has not replied yet is aborted again
 
@@ -55,7 +55,7 @@ class Watch:
         self.rids, self.policy, self.abort, self.online = rids, policy, abort, online
         self.started = time.perf_counter()
         self.finished_s: dict[int, float] = {}
-        self.answers: list[str | None] = []  # of the paths that finished unstopped, in finish order
+        self.seen: list[Seen] = []  # the paths that finished unstopped, in finish order
         self.stopped: dict[int, tuple[str, float, int | None]] = {}  # path -> (by what, when, after tokens)
         self.warm: list[float] = []  # lowest group confidences of the first paths to finish
         self.threshold: float | None = None
@@ -86,9 +86,10 @@ class Watch:
                     self.threshold = self.online.threshold(self.warm)
             if self.policy is None:
                 return
-            self.answers.append(PathRecord.from_engine(text, meta, None).answer)
+            path = PathRecord.from_engine(text, meta, None)
+            self.seen.append(Seen(index, path.completion_tokens, path.answer, final=True))
             running = [i for i in range(len(self.rids)) if i not in self.finished_s and i not in self.stopped]
-            if not running or not self.policy.settled(self.answers, len(self.answers) + len(running)):
+            if not running or not self.policy.settled(self.seen, len(self.seen) + len(running)):
                 return
             self._stop(running, str(self.policy))
         for i in running:

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import adaptive
 from benchmarks.frontier import choose
-from benchmarks.traces import Trace, read_file
+from benchmarks.traces import Trace, read_file, read_samples
 from programs.core.stopping import (
     STOP_FORMS,
     PathTrace,
@@ -411,3 +411,19 @@ def test_the_table_over_synthetic_stores_names_tuning_and_held_out_stores(tmp_pa
     assert table["tuning"]["stores"] == ["m-0.6B"] and table["held_out"] == ["m-4B"]
     assert {r["traces"] for r in table["rows"]} == {"m-0.6B", "m-4B", "held-out (m-4B)", "all"}
     assert (tmp_path / "out" / "adaptive_pareto.png").stat().st_size > 0
+
+
+class WordCounter:
+    """A tokenizer stand-in for samples files: one token per word."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[str]:
+        return text.split()
+
+
+def test_a_cut_off_last_line_of_samples_is_dropped_with_a_note_too(tmp_path):
+    samples = tmp_path / "s.jsonl"
+    row = {"gold": "2", "out": ["so \\boxed{2}", "well then \\boxed{3}"]}
+    samples.write_text(json.dumps(row) + "\n" + '{"gold": "5", "out": ["\\\\box')
+    notes: list[str] = []
+    traces = read_samples(samples, "gold", "out", WordCounter(), notes.append)
+    assert [t.lengths for t in traces] == [[2, 3]] and "cut-off last line" in notes[0]

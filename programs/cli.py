@@ -174,7 +174,10 @@ def plan_run(
     """The engines and the run the shared flags describe (building the offline pair if they need it, so
     call it once the cheap checks have passed); `overrides` fix what an entry point decides itself."""
     engines = plan_engines(args, profile, device, build_offline_models(profile, args))
-    return engines, RunConfig.from_args(args, budgets=budgets(profile), **role_models(engines), **overrides)
+    config = RunConfig.from_args(
+        args, budgets=budgets(profile), probe_every=profile.probe_every, **role_models(engines), **overrides
+    )
+    return engines, config
 
 
 def role_models(engines: Engines) -> dict[str, str]:

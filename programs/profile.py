@@ -23,6 +23,7 @@ class Profile:
     throughput_dataset: str  # the problems the throughput benchmark serves
     throughput_in_flight: int | None  # its cap on problems explored at once (None: what the KV pool holds)
     throughput_seconds: float  # its least decoding time per mode, for steady state
+    probe_every: int  # tokens between probes of a running path, for a stop policy that reads them
 
 
 # A2R-Efficient (Qwen3-4B -> Qwen3-8B) on the paper's benchmarks. Its paths run 15.7k-20.5k tokens and its
@@ -38,6 +39,7 @@ PAPER = Profile(
     throughput_dataset="aime24",
     throughput_in_flight=None,
     throughput_seconds=60.0,
+    probe_every=500,  # as in the Qwen3 traces the policies were tuned on (AutoTTS probes every 500 tokens)
 )
 
 # The project's own pair (`programs.offline`) on the arithmetic chains it was trained on. Its paths run about
@@ -55,6 +57,7 @@ OFFLINE = Profile(
     throughput_dataset=f"{CHAIN}:0:2000",
     throughput_in_flight=8,
     throughput_seconds=20.0,
+    probe_every=48,  # TBD
 )
 
 PROFILES = {profile.name: profile for profile in (PAPER, OFFLINE)}

@@ -65,6 +65,19 @@ class RunConfig:
         "keeps this share of paths like them, and stop any path whose recent tokens fall below it",
         metavar="KEEP",
     )
+    probe_every: int | None = option(
+        None,
+        "tokens between probes of a running path's current answer, for a --stop policy that reads them "
+        "(default: the profile's; probes are made only for such a policy)",
+        metavar="TOKENS",
+    )
+    force_answer: int | None = option(
+        None,
+        "give a path that reaches its token budget still thinking the end-of-thinking tag and this many more "
+        "tokens to answer (its record says forced_answer). Off by default, as in the paper, where such a path "
+        "has no answer",
+        metavar="TOKENS",
+    )
     skip_synthesis_if_unanimous: bool = option(
         False,
         "when every kept path gives the same answer, return it without synthesis. Off by default and best "
@@ -81,6 +94,15 @@ class RunConfig:
             raise ValueError(f"--keep-confident must be a fraction in (0, 1], got {self.keep_confident}")
         if self.online_confidence is not None:  # refuses a share or an N it cannot work with
             OnlineStop.for_run(self.online_confidence, self.n, self.explorer.max_tokens)
+        for name in ("probe_every", "force_answer"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1 token, got {value}")
+        if self.probe_interval is not None and (self.keep_confident or self.online_confidence) is not None:
+            raise ValueError(
+                f"--stop {self.stop} probes paths, which splits each into several requests; --keep-confident "
+                "and --online-confidence read a path's log-probabilities as one request: choose one"
+            )
         if self.skip_synthesis_if_unanimous and not self.synthesize:
             raise ValueError(
                 "--skip-synthesis-if-unanimous needs synthesis; --no-synthesis never synthesizes"
@@ -89,6 +111,14 @@ class RunConfig:
     @property
     def stop_policy(self) -> StopPolicy | None:
         return StopPolicy.parse(self.stop) if self.stop is not None else None
+
+    @property
+    def probe_interval(self) -> int | None:
+        """Tokens between probes of a running path, when the stop policy reads them; else None (no probes)."""
+        policy = self.stop_policy
+        if policy is None or policy.probe_every is None:
+            return None
+        return self.probe_every or policy.probe_every
 
     @property
     def online_stop(self) -> OnlineStop | None:
@@ -102,12 +132,14 @@ class RunConfig:
         args: argparse.Namespace,
         *,
         budgets: tuple[int, int],
+        probe_every: int | None = None,
         ignore_eos: bool = False,
         **overrides: Any,
     ) -> RunConfig:
         """The run the shared flags describe (`programs.cli`); `budgets` are the profile's (explorer,
         synthesizer) token budgets, used where `--explorer-max-tokens` / `--synthesizer-max-tokens` are not
-        given, and `overrides` fix what an entry point decides itself (the models, `synthesize=False`, ...)."""
+        given, `probe_every` its probe interval, used where `--probe-every` is not, and `overrides` fix what
+        an entry point decides itself (the models, `synthesize=False`, ...)."""
         explorer_budget, synthesizer_budget = budgets
 
         def sampling(budget: int) -> SamplingConfig:
@@ -118,16 +150,19 @@ class RunConfig:
             args,
             explorer=sampling(getattr(args, "explorer_max_tokens", None) or explorer_budget),
             synthesizer=sampling(getattr(args, "synthesizer_max_tokens", None) or synthesizer_budget),
+            probe_every=getattr(args, "probe_every", None) or probe_every,
             **overrides,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, except adaptive knobs left at their defaults: run folders written before those
-        existed then still resume."""
+        """Every field, except adaptive knobs left at their defaults and a probe interval no policy reads: run
+        folders written before those existed then still resume."""
         data = asdict(self)
         for name in ADAPTIVE_FIELDS:
             if data[name] == RunConfig.__dataclass_fields__[name].default:
                 del data[name]
+        if self.probe_interval is None:
+            data.pop("probe_every", None)
         return data
 
     def path_seed(self, problem_id: str, path: int) -> int:
@@ -138,4 +173,6 @@ class RunConfig:
         return zlib.crc32(f"{self.seed}/{problem_id}/{path}".encode()) & 0x7FFFFFFF
 
 
-ADAPTIVE_FIELDS = ("stop", "keep_confident", "online_confidence", "skip_synthesis_if_unanimous")
+ADAPTIVE_FIELDS = (
+    "stop", "keep_confident", "online_confidence", "probe_every", "force_answer", "skip_synthesis_if_unanimous",
+)  # fmt: skip

@@ -15,7 +15,7 @@ from programs.core.confidence import (
 )
 from programs.core.grading import is_equivalent
 from programs.core.metrics import answer_groups, majority_vote
-from programs.core.stopping import Replayed, StopPolicy, finish_order, most_confident, replay
+from programs.core.stopping import Replayed, Seen, StopPolicy, finish_order, most_confident, replay
 
 # Mostly plain digits (compared in-process); one equivalent pair and two kinds of no-answer.
 ALPHABET: list[str | None] = ["1", "2", "3", "0.5", "1/2", None, ""]
@@ -58,12 +58,18 @@ def test_alphabet_has_an_equivalent_pair() -> None:
     assert len(answer_groups(ALPHABET)) == 4
 
 
+def finals(answers: Sequence[str | None]) -> list[Seen]:
+    """Paths 0, 1, ... ending in that order with `answers`."""
+    return [Seen(i, 10 * (i + 1), answer, final=True) for i, answer in enumerate(answers)]
+
+
 class _GreedyMajority(StopPolicy):
     """`majority` one vote too eager: it also stops when the running paths could still force a tie."""
 
-    def settled(self, answers: Sequence[str | None], n: int) -> bool:
-        sizes = sorted(map(len, answer_groups(answers)), reverse=True) + [0, 0]
-        return sizes[0] >= sizes[1] + (n - len(answers))
+    def settled(self, seen: Sequence[Seen], n: int) -> bool:
+        tally = self.tally(seen)
+        first, second = tally.top_two()
+        return first >= second + (n - tally.decided)
 
 
 def _same_answer(vote: str | None, other: str | None) -> bool:
@@ -102,9 +108,11 @@ def test_majority_property_catches_a_greedier_rule() -> None:
 
 def test_majority_waits_while_a_tie_is_possible() -> None:
     majority = StopPolicy.parse("majority")
-    assert not majority.settled(["7", "7", None], 5)  # 2 > 0 + 2 fails
-    assert majority.settled(["7", "7", "7"], 5)
-    assert not majority.settled(["7"], 2)  # the other path could tie, and a tie goes to the path index
+    assert not majority.settled(finals(["7", "7", None]), 5)  # 2 > 0 + 2 fails
+    assert majority.settled(finals(["7", "7", "7"]), 5)
+    assert not majority.settled(
+        finals(["7"]), 2
+    )  # the other path could tie, and a tie goes to the path index
 
 
 def _kept_count(policy: StopPolicy, answers: Sequence[str | None]) -> int:
@@ -125,14 +133,18 @@ def test_agree_stops_once_k_finished_answers_agree(spec: str, answers: list[str 
     assert _kept_count(StopPolicy.parse(spec), answers) == kept
 
 
+def stops(result: Replayed) -> tuple[list[bool], list[int], int | None]:
+    return result.kept, result.spent, result.stop_after
+
+
 def test_first_keeps_the_first_m_in_finish_order() -> None:
     result = replay(StopPolicy.parse("first:2"), ["1"] * 4, [10, 20, 30, 40], order=[3, 0, 1, 2])
-    assert result == Replayed(kept=[True, False, False, True], spent=[10, 10, 10, 40], stop_after=10)
+    assert stops(result) == ([True, False, False, True], [10, 10, 10, 40], 10)
 
 
 def test_a_stopped_path_shorter_than_the_stop_spends_its_length() -> None:
     result = replay(StopPolicy.parse("first:2"), ["1"] * 3, [50, 5, 30], order=[0, 2, 1])
-    assert result == Replayed(kept=[True, False, True], spent=[50, 5, 30], stop_after=30)
+    assert stops(result) == ([True, False, True], [50, 5, 30], 30)
 
 
 def test_finish_order_is_by_length_then_index() -> None:
@@ -141,11 +153,11 @@ def test_finish_order_is_by_length_then_index() -> None:
 
 def test_replay_defaults_to_finish_order() -> None:
     result = replay(StopPolicy.parse("first:2"), ["1"] * 5, [3, 1, 3, 2, 1])
-    assert result == Replayed(kept=[False, True, False, False, True], spent=[1, 1, 1, 1, 1], stop_after=1)
+    assert stops(result) == ([False, True, False, False, True], [1, 1, 1, 1, 1], 1)
 
 
 def test_no_policy_keeps_everything() -> None:
-    assert replay(None, ["1"] * 4, [4, 3, 2, 1]) == Replayed([True] * 4, [4, 3, 2, 1], None)
+    assert stops(replay(None, ["1"] * 4, [4, 3, 2, 1])) == ([True] * 4, [4, 3, 2, 1], None)
 
 
 def test_most_confident_keeps_the_top_fraction_rounded_up() -> None:

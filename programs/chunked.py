@@ -70,11 +70,13 @@ class Generated:
         self.completion_tokens += meta["completion_tokens"]
         self.finish = meta.get("finish_reason")
 
-    def add_probe(self, text: str, meta: dict[str, Any]) -> tuple[int, str | None]:
-        """A probe made after the tokens generated so far: its answer, read from the box it was given."""
+    def add_probe(self, text: str, meta: dict[str, Any], counted: Callable[[int, str | None], bool]) -> None:
+        """A probe made after the tokens generated so far: its tokens, and its answer (read from the box it
+        was opened) if `counted` takes it."""
         self.probe_tokens += uncached(meta) + meta["completion_tokens"]
-        self.probes.append((self.completion_tokens, extract_boxed(PROBE[PROBE.rindex("\\boxed") :] + text)))
-        return self.probes[-1]
+        probe = (self.completion_tokens, extract_boxed(PROBE[PROBE.rindex("\\boxed") :] + text))
+        if counted(*probe):
+            self.probes.append(probe)
 
     @property
     def thinking(self) -> bool:
@@ -100,11 +102,12 @@ def generate(
     sampling: dict[str, Any],
     chunking: Chunking,
     stopped: Callable[[], bool],
-    on_probe: Callable[[int, str | None], None],
+    on_probe: Callable[[int, str | None], bool],
 ) -> Generated:
     """Decode `path` to its end in chunks of `chunking.probe_every` tokens (one chunk without probes), probing it
-    while it still thinks and handing each probe's (tokens so far, answer) to `on_probe`. Once `stopped()` it
-    sends nothing more: the chunk an abort cut, or one held back, ends it (finish reason `abort`)."""
+    while it still thinks and handing each probe's (tokens so far, answer) to `on_probe`, which says whether
+    it counted (a probe that returns after the path was stopped does not). Once `stopped()` the path sends
+    nothing more: the chunk an abort cut, or one held back, ends it (finish reason `abort`)."""
     budget, done = sampling["max_tokens"], Generated()
     probe = None
     while True:
@@ -113,8 +116,8 @@ def generate(
         if probe is not None:  # read while the next chunk decodes
             text, meta = reply(probe[0], "probe")
             probe.join()
-            if finish_reason(meta) != "abort":  # held back: the path was stopped
-                on_probe(*done.add_probe(text, meta))
+            if finish_reason(meta) != "abort":  # else held back: the path was stopped
+                done.add_probe(text, meta, on_probe)
             probe = None
         text, meta = reply(path, "chunk")
         done.add(text, meta)

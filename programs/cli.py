@@ -42,6 +42,7 @@ RUN_FLAGS_NOT_ON_THE_COMMAND_LINE = (
     "explorer_model",
     "synthesizer_model",
     "extra",
+    "probe_every",
 )
 
 

@@ -70,6 +70,7 @@ class Watch:
         self.finished_s: dict[int, float] = {}
         self.seen: list[Seen] = []  # what the policy read, in observed order
         self.waves: dict[int, int] = {}  # path -> the wave it was launched in
+        self.probed_s: dict[int, list[float]] = {i: [] for i in range(len(rids))}  # when each probe counted
         self.stopped: dict[int, tuple[str, float, int | None]] = {}  # path -> (by what, when, after tokens)
         self.warm: list[float] = []  # lowest group confidences of the first paths to finish
         self.threshold: float | None = None
@@ -89,22 +90,26 @@ class Watch:
     def on_progress(self, index: int) -> Callable[[dict[str, Any]], None]:
         return lambda meta: self._progress(index, meta)
 
-    def on_probe(self, index: int) -> Callable[[int, str | None], None]:
-        return lambda tokens, answer: self._observe(Seen(index, tokens, answer, final=False))
+    def on_probe(self, index: int) -> Callable[[int, str | None], bool]:
+        """Hears path `index`'s probes as (tokens so far, answer); says whether the probe counted, that is
+        came back before the path was stopped."""
+        return lambda tokens, answer: self._probe(index, tokens, answer)
 
     def launches(self) -> Iterator[list[int]]:
-        """The paths of each wave (all N in one without a policy that widens), the next one asked for once
-        the wave before it has ended: none once the policy has settled."""
+        """The paths of each wave (all N in one without a policy that widens), each asked for once the wave
+        before it has ended, and none once the policy has settled (it stopped them unlaunched)."""
         n = len(self.rids)
         size = (self.policy.wave if self.policy is not None else None) or n
         for wave, start in enumerate(range(0, n, size)):
+            paths = list(range(start, min(start + size, n)))
             with self._lock:
-                if start and self.stopped.keys() >= set(range(start, n)):
-                    return  # settled: these paths were stopped before they were launched
-                self.waves.update(dict.fromkeys(range(start, min(start + size, n)), wave))
-            yield list(range(start, min(start + size, n)))
+                if start in self.stopped:
+                    return
+                self.waves.update(dict.fromkeys(paths, wave))
+            yield paths
 
     def _reply(self, index: int, text: str, meta: dict[str, Any]) -> None:
+        answer = PathRecord.from_engine(text, meta, None).answer if self.policy is not None else None
         with self._lock:
             self.finished_s[index] = self.now()
             if index in self.stopped:
@@ -113,23 +118,31 @@ class Watch:
                 self.warm.append(lowest_group_confidence(self._decoded(index, meta), self.online.window))
                 if len(self.warm) == self.online.warmup:
                     self.threshold = self.online.threshold(self.warm)
-        answer = PathRecord.from_engine(text, meta, None).answer
-        self._observe(Seen(index, meta["completion_tokens"], answer, final=True))
+            running = self._observe(Seen(index, meta["completion_tokens"], answer, final=True))
+        for i in running:
+            self.abort(self.rids[i])
 
-    def _observe(self, seen: Seen) -> None:
-        """Let the policy read one more observation; once it settles, stop every path not yet ended (those
-        not launched yet are then never launched) and abort the ones running."""
+    def _probe(self, index: int, tokens: int, answer: str | None) -> bool:
         with self._lock:
-            if self.policy is None or seen.path in self.stopped:
-                return
-            self.seen.append(seen)
-            rest = [i for i in range(len(self.rids)) if i not in self.finished_s and i not in self.stopped]
-            if not rest or not self.policy.settled(self.seen, len(self.rids)):
-                return
-            self._stop(rest, str(self.policy))
-        for i in rest:
-            if i in self.waves:
-                self.abort(self.rids[i])
+            if index in self.stopped:
+                return False
+            self.probed_s[index].append(self.now())
+            running = self._observe(Seen(index, tokens, answer, final=False))
+        for i in running:
+            self.abort(self.rids[i])
+        return True
+
+    def _observe(self, seen: Seen) -> list[int]:
+        """Let the policy read one more observation (the lock held). Once it settles, stop every path not yet
+        ended (those not launched are then never launched); the running ones are returned, to be aborted."""
+        if self.policy is None:
+            return []
+        self.seen.append(seen)
+        rest = [i for i in range(len(self.rids)) if i not in self.finished_s and i not in self.stopped]
+        if not rest or not self.policy.settled(self.seen, len(self.rids)):
+            return []
+        self._stop(rest, str(self.policy))
+        return [i for i in rest if i in self.waves]
 
     def _progress(self, index: int, meta: dict[str, Any]) -> None:
         assert self.online is not None
@@ -198,6 +211,7 @@ class Watch:
             stopped_s=when,
             stopped_after=after,
             kept=by is None,
+            probed_s=self.probed_s[index],
             wave=self.waves.get(index) if self.policy is not None and self.policy.wave else None,
         )
 

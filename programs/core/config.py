@@ -65,12 +65,9 @@ class RunConfig:
         "keeps this share of paths like them, and stop any path whose recent tokens fall below it",
         metavar="KEEP",
     )
-    probe_every: int | None = option(
-        None,
-        "tokens between probes of a running path's current answer, for a --stop policy that reads them "
-        "(default: the profile's; probes are made only for such a policy)",
-        metavar="TOKENS",
-    )
+    # Tokens between probes of a running path when the --stop policy reads probes and names no interval of its
+    # own (`,probe=T`): the profile's, set by `from_args`; None: the policy's default.
+    probe_every: int | None = None
     force_answer: int | None = option(
         None,
         "give a path that reaches its token budget still thinking the end-of-thinking tag and this many more "
@@ -94,10 +91,8 @@ class RunConfig:
             raise ValueError(f"--keep-confident must be a fraction in (0, 1], got {self.keep_confident}")
         if self.online_confidence is not None:  # refuses a share or an N it cannot work with
             OnlineStop.for_run(self.online_confidence, self.n, self.explorer.max_tokens)
-        for name in ("probe_every", "force_answer"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1 token, got {value}")
+        if self.force_answer is not None and self.force_answer < 1:
+            raise ValueError(f"--force-answer must be at least 1 token, got {self.force_answer}")
         if self.probe_interval is not None and (self.keep_confident or self.online_confidence) is not None:
             raise ValueError(
                 f"--stop {self.stop} probes paths, which splits each into several requests; --keep-confident "
@@ -114,11 +109,13 @@ class RunConfig:
 
     @property
     def probe_interval(self) -> int | None:
-        """Tokens between probes of a running path, when the stop policy reads them; else None (no probes)."""
+        """Tokens between probes of a running path when the stop policy reads them, else None (no probes):
+        the interval its `--stop` string names, else `probe_every`, else the policy's default."""
         policy = self.stop_policy
         if policy is None or policy.probe_every is None:
             return None
-        return self.probe_every or policy.probe_every
+        named = "probe=" in (self.stop or "")
+        return policy.probe_every if named else self.probe_every or policy.probe_every
 
     @property
     def online_stop(self) -> OnlineStop | None:
@@ -138,8 +135,8 @@ class RunConfig:
     ) -> RunConfig:
         """The run the shared flags describe (`programs.cli`); `budgets` are the profile's (explorer,
         synthesizer) token budgets, used where `--explorer-max-tokens` / `--synthesizer-max-tokens` are not
-        given, `probe_every` its probe interval, used where `--probe-every` is not, and `overrides` fix what
-        an entry point decides itself (the models, `synthesize=False`, ...)."""
+        given, `probe_every` its probe interval, and `overrides` fix what an entry point decides itself (the
+        models, `synthesize=False`, ...)."""
         explorer_budget, synthesizer_budget = budgets
 
         def sampling(budget: int) -> SamplingConfig:
@@ -150,7 +147,7 @@ class RunConfig:
             args,
             explorer=sampling(getattr(args, "explorer_max_tokens", None) or explorer_budget),
             synthesizer=sampling(getattr(args, "synthesizer_max_tokens", None) or synthesizer_budget),
-            probe_every=getattr(args, "probe_every", None) or probe_every,
+            probe_every=probe_every,
             **overrides,
         )
 
@@ -162,7 +159,9 @@ class RunConfig:
             if data[name] == RunConfig.__dataclass_fields__[name].default:
                 del data[name]
         if self.probe_interval is None:
-            data.pop("probe_every", None)
+            del data["probe_every"]
+        else:
+            data["probe_every"] = self.probe_interval
         return data
 
     def path_seed(self, problem_id: str, path: int) -> int:
@@ -174,5 +173,5 @@ class RunConfig:
 
 
 ADAPTIVE_FIELDS = (
-    "stop", "keep_confident", "online_confidence", "probe_every", "force_answer", "skip_synthesis_if_unanimous",
+    "stop", "keep_confident", "online_confidence", "force_answer", "skip_synthesis_if_unanimous",
 )  # fmt: skip

@@ -38,7 +38,7 @@ def grade(gold: str, answer: str | None, label: str = "") -> bool | None:
 
 ADAPTIVE_PATH_FIELDS = (
     "confidence", "finished_s", "stopped_by", "stopped_s", "stopped_after", "kept",
-    "probe_tokens", "probes", "forced_answer", "wave",
+    "probe_tokens", "probes", "probed_s", "forced_answer", "wave",
 )  # fmt: skip
 UNANIMOUS = "unanimous"  # a synthesis skipped because every kept path agreed
 
@@ -80,6 +80,7 @@ class PathRecord:
     # from the cache and its generated tokens, and the uncached prompt of each chunk that continued it.
     probe_tokens: int = 0
     probes: list[tuple[int, str | None]] = field(default_factory=list)  # (tokens so far, answer) per probe
+    probed_s: list[float] = field(default_factory=list)  # when each probe's answer came back
     forced_answer: bool = False  # cut at its thinking budget, it was closed and made to answer
     wave: int | None = None  # the wave it was launched in (0 first), when paths are launched in waves
 
@@ -104,8 +105,14 @@ class PathRecord:
 
     @property
     def vote(self) -> str | None:
-        """Its answer as the vote and the metrics count it: none once a policy dropped the path."""
-        return self.answer if self.kept else None
+        """Its answer as the vote and the metrics count it. A path a stop policy ended votes its last probe
+        that read an answer, as `programs.core.stopping.current_answers` has it (none without probes); one the
+        confidence filter dropped votes for none."""
+        if self.kept:
+            return self.answer
+        if self.stopped_by is None:
+            return None
+        return next((answer for _, answer in reversed(self.probes) if answer), None)
 
     def to_json(self) -> dict[str, Any]:
         """Its fields; the adaptive ones only when they differ from their defaults, so records written

@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[bold]synthesizer's reply:[/]\n{synthesis.text}")
     else:
         cli.show(run_table(summary))
+    tokens = summary["explorer"]["tokens_per_problem"]
+    console.print(f"explorer: {tokens:,.0f} tokens per problem, probes included")
     console.print(f"records: {records.path}\nsummary: {output / 'summary.json'}")
     return 1 if summary["failed"] else 0
 

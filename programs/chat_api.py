@@ -25,7 +25,7 @@ MODELS = {
 ROLES = ("system", "user", "assistant")
 MAX_N = 64  # paths per request
 A2R_KNOBS = ("n", "explorer_max_tokens", "explorer_temperature", "explorer_top_p", "stop", "keep_confident",
-             "online_confidence", "return_references")  # fmt: skip
+             "online_confidence", "force_answer", "return_references")  # fmt: skip
 
 
 class ApiError(Exception):
@@ -140,6 +140,7 @@ def configure(base: RunConfig, body: dict[str, Any], knobs: dict[str, Any], synt
                 "temperature": number(knobs, "explorer_temperature", float, 0, 2, "a2r.explorer_temperature"),
                 "top_p": number(knobs, "explorer_top_p", float, 1e-6, 1, "a2r.explorer_top_p")}  # fmt: skip
     n = number(knobs, "n", int, 1, MAX_N, "a2r.n") or base.n
+    force_answer = number(knobs, "force_answer", int, 1, 1 << 20, "a2r.force_answer")
     try:
         return replace(
             base,
@@ -151,6 +152,7 @@ def configure(base: RunConfig, body: dict[str, Any], knobs: dict[str, Any], synt
             stop=knobs.get("stop", base.stop),
             keep_confident=knobs.get("keep_confident", base.keep_confident),
             online_confidence=knobs.get("online_confidence", base.online_confidence),
+            force_answer=force_answer or base.force_answer,
         )
     except (ValueError, TypeError) as exc:
         raise ApiError(400, f"a2r: {exc}", "a2r") from None
@@ -201,6 +203,7 @@ def usage(record: ProblemRecord) -> dict[str, Any]:
         "prompt_tokens": sum(p.prompt_tokens for p in paths),
         "completion_tokens": sum(p.completion_tokens for p in paths),
         "cached_tokens": sum(p.cached_tokens for p in paths),
+        "probe_tokens": sum(p.probe_tokens for p in paths),  # asking running paths for their answers
     }
     synthesizer = {
         "prompt_tokens": synthesis.prompt_tokens if synthesis else 0,
@@ -221,5 +224,6 @@ def usage(record: ProblemRecord) -> dict[str, Any]:
 def references(record: ProblemRecord) -> dict[str, Any]:
     """What `a2r.return_references` adds: each path's answer and the self-consistency answer."""
     paths = [{"answer": p.answer, "answer_part": p.answer_part, "completion_tokens": p.completion_tokens,
-              "kept": p.kept, "stopped_by": p.stopped_by} for p in record.paths]  # fmt: skip
+              "kept": p.kept, "stopped_by": p.stopped_by, "probes": p.probes, "wave": p.wave,
+              "forced_answer": p.forced_answer} for p in record.paths]  # fmt: skip
     return {"paths": paths, "self_consistency": record.self_consistency["answer"]}

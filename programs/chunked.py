@@ -1,8 +1,8 @@
 """An explorer path generated in chunks inside fork/join: probes of its current answer between chunks, and a
 forced answer when it reaches its thinking budget still thinking.
 
-A probe is the path's text so far, then `PROBE` (the end-of-thinking tag and the opening of a box), decoded
-for `PROBE_TOKENS` greedily. It is a copy of the path's stream (`path.copy()`), sent while the path decodes
+A probe is the path's text so far, then the end-of-thinking tag and the opening of the model's answer (the
+profile's `probe_prefix`), decoded for up to `PROBE_TOKENS` greedily; its answer is the box in what follows. It is a copy of the path's stream (`path.copy()`), sent while the path decodes
 its next chunk. Both requests start with the text the path has written, which SGLang's radix cache holds once
 the chunk before them has ended (a request's decoded KV enters the tree when it finishes); the engine's
 `cached_tokens` say what was served from there, and every token it had to compute for a probe, or for the
@@ -24,10 +24,12 @@ import sglang as sgl
 
 from engine.endpoint import ON_PROGRESS_VAR, ON_REPLY_VAR, RID_VAR
 from programs.core.grading import extract_boxed
-from programs.core.prompts import CLOSE_THINKING, PROBE, THINK_END
+from programs.core.prompts import CLOSE_THINKING, PROBE_PREFIX, THINK_END
 from programs.core.records import finish_reason
 
-PROBE_TOKENS = 10  # greedy tokens a probe may decode: an integer answer and its closing brace take 2 to 4
+# Greedy tokens a probe may decode: after Qwen3's `\\boxed{` an integer and its brace take 2 to 4; the offline
+# explorer restates the result first (`12, so the answer is \\boxed{12}.`, 11 tokens).
+PROBE_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,12 @@ class Chunking:
 
     probe_every: int | None = None  # tokens between probes of its current answer; None: no probes
     force_answer: int | None = None  # answer budget of a path cut at its thinking budget; None: not forced
+    probe_prefix: str = PROBE_PREFIX  # what a probe writes after the end-of-thinking tag
+
+    @property
+    def probe(self) -> str:
+        """What a probe appends to the path's text so far."""
+        return CLOSE_THINKING + self.probe_prefix
 
     def __post_init__(self) -> None:
         for name in ("probe_every", "force_answer"):
@@ -70,11 +78,13 @@ class Generated:
         self.completion_tokens += meta["completion_tokens"]
         self.finish = meta.get("finish_reason")
 
-    def add_probe(self, text: str, meta: dict[str, Any], counted: Callable[[int, str | None], bool]) -> None:
-        """A probe made after the tokens generated so far: its tokens, and its answer (read from the box it
-        was opened) if `counted` takes it."""
+    def add_probe(
+        self, answer: str, meta: dict[str, Any], counted: Callable[[int, str | None], bool]
+    ) -> None:
+        """A probe made after the tokens generated so far: its tokens, and the answer it stated (the box in
+        `answer`, the probe's prefix and what it decoded) if `counted` takes it."""
         self.probe_tokens += uncached(meta) + meta["completion_tokens"]
-        probe = (self.completion_tokens, extract_boxed(PROBE[PROBE.rindex("\\boxed") :] + text))
+        probe = (self.completion_tokens, extract_boxed(answer))
         if counted(*probe):
             self.probes.append(probe)
 
@@ -117,7 +127,7 @@ def generate(
             text, meta = reply(probe[0], "probe")
             probe.join()
             if finish_reason(meta) != "abort":  # else held back: the path was stopped
-                done.add_probe(text, meta, on_probe)
+                done.add_probe(chunking.probe_prefix + text, meta, on_probe)
             probe = None
         text, meta = reply(path, "chunk")
         done.add(text, meta)
@@ -133,16 +143,16 @@ def generate(
                 done.forced_answer = True
             return done
         if chunking.probe_every is not None and done.thinking:
-            probe = ask(path)
+            probe = ask(path, chunking.probe)
 
 
-def ask(path: Any) -> Any:
-    """Send a probe of `path`'s current answer: a copy of its stream with `PROBE` appended, decoded greedily
+def ask(path: Any, probe: str) -> Any:
+    """Send a probe of `path`'s current answer: a copy of its stream with `probe` appended, decoded greedily
     under a request id the engine chooses, reporting to no hook. Join the copy once its reply is read."""
     copy = path.fork(1)
     for name in (RID_VAR, ON_REPLY_VAR, ON_PROGRESS_VAR):
         copy[0].set_var(name, None)
-    copy[0] += PROBE + sgl.gen("probe", max_tokens=PROBE_TOKENS, temperature=0)
+    copy[0] += probe + sgl.gen("probe", max_tokens=PROBE_TOKENS, temperature=0)
     return copy
 
 

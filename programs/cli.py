@@ -43,6 +43,7 @@ RUN_FLAGS_NOT_ON_THE_COMMAND_LINE = (
     "synthesizer_model",
     "extra",
     "probe_every",
+    "probe_prefix",
 )
 
 
@@ -169,6 +170,21 @@ def streamed_for_online(engines: Engines) -> Engines:
     return replace(engines, explorer=explorer, synthesizer=explorer if same else engines.synthesizer)
 
 
+# Flags an entry point that runs the explorer alone (`explorer_engines`) leaves out: nothing would act on them.
+EXPLORER_ONLY_SKIP = ("synthesizer_model", "synthesizer_url", "gpu_shares", "one_model")
+
+
+def explorer_engines(args: argparse.Namespace) -> tuple[Engines, Profile]:
+    """One engine serving the explorer model alone (the profile's explorer; the tiny model offline)."""
+    profile, device = profile_for(args)
+    planned = plan_engines(args, profile, device, build_offline_models(profile, args))
+    model = planned.explorer.model or None  # None: a running server at --explorer-url
+    config = dataclass_from_args(
+        EngineConfig, args, device=device, explorer_model=model, synthesizer_model=model
+    )
+    return plan_here(config, device), profile
+
+
 def plan_run(
     args: argparse.Namespace, profile: Profile, device: str, **overrides: Any
 ) -> tuple[Engines, RunConfig]:
@@ -176,7 +192,7 @@ def plan_run(
     call it once the cheap checks have passed); `overrides` fix what an entry point decides itself."""
     engines = plan_engines(args, profile, device, build_offline_models(profile, args))
     config = RunConfig.from_args(
-        args, budgets=budgets(profile), probe_every=profile.probe_every, **role_models(engines), **overrides
+        args, budgets=budgets(profile), probing=probing(profile), **role_models(engines), **overrides
     )
     return engines, config
 
@@ -191,6 +207,11 @@ def role_models(engines: Engines) -> dict[str, str]:
 
 def budgets(profile: Profile) -> tuple[int, int]:
     return profile.explorer_max_tokens, profile.synthesizer_max_tokens
+
+
+def probing(profile: Profile) -> dict[str, Any]:
+    """How the profile probes running paths, as RunConfig fields."""
+    return {"probe_every": profile.probe_every, "probe_prefix": profile.probe_prefix}
 
 
 def default_output(dataset: str | None, n: int, kind: str = "", question: str | None = None) -> Path:

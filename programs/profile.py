@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from programs.core.prompts import PROBE_PREFIX
+from programs.offline.task import ANSWER_PART
 from programs.offline.task import NAME as CHAIN
 
 
@@ -24,6 +26,7 @@ class Profile:
     throughput_in_flight: int | None  # its cap on problems explored at once (None: what the KV pool holds)
     throughput_seconds: float  # its least decoding time per mode, for steady state
     probe_every: int  # tokens between probes of a running path, for a stop policy that reads them
+    probe_prefix: str  # what a probe writes after the end-of-thinking tag, so the model states its answer
 
 
 # A2R-Efficient (Qwen3-4B -> Qwen3-8B) on the paper's benchmarks. Its paths run 15.7k-20.5k tokens and its
@@ -40,6 +43,7 @@ PAPER = Profile(
     throughput_in_flight=None,
     throughput_seconds=60.0,
     probe_every=500,  # as in the Qwen3 traces the policies were tuned on (AutoTTS probes every 500 tokens)
+    probe_prefix=PROBE_PREFIX,
 )
 
 # The project's own pair (`programs.offline`) on the arithmetic chains it was trained on. Its paths run about
@@ -58,6 +62,7 @@ OFFLINE = Profile(
     throughput_in_flight=8,
     throughput_seconds=20.0,
     probe_every=48,  # TBD
+    probe_prefix=ANSWER_PART[: ANSWER_PART.index("{value}")],  # the answer part it was trained to write
 )
 
 PROFILES = {profile.name: profile for profile in (PAPER, OFFLINE)}

@@ -12,6 +12,7 @@ from typing import Any
 
 from programs.core.confidence import OnlineStop
 from programs.core.flags import dataclass_from_args, option
+from programs.core.prompts import PROBE_PREFIX
 from programs.core.stopping import STOP_HELP, StopPolicy
 
 
@@ -65,9 +66,11 @@ class RunConfig:
         "keeps this share of paths like them, and stop any path whose recent tokens fall below it",
         metavar="KEEP",
     )
-    # Tokens between probes of a running path when the --stop policy reads probes and names no interval of its
-    # own (`,probe=T`): the profile's, set by `from_args`; None: the policy's default.
+    # How running paths are probed when the --stop policy reads probes, both the profile's (set by `from_args`):
+    # tokens between probes, unless the policy names its own (`,probe=T`; None: the policy's default), and
+    # what a probe writes after the end-of-thinking tag so the model states its answer.
     probe_every: int | None = None
+    probe_prefix: str = PROBE_PREFIX
     force_answer: int | None = option(
         None,
         "give a path that reaches its token budget still thinking the end-of-thinking tag and this many more "
@@ -129,14 +132,14 @@ class RunConfig:
         args: argparse.Namespace,
         *,
         budgets: tuple[int, int],
-        probe_every: int | None = None,
+        probing: dict[str, Any] | None = None,
         ignore_eos: bool = False,
         **overrides: Any,
     ) -> RunConfig:
         """The run the shared flags describe (`programs.cli`); `budgets` are the profile's (explorer,
         synthesizer) token budgets, used where `--explorer-max-tokens` / `--synthesizer-max-tokens` are not
-        given, `probe_every` its probe interval, and `overrides` fix what an entry point decides itself (the
-        models, `synthesize=False`, ...)."""
+        given, `probing` its `probe_every` and `probe_prefix`, and `overrides` fix what an entry point decides
+        itself (the models, `synthesize=False`, ...)."""
         explorer_budget, synthesizer_budget = budgets
 
         def sampling(budget: int) -> SamplingConfig:
@@ -147,7 +150,7 @@ class RunConfig:
             args,
             explorer=sampling(getattr(args, "explorer_max_tokens", None) or explorer_budget),
             synthesizer=sampling(getattr(args, "synthesizer_max_tokens", None) or synthesizer_budget),
-            probe_every=probe_every,
+            **(probing or {}),
             **overrides,
         )
 
@@ -159,7 +162,7 @@ class RunConfig:
             if data[name] == RunConfig.__dataclass_fields__[name].default:
                 del data[name]
         if self.probe_interval is None:
-            del data["probe_every"]
+            del data["probe_every"], data["probe_prefix"]
         else:
             data["probe_every"] = self.probe_interval
         return data

@@ -23,13 +23,15 @@ from typing import Any
 import sglang as sgl
 
 from engine.endpoint import ON_PROGRESS_VAR, ON_REPLY_VAR, RID_VAR
+from programs.core.config import PROBE_PREFIX
 from programs.core.grading import extract_boxed
-from programs.core.prompts import CLOSE_THINKING, PROBE_PREFIX, THINK_END
+from programs.core.prompts import THINK_END
 from programs.core.records import finish_reason
 
 # Greedy tokens a probe may decode: after Qwen3's `\\boxed{` an integer and its brace take 2 to 4; the offline
 # explorer restates the result first (`12, so the answer is \\boxed{12}.`, 11 tokens).
 PROBE_TOKENS = 16
+CLOSE_THINKING = f"\n{THINK_END}\n\n"  # what closes a path's thought, for a probe or a forced answer
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from programs.core.prompts import PROBE_PREFIX
+from programs.core.config import PROBE_PREFIX
 from programs.offline.task import ANSWER_PART
 from programs.offline.task import NAME as CHAIN
 

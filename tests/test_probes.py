@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from engine.endpoint import SEED_VAR, PathEndpoint, request_ids
-from programs.chunked import Chunking, Generated, uncached
+from programs.chunked import CLOSE_THINKING, Chunking, Generated, uncached
 from programs.core.config import RunConfig, SamplingConfig
-from programs.core.prompts import CLOSE_THINKING, chat_prompt
+from programs.core.prompts import chat_prompt
 from programs.core.records import PathRecord, ProblemRecord, usage
 from programs.core.stopping import Seen, StopPolicy, current_answers
 from programs.datasets import load_problems

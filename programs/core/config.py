@@ -12,8 +12,11 @@ from typing import Any
 
 from programs.core.confidence import OnlineStop
 from programs.core.flags import dataclass_from_args, option
-from programs.core.prompts import PROBE_PREFIX
 from programs.core.stopping import STOP_HELP, StopPolicy
+
+# What a probe of a running path writes after the end-of-thinking tag so that a few greedy tokens state the
+# answer: the opening of Qwen3's boxed answer (each profile has its own, `Profile.probe_prefix`).
+PROBE_PREFIX = "The final answer is \\boxed{"
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 THINK_START, THINK_END = "<think>", "</think>"  # Qwen3 / R1 thinking delimiters
-# Appended to a path's text so far to close its thought: the forced answer at its budget starts here, and a
-# probe of its current answer adds the opening of the model's answer (the profile's; this one for Qwen3), so a
-# few greedy tokens state it.
-CLOSE_THINKING = f"\n{THINK_END}\n\n"
-PROBE_PREFIX = "The final answer is \\boxed{"
 
 # The paper's synthesizer template (section 3.2), word for word; references are tagged <referenceI>.
 SYNTHESIZER_TEMPLATE = (

@@ -27,7 +27,8 @@ import numpy as np
 from rich.progress import Progress, TimeElapsedColumn
 from rich.table import Table
 
-from benchmarks.adaptive import evaluate, read_records
+from benchmarks.adaptive import evaluate
+from benchmarks.traces import read_records
 from engine.launch import flush_cache, serve
 from programs import cli
 from programs.cli import console

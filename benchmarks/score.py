@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ class SampledProblem:
     responses: list[str] | None = None  # the raw samples, when they were responses
 
 
-def _gold(value: Any, where: str, key: str) -> str:
+def gold_field(value: Any, where: str, key: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ScoreInputError(f"{where}: gold answer {key!r} must be a string or a number, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN and Infinity parse as floats
@@ -70,10 +71,17 @@ def _answers(samples: Any, where: str, key: str, responses: bool) -> list[str | 
     return [extract_answer(s) for s in samples] if responses else list(samples)
 
 
-def read_problems(path: Path, gold_key: str, samples_key: str, responses: bool) -> list[SampledProblem]:
-    """Read and check every line of `path`; `responses` says whether samples are raw responses."""
+def read_problems(
+    path: Path,
+    gold_key: str,
+    samples_key: str,
+    responses: bool,
+    on_cut_line: Callable[[str], None] | None = None,
+) -> list[SampledProblem]:
+    """Read and check every line of `path`; `responses` says whether samples are raw responses, and
+    `on_cut_line` drops a cut-off last line (`read_jsonl`)."""
     try:
-        rows = read_jsonl(path)
+        rows = read_jsonl(path, on_cut_line)
     except OSError as e:
         raise ScoreInputError(f"{path}: cannot read: {e.strerror or e}") from e
     except JsonlError as e:
@@ -88,7 +96,7 @@ def read_problems(path: Path, gold_key: str, samples_key: str, responses: bool) 
                 )
         answers = _answers(row[samples_key], where, samples_key, responses)
         raw = row[samples_key] if responses else None
-        problems.append(SampledProblem(number, _gold(row[gold_key], where, gold_key), answers, raw))
+        problems.append(SampledProblem(number, gold_field(row[gold_key], where, gold_key), answers, raw))
     if not problems:
         raise ScoreInputError(f"{path}: no problems (the file is empty)")
     return problems

@@ -96,7 +96,7 @@ def is_equivalent(
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     if gold.strip() == answer.strip():
         return True  # even when math-verify cannot parse it, e.g. two identical free-text answers
-    gold_integer, answer_integer = _integer(gold), _integer(answer)
+    gold_integer, answer_integer = integer_key(gold), integer_key(answer)
     if gold_integer is not None and answer_integer is not None:
         return gold_integer == answer_integer  # exact, where math-verify would compare floats to 15 digits
     verdict = _verify_cached(gold, answer, timeout_s)
@@ -112,12 +112,12 @@ def is_equivalent(
     return verdict
 
 
-def _integer(text: str) -> tuple[bool, str] | None:
+def integer_key(text: str) -> tuple[bool, str] | None:
     """A plain integer as (negative, its decimal digits without leading zeros), else None.
 
     Exact at any length, where `int()` refuses strings of more than 4300 digits.
 
-    >>> _integer(" -007 "), _integer("-0") == _integer("0"), _integer("1.5")
+    >>> integer_key(" -007 "), integer_key("-0") == integer_key("0"), integer_key("1.5")
     ((True, '7'), True, None)
     """
     match = _INTEGER.fullmatch(text)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,11 +29,14 @@ class RecordsError(ValueError):
     """The run folder cannot be resumed as asked; the message says why."""
 
 
-def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl(
+    path: str | Path, on_cut_line: Callable[[str], None] | None = None
+) -> list[tuple[int, dict[str, Any]]]:
     """Parse a JSON-lines file into (line number, object) pairs; blank lines are skipped.
 
     Parsed line by line so a bad line is reported as `file:line: reason` rather than a parser error
-    somewhere downstream.
+    somewhere downstream. With `on_cut_line`, a last line that is not JSON and has no newline (a writer
+    killed mid-line, the line `RecordFile` drops on resume) is dropped and `on_cut_line` told so.
     """
     rows = []
     with open(path, encoding="utf-8") as handle:
@@ -47,6 +50,9 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
+                if on_cut_line is not None and lineno == len(lines) and not line.endswith("\n"):
+                    on_cut_line(f"{path}:{lineno}: dropping a cut-off last line ({err.msg})")
+                    continue
                 raise JsonlError(
                     f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})"
                 ) from None

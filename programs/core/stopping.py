@@ -20,6 +20,7 @@ off by default: the paper's A2R waits for all N paths and hands every one to the
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,27 +28,33 @@ from functools import lru_cache
 
 from programs.core.grading import is_equivalent
 
-PROBE_EVERY = 500  # tokens between probes when a policy reads them and says nothing else (AutoTTS's interval)
+PROBE_EVERY = 500  # tokens between probes, as the AutoTTS traces were probed
 # What one probe costs in replay, in tokens: the probe prompt's suffix past the cached path (end of thinking
 # and an answer prefix, about 12 tokens) plus the few tokens decoded greedily for the answer. A live run
 # records the real figure per path (`probe_tokens`: uncached prompt tokens plus generated ones).
 PROBE_TOKENS = 24
 POSTERIOR_EPS = 0.05  # posterior's default: stop once the leader stays the leader with probability > 95%
-# `settled`'s defaults, chosen on the Qwen3-0.6B/1.7B traces only (docs/adaptive.md, "How settled was tuned").
-SETTLED = {"wave": 4, "probe": PROBE_EVERY, "eps": 0.05}
+# `settled`'s defaults, chosen on the Qwen3-0.6B/1.7B traces only by the rule in `benchmarks.frontier`
+# (docs/adaptive.md, "How settled was tuned"). It reads no probes: on those traces a path's probe answer,
+# even one unchanged over 4,000 tokens, was its final answer only about half the time.
+SETTLED: dict[str, float] = {"wave": 4, "eps": 0.25}
 
 STOP_FORMS = (
-    "majority, agree:K, first:M, posterior[:EPS] or settled[:wave=W,probe=T,eps=E], each optionally "
-    "followed by ,wave=W (launch W paths at a time) and/or ,probe=T (read each running path's answer every T "
-    "tokens); e.g. agree:3,wave=4 or posterior:0.1,probe=500"
+    "majority, agree:K, first:M, posterior[:EPS] or settled[:wave=W,eps=E], each optionally followed by "
+    ",wave=W (launch W paths at a time), ,probe=T (read each running path's answer every T tokens) and "
+    ",stable=S (count a probe answer once S probes in a row gave it); e.g. agree:3,wave=4 or "
+    "posterior:0.1,probe=500,stable=3"
 )
 STOP_HELP = (
     "stop a problem's paths early: 'majority' once the leading answer can no longer be overtaken (the vote is "
     "then unchanged), 'agree:K' once K answers agree, 'first:M' once M paths finished, 'posterior:EPS' once "
     "the leader stays the leader with probability above 1-EPS (Adaptive-Consistency's Beta model), and "
-    "'settled', the recommended composition: waves of 4 paths probed every 500 tokens under posterior:0.05. "
-    "settled trades latency for tokens (a later wave starts when the one before has ended) and may, rarely, "
-    "vote differently from the full run. ',wave=W' and ',probe=T' add waves and probes to any policy"
+    "'settled', the recommended composition: waves of 4 paths under posterior:0.25. On held-out Qwen3 AIME "
+    "traces it spent about a third of the explorer tokens at N=16 and an eighth at N=64, with Cons@N within a "
+    "point. It trades latency for tokens: a wave starts only when the one before has ended, so a problem whose "
+    "paths disagree answers later than with all N at once (up to 3.5x on Qwen3-0.6B), and the vote may now "
+    "and then differ from the full run's. ',wave=W', ',probe=T' and ',stable=S' add waves and probes to any "
+    "policy"
 )
 
 
@@ -83,16 +90,18 @@ def current_answers(seen: Sequence[Seen]) -> dict[int, str | None]:
 
 class Tally:
     """The vote as it stands, updated one observation at a time: each path's current answer, answers grouped
-    by `same` (first-seen representative first, as `programs.core.metrics.answer_groups` groups them)."""
+    by `same` (first-seen representative first, as `programs.core.metrics.answer_groups` groups them). A
+    running path's probe answer counts once its last `stable` answered probes agreed."""
 
-    def __init__(self, same: Callable[[str, str], bool]) -> None:
-        self.same = same
+    def __init__(self, same: Callable[[str, str], bool], stable: int = 1) -> None:
+        self.same, self.stable = same, stable
         self.count = 0  # observations read
         self.last: Seen | None = None
         self.finished: set[int] = set()
-        self.decided = 0  # paths whose answer is in: finished ones, and running ones with a probe answer
-        self.group_of: dict[int, int | None] = {}  # path -> group of its current answer
+        self.decided = 0  # paths whose answer is in: finished ones, and running ones with a counted probe
+        self.group_of: dict[int, int | None] = {}  # path -> group of its counted answer
         self.sizes: list[int] = []  # per group, in first-seen order
+        self._streak: dict[int, tuple[int, int]] = {}  # running path -> (group of its last probe, repeats)
         self._reps: list[str] = []
         self._known: dict[str, int] = {}
 
@@ -111,12 +120,19 @@ class Tally:
         self.count, self.last = self.count + 1, s
         if s.path in self.finished:
             return  # nothing follows a path's end
+        answered = _answered(s.answer)
         if s.final:
             self.finished.add(s.path)
-        elif not _answered(s.answer) and s.path in self.group_of:
-            return  # an unreadable probe keeps the answer before
+            new = self._group(s.answer) if answered else None  # type: ignore[arg-type]
+        elif not answered:
+            return  # an unreadable probe changes nothing
+        else:
+            group = self._group(s.answer)  # type: ignore[arg-type]
+            before, repeats = self._streak.get(s.path, (None, 0))
+            repeats = repeats + 1 if before == group else 1
+            self._streak[s.path] = (group, repeats)
+            new = group if repeats >= self.stable else None
         old = self.group_of.get(s.path)
-        new = self._group(s.answer) if _answered(s.answer) else None  # type: ignore[arg-type]
         if old is not None:
             self.sizes[old] -= 1
             self.decided -= 1
@@ -151,6 +167,11 @@ def leader_stays(leader: int, runner_up: int) -> float:
 
 
 RULES = ("majority", "agree", "first", "posterior", "settled")
+VALUE_KINDS = {
+    "agree": int,
+    "first": int,
+    "posterior": float,
+}  # the value after the colon, where one is taken
 
 
 @dataclass(frozen=True)
@@ -164,8 +185,9 @@ class StopPolicy:
     name: str  # one of RULES
     count: int | None = None  # K of agree:K, M of first:M
     eps: float | None = None  # of posterior and settled
-    wave: int | None = None  # paths per wave; None: all N at once
+    wave: int | None = None  # paths per wave; None (or N or more): all N at once
     probe_every: int | None = None  # tokens between probes; None: no probes
+    stable: int = 1  # a probe answer counts once a path's last `stable` probes agreed
     same: Callable[[str, str], bool] = field(default=is_equivalent, compare=False, repr=False)
     _cache: dict = field(default_factory=dict, compare=False, repr=False)  # the last tally, see `tally`
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
@@ -178,64 +200,51 @@ class StopPolicy:
         def bad(why: str) -> ValueError:
             return ValueError(f"--stop {spec!r} is not a policy ({why}): use {STOP_FORMS}")
 
-        name, colon, rest = spec.partition(":")
-        if "," in name:
-            name, _, options = spec.partition(",")
-            colon, rest = ":", options
+        name, *parts = re.split("[:,]", spec)
         if name not in RULES:
             raise bad(f"unknown name {name!r}")
-        parts = rest.split(",") if colon else []
-        if colon and not all(parts):
+        if not all(parts):
             raise bad("an empty part")
-        positional = [p for p in parts if "=" not in p]
-        keywords = dict(p.split("=", 1) for p in parts if "=" in p)
-        wants = {"agree": int, "first": int, "posterior": float}.get(name)
-        if len(positional) > (1 if wants else 0) or (name in ("agree", "first") and not positional):
-            raise bad(f"{name} takes " + ("one value" if wants else "no value"))
-        if len(keywords) != sum("=" in p for p in parts):
+        values = [p for p in parts if "=" not in p]
+        options = dict(p.split("=", 1) for p in parts if "=" in p)
+        if len(options) < len(parts) - len(values):
             raise bad("a key given twice")
-        allowed = {"wave", "probe"} | ({"eps"} if name == "settled" else set())
-        if set(keywords) - allowed:
-            raise bad(f"unknown key {sorted(set(keywords) - allowed)[0]!r}")
-        defaults = SETTLED if name == "settled" else {}
+        kind = VALUE_KINDS.get(name)
+        if len(values) > (kind is not None) or (kind is int and not values):
+            raise bad(f"{name} takes " + ("one value" if kind else "no value"))
+        allowed = {"wave", "probe", "stable"} | ({"eps"} if name == "settled" else set())
+        if set(options) - allowed:
+            raise bad(f"unknown key {sorted(set(options) - allowed)[0]!r}")
+        settings = {**(SETTLED if name == "settled" else {}), **options}
         try:
-            count = int(positional[0]) if wants is int else None
-            eps = float(positional[0]) if wants is float and positional else None
-            eps = float(keywords.get("eps", defaults.get("eps", POSTERIOR_EPS))) if eps is None else eps
-            wave = keywords.get("wave", defaults.get("wave"))
-            probe = keywords.get("probe", defaults.get("probe"))
-            wave, probe = (int(v) if v is not None else None for v in (wave, probe))
+            count = int(values[0]) if kind is int else None
+            eps = float(values[0]) if kind is float and values else float(settings.get("eps", POSTERIOR_EPS))
+            wave, probe = (int(settings[key]) if key in settings else None for key in ("wave", "probe"))
+            stable = int(settings.get("stable", 1))
         except ValueError:
             raise bad("a value is not a number") from None
-        if (
-            count is not None
-            and count < 1
-            or wave is not None
-            and wave < 1
-            or probe is not None
-            and probe < 1
-        ):
+        if any(v is not None and v < 1 for v in (count, wave, probe, stable)):
             raise bad("counts must be whole numbers >= 1")
         if not 0 < eps < 1:
             raise bad("EPS must be in (0, 1)")
-        return cls(name, count, eps if name in ("posterior", "settled") else None, wave, probe)
+        return cls(name, count, eps if name in ("posterior", "settled") else None, wave, probe, stable)
 
     def __str__(self) -> str:
-        defaults = SETTLED if self.name == "settled" else {}
+        """The `--stop` string `parse` reads back, defaults left out."""
+        defaults = {"stable": 1, **(SETTLED if self.name == "settled" else {})}
         parts = [str(self.count)] if self.count is not None else []
         if self.name == "posterior" and self.eps != POSTERIOR_EPS:
             parts.append(f"{self.eps:g}")
-        for key, value in (("wave", self.wave), ("probe", self.probe_every), ("eps", self.eps)):
-            if value is not None and value != defaults.get(key) and (key != "eps" or self.name == "settled"):
-                parts.append(f"{key}={value:g}" if key == "eps" else f"{key}={value}")
+        options = {"wave": self.wave, "probe": self.probe_every, "stable": self.stable}
+        if self.name == "settled":
+            options["eps"] = self.eps
+        parts += [f"{k}={v:g}" for k, v in options.items() if v is not None and v != defaults.get(k)]
         return self.name + (":" + ",".join(parts) if parts else "")
 
     def check(self, n: int) -> None:
         """Refuse a count that cannot stop anything with `n` paths."""
         if self.count is not None and self.count >= n:
             raise ValueError(f"--stop {self} never stops a path with N={n}: its count must be below N")
-        if self.wave is not None and self.wave > n:
-            raise ValueError(f"--stop {self} launches waves of {self.wave} paths, more than N={n}")
 
     def with_same(self, same: Callable[[str, str], bool]) -> StopPolicy:
         """The same policy comparing answers with `same`."""
@@ -253,7 +262,7 @@ class StopPolicy:
                 or (tally.count and seen[tally.count - 1] is not tally.last)
             )
             if fresh:
-                tally = Tally(self.same)
+                tally = Tally(self.same, self.stable)
             for s in seen[tally.count :]:
                 tally.add(s)
             self._cache.update(tally=tally, source=seen)

@@ -179,7 +179,7 @@ def points(args: argparse.Namespace, engines: Engines, profile: Profile) -> list
         config = RunConfig.from_args(
             args,
             budgets=budgets,
-            probing=cli.probing(profile),
+            probe_prefix=profile.probe_prefix,
             ignore_eos=args.fixed_length,
             **cli.role_models(engines),
         )

@@ -42,7 +42,6 @@ RUN_FLAGS_NOT_ON_THE_COMMAND_LINE = (
     "explorer_model",
     "synthesizer_model",
     "extra",
-    "probe_every",
     "probe_prefix",
 )
 
@@ -192,7 +191,7 @@ def plan_run(
     call it once the cheap checks have passed); `overrides` fix what an entry point decides itself."""
     engines = plan_engines(args, profile, device, build_offline_models(profile, args))
     config = RunConfig.from_args(
-        args, budgets=budgets(profile), probing=probing(profile), **role_models(engines), **overrides
+        args, budgets=budgets(profile), probe_prefix=profile.probe_prefix, **role_models(engines), **overrides
     )
     return engines, config
 
@@ -207,11 +206,6 @@ def role_models(engines: Engines) -> dict[str, str]:
 
 def budgets(profile: Profile) -> tuple[int, int]:
     return profile.explorer_max_tokens, profile.synthesizer_max_tokens
-
-
-def probing(profile: Profile) -> dict[str, Any]:
-    """How the profile probes running paths, as RunConfig fields."""
-    return {"probe_every": profile.probe_every, "probe_prefix": profile.probe_prefix}
 
 
 def default_output(dataset: str | None, n: int, kind: str = "", question: str | None = None) -> Path:

@@ -25,7 +25,6 @@ class Profile:
     throughput_dataset: str  # the problems the throughput benchmark serves
     throughput_in_flight: int | None  # its cap on problems explored at once (None: what the KV pool holds)
     throughput_seconds: float  # its least decoding time per mode, for steady state
-    probe_every: int  # tokens between probes of a running path, for a stop policy that reads them
     probe_prefix: str  # what a probe writes after the end-of-thinking tag, so the model states its answer
 
 
@@ -42,7 +41,6 @@ PAPER = Profile(
     throughput_dataset="aime24",
     throughput_in_flight=None,
     throughput_seconds=60.0,
-    probe_every=500,  # as in the Qwen3 traces the policies were tuned on (AutoTTS probes every 500 tokens)
     probe_prefix=PROBE_PREFIX,
 )
 
@@ -61,7 +59,6 @@ OFFLINE = Profile(
     throughput_dataset=f"{CHAIN}:0:2000",
     throughput_in_flight=8,
     throughput_seconds=20.0,
-    probe_every=48,  # TBD
     probe_prefix=ANSWER_PART[: ANSWER_PART.index("{value}")],  # the answer part it was trained to write
 )
 

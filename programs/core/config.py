@@ -69,10 +69,8 @@ class RunConfig:
         "keeps this share of paths like them, and stop any path whose recent tokens fall below it",
         metavar="KEEP",
     )
-    # How running paths are probed when the --stop policy reads probes, both the profile's (set by `from_args`):
-    # tokens between probes, unless the policy names its own (`,probe=T`; None: the policy's default), and
-    # what a probe writes after the end-of-thinking tag so the model states its answer.
-    probe_every: int | None = None
+    # What a probe writes after the end-of-thinking tag when the --stop policy reads probes (`,probe=T`): the
+    # profile's, set by `from_args`.
     probe_prefix: str = PROBE_PREFIX
     force_answer: int | None = option(
         None,
@@ -99,7 +97,7 @@ class RunConfig:
             OnlineStop.for_run(self.online_confidence, self.n, self.explorer.max_tokens)
         if self.force_answer is not None and self.force_answer < 1:
             raise ValueError(f"--force-answer must be at least 1 token, got {self.force_answer}")
-        if self.probe_interval is not None and (self.keep_confident or self.online_confidence) is not None:
+        if self.probe_every is not None and (self.keep_confident or self.online_confidence) is not None:
             raise ValueError(
                 f"--stop {self.stop} probes paths, which splits each into several requests; --keep-confident "
                 "and --online-confidence read a path's log-probabilities as one request: choose one"
@@ -114,14 +112,10 @@ class RunConfig:
         return StopPolicy.parse(self.stop) if self.stop is not None else None
 
     @property
-    def probe_interval(self) -> int | None:
-        """Tokens between probes of a running path when the stop policy reads them, else None (no probes):
-        the interval its `--stop` string names, else `probe_every`, else the policy's default."""
+    def probe_every(self) -> int | None:
+        """Tokens between probes of a running path, as the stop policy says (None: it reads no probes)."""
         policy = self.stop_policy
-        if policy is None or policy.probe_every is None:
-            return None
-        named = "probe=" in (self.stop or "")
-        return policy.probe_every if named else self.probe_every or policy.probe_every
+        return policy.probe_every if policy is not None else None
 
     @property
     def online_stop(self) -> OnlineStop | None:
@@ -135,13 +129,13 @@ class RunConfig:
         args: argparse.Namespace,
         *,
         budgets: tuple[int, int],
-        probing: dict[str, Any] | None = None,
+        probe_prefix: str = PROBE_PREFIX,
         ignore_eos: bool = False,
         **overrides: Any,
     ) -> RunConfig:
         """The run the shared flags describe (`programs.cli`); `budgets` are the profile's (explorer,
         synthesizer) token budgets, used where `--explorer-max-tokens` / `--synthesizer-max-tokens` are not
-        given, `probing` its `probe_every` and `probe_prefix`, and `overrides` fix what an entry point decides
+        given, `probe_prefix` its models' answer opening, and `overrides` fix what an entry point decides
         itself (the models, `synthesize=False`, ...)."""
         explorer_budget, synthesizer_budget = budgets
 
@@ -153,21 +147,19 @@ class RunConfig:
             args,
             explorer=sampling(getattr(args, "explorer_max_tokens", None) or explorer_budget),
             synthesizer=sampling(getattr(args, "synthesizer_max_tokens", None) or synthesizer_budget),
-            **(probing or {}),
+            probe_prefix=probe_prefix,
             **overrides,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, except adaptive knobs left at their defaults and a probe interval no policy reads: run
+        """Every field, except adaptive knobs left at their defaults and a probe prefix no policy uses: run
         folders written before those existed then still resume."""
         data = asdict(self)
         for name in ADAPTIVE_FIELDS:
             if data[name] == RunConfig.__dataclass_fields__[name].default:
                 del data[name]
-        if self.probe_interval is None:
-            del data["probe_every"], data["probe_prefix"]
-        else:
-            data["probe_every"] = self.probe_interval
+        if self.probe_every is None:
+            del data["probe_prefix"]
         return data
 
     def path_seed(self, problem_id: str, path: int) -> int:

@@ -35,6 +35,7 @@ from programs.core.records import PathRecord, Problem
 from programs.datasets import DatasetError, load_problems
 from programs.engine_handle import EngineHandle
 from programs.explorer import run_explorer
+from programs.profile import Profile
 
 MODES = ("unprobed", "probed")
 PATH_TOKENS, PROBE_EVERY = 1024, 500  # the issue's target: a probe every 500 tokens of 1024-token paths
@@ -93,9 +94,12 @@ def figures(paths: list[PathRecord], wall_s: float) -> dict[str, Any]:
     }
 
 
-def measure(explorer: EngineHandle, problems: list[Problem], args: argparse.Namespace) -> list[dict]:
+def measure(
+    explorer: EngineHandle, problems: list[Problem], args: argparse.Namespace, profile: Profile
+) -> list[dict]:
     """The two modes in interleaved rounds; each round's figures per mode, each mode's paths in OUTPUT."""
-    chunkings = {"unprobed": Chunking(), "probed": Chunking(probe_every=args.probe_every)}
+    probed = Chunking(probe_every=args.probe_every, probe_prefix=profile.probe_prefix)
+    chunkings = {"unprobed": Chunking(), "probed": probed}
     explore(explorer, problems[:1], args, chunkings["probed"])  # the engine's first batches, untimed
     rounds = []
     sinks = {mode: (args.output / f"{mode}.jsonl").open("w", encoding="utf-8") for mode in MODES}
@@ -171,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cli.log_frontend_warnings(args.output / "logs")
         with serve(engines, args.output / "logs") as running:
-            rounds = measure(EngineHandle.attach(running.explorer), problems, args)
+            rounds = measure(EngineHandle.attach(running.explorer), problems, args, profile)
     except (KeyboardInterrupt, EngineError, RuntimeError) as exc:
         return cli.stopped(exc, f"the paths measured so far are in {args.output}")
     result = {**summary(rounds, args), "engine": asdict(engines.explorer)}

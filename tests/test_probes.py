@@ -233,7 +233,6 @@ def test_a_stopped_chunked_path_sends_no_further_chunk_or_probe(cpu_engine, expl
         assert not later, (i, backend.log)
         assert len(paths[i].probes) == len(paths[i].probed_s)
         assert all(t <= paths[i].stopped_s for t in paths[i].probed_s)  # none counted after the stop
-    assert all(p.probe_tokens > 0 for p in paths if p.completion_tokens > 8)
 
 
 def observed(record: ProblemRecord) -> list[Seen]:

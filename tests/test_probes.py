@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import probes
 from engine.endpoint import SEED_VAR, PathEndpoint, request_ids
 from programs.chunked import CLOSE_THINKING, Chunking, Generated, uncached
 from programs.core.config import RunConfig, SamplingConfig
@@ -312,3 +313,9 @@ def test_settled_spends_fewer_explorer_tokens_than_a_full_run_probes_included(tm
 
 SEAM = 2  # tokens a continuation may recompute where the text it resends is tokenized anew
 SNAPSHOT_S = 2.0  # ample for the engine's next load snapshot (see EngineLoad in conftest.py)
+
+
+def test_the_probe_benchmark_refuses_an_interval_that_makes_no_probe(capsys):
+    with pytest.raises(SystemExit):
+        probes.parse_args(["--path-tokens", "512", "--probe-every", "512"])
+    assert "--probe-every 512 makes no probe in paths of 512 tokens" in capsys.readouterr().err

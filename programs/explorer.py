@@ -118,6 +118,8 @@ class Watch:
                 self.warm.append(lowest_group_confidence(self._decoded(index, meta), self.online.window))
                 if len(self.warm) == self.online.warmup:
                     self.threshold = self.online.threshold(self.warm)
+            if self.policy is None:
+                return
             running = self._observe(Seen(index, meta["completion_tokens"], answer, final=True))
         for i in running:
             self.abort(self.rids[i])

@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -287,15 +288,12 @@ FULL_RUN = "python -m programs.a2r --n 8 --limit 6 --output runs/full"
 SETTLED_RUN = "python -m programs.a2r --n 8 --limit 6 --stop settled --output runs/settled"
 
 
-def test_settled_spends_fewer_explorer_tokens_than_a_full_run_probes_included(tmp_path):
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-    }  # typed in a folder of the user's, with the project installed
+def test_settled_spends_fewer_explorer_tokens_than_a_full_run_probes_included(offline_pair, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # typed in a folder of the user's, the project importable
     spent = {}
     for command in (FULL_RUN, SETTLED_RUN):
-        done = subprocess.run(shlex.split(command), cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=900)  # fmt: skip
+        argv = [sys.executable, *shlex.split(command)[1:]]  # `python`: the project's interpreter
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "tokens per problem, probes included" in done.stdout
         run = tmp_path / command.split()[-1]

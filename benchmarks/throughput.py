@@ -177,7 +177,11 @@ def points(args: argparse.Namespace, engines: Engines, profile: Profile) -> list
                 1, round(PAPER_REFERENCE_TOKENS / TABLE4_4B_TO_8B["explorer_out"] * budgets[0])
             )
         config = RunConfig.from_args(
-            args, budgets=budgets, ignore_eos=args.fixed_length, **cli.role_models(engines)
+            args,
+            budgets=budgets,
+            probe_prefix=profile.probe_prefix,
+            ignore_eos=args.fixed_length,
+            **cli.role_models(engines),
         )
         seconds = args.seconds or profile.throughput_seconds
         return Point(name, config, reference_tokens, cap, args.rounds, args.limit, seconds)

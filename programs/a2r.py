@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
             console.print(Text(synthesis.text))
     else:
         cli.show(run_table(summary))
+    tokens = summary["explorer"]["tokens_per_problem"]
+    console.print(f"explorer: {tokens:,.0f} tokens per problem, probes included")
     console.print(escape(f"records: {records.path}\nsummary: {output / 'summary.json'}"))
     return 1 if summary["failed"] else 0
 

@@ -20,6 +20,7 @@ from typing import Any
 from programs.core.config import RunConfig
 from programs.core.prompts import THINK_END, THINK_START
 from programs.core.records import UNANIMOUS, ProblemRecord
+from programs.core.stopping import STOP_FORMS
 
 MODELS = {
     "a2r": "explore N paths, then synthesize a final answer over their answer parts",
@@ -48,7 +49,7 @@ MAX_N = 64  # paths per request
 # run 2-5 characters), and tokenizing costs ~250 MB per MB of text: refused (413) before it is tokenized.
 CHARS_PER_CONTEXT_TOKEN = 16
 A2R_KNOBS = ("n", "explorer_max_tokens", "explorer_temperature", "explorer_top_p", "stop", "keep_confident",
-             "online_confidence", "return_references")  # fmt: skip
+             "online_confidence", "force_answer", "return_references")  # fmt: skip
 
 
 class ApiError(Exception):
@@ -219,12 +220,11 @@ def configure(base: RunConfig, body: dict[str, Any], knobs: dict[str, Any], synt
                 "temperature": number(knobs, "explorer_temperature", float, 0, 2, "a2r.explorer_temperature"),
                 "top_p": number(knobs, "explorer_top_p", float, 1e-6, 1, "a2r.explorer_top_p")}  # fmt: skip
     adaptive = {"keep_confident": number(knobs, "keep_confident", float, 0, 1, "a2r.keep_confident"),
-                "online_confidence": number(knobs, "online_confidence", float, 0, 1, "a2r.online_confidence")}  # fmt: skip
+                "online_confidence": number(knobs, "online_confidence", float, 0, 1, "a2r.online_confidence"),
+                "force_answer": number(knobs, "force_answer", int, 1, 1 << 20, "a2r.force_answer")}  # fmt: skip
     stop = knobs.get("stop")
     if stop is not None and not isinstance(stop, str):
-        raise ApiError(
-            400, f"a2r.stop must be a policy name (majority, agree:K, first:M), got {stop!r}", "a2r.stop"
-        )
+        raise ApiError(400, f"a2r.stop must be a policy string: {STOP_FORMS}; got {stop!r}", "a2r.stop")
     seed = number(body, "seed", int, -(1 << 63), (1 << 63) - 1, "seed")
     try:
         return replace(
@@ -287,6 +287,7 @@ def usage(record: ProblemRecord) -> dict[str, Any]:
         "prompt_tokens": sum(p.prompt_tokens for p in paths),
         "completion_tokens": sum(p.completion_tokens for p in paths),
         "cached_tokens": sum(p.cached_tokens for p in paths),
+        "probe_tokens": sum(p.probe_tokens for p in paths),  # asking running paths for their answers
     }
     synthesizer = {
         "prompt_tokens": synthesis.prompt_tokens if synthesis else 0,
@@ -307,5 +308,6 @@ def usage(record: ProblemRecord) -> dict[str, Any]:
 def references(record: ProblemRecord) -> dict[str, Any]:
     """What `a2r.return_references` adds: each path's answer and the self-consistency answer."""
     paths = [{"answer": p.answer, "answer_part": p.answer_part, "completion_tokens": p.completion_tokens,
-              "kept": p.kept, "stopped_by": p.stopped_by} for p in record.paths]  # fmt: skip
+              "kept": p.kept, "stopped_by": p.stopped_by, "probes": p.probes, "wave": p.wave,
+              "forced_answer": p.forced_answer} for p in record.paths]  # fmt: skip
     return {"paths": paths, "self_consistency": record.self_consistency["answer"]}

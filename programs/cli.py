@@ -47,6 +47,7 @@ RUN_FLAGS_NOT_ON_THE_COMMAND_LINE = (
     "explorer_model",
     "synthesizer_model",
     "extra",
+    "probe_prefix",
 )
 
 
@@ -174,6 +175,21 @@ def streamed_for_online(engines: Engines) -> Engines:
     return replace(engines, explorer=explorer, synthesizer=explorer if same else engines.synthesizer)
 
 
+# Flags an entry point that runs the explorer alone (`explorer_engines`) leaves out: nothing would act on them.
+EXPLORER_ONLY_SKIP = ("synthesizer_model", "synthesizer_url", "gpu_shares", "one_model")
+
+
+def explorer_engines(args: argparse.Namespace) -> tuple[Engines, Profile]:
+    """One engine serving the explorer model alone (the profile's explorer; the tiny model offline)."""
+    profile, device = profile_for(args)
+    planned = plan_engines(args, profile, device, build_offline_models(profile, args))
+    model = planned.explorer.model or None  # None: a running server at --explorer-url
+    config = dataclass_from_args(
+        EngineConfig, args, device=device, explorer_model=model, synthesizer_model=model
+    )
+    return plan_here(config, device), profile
+
+
 def plan_run(
     args: argparse.Namespace, profile: Profile, device: str, **overrides: Any
 ) -> tuple[Engines, RunConfig]:
@@ -181,7 +197,10 @@ def plan_run(
     call it once the cheap checks have passed); `overrides` fix what an entry point decides itself."""
     engines = plan_engines(args, profile, device, build_offline_models(profile, args))
     fitted = fit_budgets(args, budgets(profile), engines)
-    return engines, RunConfig.from_args(args, budgets=fitted, **role_models(engines), **overrides)
+    config = RunConfig.from_args(
+        args, budgets=fitted, probe_prefix=profile.probe_prefix, **role_models(engines), **overrides
+    )
+    return engines, config
 
 
 def role_models(engines: Engines) -> dict[str, str]:

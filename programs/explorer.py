@@ -3,7 +3,9 @@
 `fork` lets SGLang prefill the prompt once and serve all N paths from the radix cache; the engine's
 `cached_tokens` per path is recorded so sharing is measured, never assumed. Each path carries its own seed
 and request id, and reports its reply to a `Watch` the moment it ends, so a stop policy can abort the paths
-still running while the fork is in flight.
+still running while the fork is in flight. A policy that reads running paths' answers has each path generated
+in chunks with probes between them (`programs.chunked`), and one that widens launches the paths in waves,
+each forked from the same cached prompt once the wave before it has ended and only while nothing is settled.
 """
 
 from __future__ import annotations
@@ -11,14 +13,25 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import sglang as sgl
 
-from engine.endpoint import ON_PROGRESS_VAR, ON_REPLY_VAR, RID_VAR, SEED_VAR, SKIP_IF_VAR, request_ids
+from engine.endpoint import (
+    NOT_SENT,
+    ON_PROGRESS_VAR,
+    ON_REPLY_VAR,
+    RID_VAR,
+    SEED_VAR,
+    SKIP_IF_VAR,
+    request_ids,
+)
 from engine.spec import EngineError
+from programs.chunked import Chunking, Generated, generate, reply
 from programs.core.confidence import (
     TOP_K,
     OnlineStop,
@@ -37,12 +50,12 @@ class Watch:
     """One exploration as it runs: when each path's reply came back, and which paths were stopped, by what
     and when (seconds since the exploration began).
 
-    After each reply `policy` decides whether the paths still running stop; with `online`, every path is
-    streamed and stops alone once its recent tokens fall below the confidence threshold the first replies
-    set. A stopped path stays stopped, out of the vote and the synthesis, even when it finished on its own
-    while its abort was in flight (its finish reason then says `stop` or `length`): the decision is the one a
-    replay in the observed finish order makes. A streamed path's last chunk ends it, so that chunk never
-    stops it.
+    After each observation (a path's end, or a probe of its current answer) `policy` decides whether the paths
+    still running stop, and with them the waves not launched yet; with `online`, every path is streamed and
+    stops alone once its recent tokens fall below the confidence threshold the first replies set. A stopped
+    path stays stopped, out of the vote and the synthesis, even when it finished on its own while its abort
+    was in flight (its finish reason then says `stop` or `length`): the decision is the one a replay in the
+    observed order makes. A streamed path's last chunk ends it, so that chunk never stops it.
     """
 
     def __init__(
@@ -55,7 +68,9 @@ class Watch:
         self.rids, self.policy, self.abort, self.online = rids, policy, abort, online
         self.started = time.perf_counter()
         self.finished_s: dict[int, float] = {}
-        self.seen: list[Seen] = []  # the paths that finished unstopped, in finish order
+        self.seen: list[Seen] = []  # what the policy read, in observed order
+        self.waves: dict[int, int] = {}  # path -> the wave it was launched in
+        self.probed_s: dict[int, list[float]] = {i: [] for i in range(len(rids))}  # when each probe counted
         self.stopped: dict[int, tuple[str, float, int | None]] = {}  # path -> (by what, when, after tokens)
         self.warm: list[float] = []  # lowest group confidences of the first paths to finish
         self.threshold: float | None = None
@@ -75,7 +90,26 @@ class Watch:
     def on_progress(self, index: int) -> Callable[[dict[str, Any]], None]:
         return lambda meta: self._progress(index, meta)
 
+    def on_probe(self, index: int) -> Callable[[int, str | None], bool]:
+        """Hears path `index`'s probes as (tokens so far, answer); says whether the probe counted, that is
+        came back before the path was stopped."""
+        return lambda tokens, answer: self._probe(index, tokens, answer)
+
+    def launches(self) -> Iterator[list[int]]:
+        """The paths of each wave (all N in one without a policy that widens), each asked for once the wave
+        before it has ended, and none once the policy has settled (it stopped them unlaunched)."""
+        n = len(self.rids)
+        size = (self.policy.wave if self.policy is not None else None) or n
+        for wave, start in enumerate(range(0, n, size)):
+            paths = list(range(start, min(start + size, n)))
+            with self._lock:
+                if start in self.stopped:
+                    return
+                self.waves.update(dict.fromkeys(paths, wave))
+            yield paths
+
     def _reply(self, index: int, text: str, meta: dict[str, Any]) -> None:
+        answer = PathRecord.from_engine(text, meta, None).answer if self.policy is not None else None
         with self._lock:
             self.finished_s[index] = self.now()
             if index in self.stopped:
@@ -86,14 +120,31 @@ class Watch:
                     self.threshold = self.online.threshold(self.warm)
             if self.policy is None:
                 return
-            path = PathRecord.from_engine(text, meta, None)
-            self.seen.append(Seen(index, path.completion_tokens, path.answer, final=True))
-            running = [i for i in range(len(self.rids)) if i not in self.finished_s and i not in self.stopped]
-            if not running or not self.policy.settled(self.seen, len(self.seen) + len(running)):
-                return
-            self._stop(running, str(self.policy))
+            running = self._observe(Seen(index, meta["completion_tokens"], answer, final=True))
         for i in running:
             self.abort(self.rids[i])
+
+    def _probe(self, index: int, tokens: int, answer: str | None) -> bool:
+        with self._lock:
+            if index in self.stopped:
+                return False
+            self.probed_s[index].append(self.now())
+            running = self._observe(Seen(index, tokens, answer, final=False))
+        for i in running:
+            self.abort(self.rids[i])
+        return True
+
+    def _observe(self, seen: Seen) -> list[int]:
+        """Let the policy read one more observation (the lock held). Once it settles, stop every path not yet
+        ended (those not launched are then never launched); the running ones are returned, to be aborted."""
+        if self.policy is None:
+            return []
+        self.seen.append(seen)
+        rest = [i for i in range(len(self.rids)) if i not in self.finished_s and i not in self.stopped]
+        if not rest or not self.policy.settled(self.seen, len(self.rids)):
+            return []
+        self._stop(rest, str(self.policy))
+        return [i for i in rest if i in self.waves]
 
     def _progress(self, index: int, meta: dict[str, Any]) -> None:
         assert self.online is not None
@@ -129,7 +180,9 @@ class Watch:
         def resend() -> None:
             while not done.wait(every_s):
                 with self._lock:
-                    pending = [self.rids[i] for i in self.stopped if i not in self.finished_s]
+                    pending = [
+                        self.rids[i] for i in self.stopped if i in self.waves and i not in self.finished_s
+                    ]
                 try:
                     for rid in pending:
                         self.abort(rid)
@@ -160,30 +213,48 @@ class Watch:
             stopped_s=when,
             stopped_after=after,
             kept=by is None,
+            probed_s=self.probed_s[index],
+            wave=self.waves.get(index) if self.policy is not None and self.policy.wave else None,
         )
 
 
 @sgl.function
-def explore(s, prompt: str, sampling: dict, seeds: list[int], rids: list[str], watch: Watch):
+def explore(
+    s, prompt: str, sampling: dict, seeds: list[int], rids: list[str], watch: Watch, chunking: Chunking
+):
     s += prompt
     # fork() sends its prefix-caching prefill only if the prompt is already applied to the stream;
     # reading the text waits for that, otherwise the N paths silently prefill the prompt N times.
     s.text()
-    paths = s.fork(len(seeds))  # one path per seed
-    for i, (path, seed, rid) in enumerate(zip(paths, seeds, rids, strict=True)):
-        path.set_var(SEED_VAR, seed)
-        path.set_var(RID_VAR, rid)
-        path.set_var(ON_REPLY_VAR, watch.on_reply(i))
-        path.set_var(SKIP_IF_VAR, watch.is_stopped(i))
-        if watch.online is not None:
-            path.set_var(ON_PROGRESS_VAR, watch.on_progress(i))
-        path += sgl.gen("path", **sampling)
-    metas = [path.get_meta_info("path") for path in paths]
-    for path in paths:
-        if path.error() is not None:  # e.g. the engine rejected the request
-            raise RuntimeError(f"an explorer path failed: {path.error()}")
-    paths.join()  # gathers every path's text into s["path"], in fork order
-    return metas
+    replies: dict[int, tuple[str, dict[str, Any], Generated | None]] = {}
+    for wave in watch.launches():
+        paths = s.fork(len(wave))  # one path per seed; a later wave's prompt is already cached
+        for i, path in zip(wave, paths, strict=True):
+            path.set_var(SEED_VAR, seeds[i])
+            path.set_var(RID_VAR, rids[i])
+            path.set_var(SKIP_IF_VAR, watch.is_stopped(i))
+            if watch.online is not None:
+                path.set_var(ON_PROGRESS_VAR, watch.on_progress(i))
+        if chunking.on:
+            thought = partial(think, sampling=sampling, watch=watch, chunking=chunking)
+            with ThreadPoolExecutor(len(wave), thread_name_prefix="path") as pool:
+                for i, done in zip(wave, list(pool.map(thought, wave, paths)), strict=True):
+                    replies[i] = (done.text, done.meta(), done)
+        else:
+            for i, path in zip(wave, paths, strict=True):
+                path.set_var(ON_REPLY_VAR, watch.on_reply(i))
+                path += sgl.gen("path", **sampling)
+            for i, path in zip(wave, paths, strict=True):
+                replies[i] = (*reply(path, "path"), None)
+        paths.join()
+    return [replies.get(i, ("", dict(NOT_SENT), None)) for i in range(len(seeds))]  # unlaunched: not sent
+
+
+def think(i: int, path: Any, sampling: dict, watch: Watch, chunking: Chunking) -> Generated:
+    """Path `i` in chunks, reporting its probes and its end to `watch`."""
+    done = generate(path, sampling, chunking, watch.is_stopped(i), watch.on_probe(i))
+    watch.on_reply(i)(done.text, done.meta())
+    return done
 
 
 def run_explorer(
@@ -195,14 +266,17 @@ def run_explorer(
     confidence: bool = False,
     online: OnlineStop | None = None,
     batch: str | None = None,
+    chunking: Chunking | None = None,
 ) -> list[PathRecord]:
     """One path per seed, forked from `prompt`, ungraded until `ProblemRecord.build`.
 
     `policy` stops the paths still running once it fires and `online` each path whose confidence drops;
     `confidence` (implied by `online`) asks the engine for top-k log-probabilities and records each path's
-    confidence. The paths' request ids are those of `batch` (default: a new one).
+    confidence; `chunking` generates each path in chunks, probed between them, or forces its answer at its
+    budget. The paths' request ids are those of `batch` (default: a new one).
     """
     rids = request_ids(len(seeds), batch)
+    chunking = chunking or Chunking()
     watch = Watch(rids, policy, backend.abort, online)
     kwargs = sampling.gen_kwargs()
     if confidence or online is not None:
@@ -210,12 +284,22 @@ def run_explorer(
     # (`n` would be taken by `run` itself as a sampling parameter, so the path count is len(seeds).)
     with watch.resending_aborts():
         state = explore.run(
-            prompt=prompt, sampling=kwargs, seeds=seeds, rids=rids, watch=watch, backend=backend
+            prompt=prompt,
+            sampling=kwargs,
+            seeds=seeds,
+            rids=rids,
+            watch=watch,
+            chunking=chunking,
+            backend=backend,
         )
     if state.error() is not None:
         raise RuntimeError(f"the explorer's prompt prefill failed: {state.error()}")
     records = []
-    for i, (text, meta, seed) in enumerate(zip(state["path"], state.ret_value, seeds, strict=True)):
+    for i, ((text, meta, done), seed) in enumerate(zip(state.ret_value, seeds, strict=True)):
         path = PathRecord.from_engine(text, meta, seed)
+        if done is not None:
+            path = replace(
+                path, probe_tokens=done.probe_tokens, probes=done.probes, forced_answer=done.forced_answer
+            )
         records.append(watch.record(i, replace(path, confidence=path_confidence(meta, sampling.max_tokens))))
     return records

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from engine.endpoint import synthesis_id
+from programs.chunked import Chunking
 from programs.core.config import RunConfig
 from programs.core.metrics import answer_groups
 from programs.core.records import PathRecord, Problem, ProblemRecord, SynthesisRecord
@@ -57,8 +58,9 @@ class Pipeline:
         seeds = [cfg.path_seed(problem.id, first_path + i) for i in range(cfg.n)]
         confident = cfg.keep_confident is not None
         backend = self.explorer.backend
+        chunking = Chunking(cfg.probe_every, cfg.force_answer, cfg.probe_prefix)
         paths = run_explorer(
-            backend, prompt, cfg.explorer, seeds, cfg.stop_policy, confident, cfg.online_stop, batch
+            backend, prompt, cfg.explorer, seeds, cfg.stop_policy, confident, cfg.online_stop, batch, chunking
         )
         if not confident:
             return paths

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from programs.core.config import PROBE_PREFIX
+from programs.offline.task import ANSWER_PART
 from programs.offline.task import NAME as CHAIN
 
 
@@ -23,6 +25,7 @@ class Profile:
     throughput_dataset: str  # the problems the throughput benchmark serves
     throughput_in_flight: int | None  # its cap on problems explored at once (None: what the KV pool holds)
     throughput_seconds: float  # its least decoding time per mode, for steady state
+    probe_prefix: str  # what a probe writes after the end-of-thinking tag, so the model states its answer
 
 
 # A2R-Efficient (Qwen3-4B -> Qwen3-8B) on the paper's benchmarks. Its paths run 15.7k-20.5k tokens and its
@@ -38,6 +41,7 @@ PAPER = Profile(
     throughput_dataset="aime24",
     throughput_in_flight=None,
     throughput_seconds=60.0,
+    probe_prefix=PROBE_PREFIX,
 )
 
 # The project's own pair (`programs.offline`) on the arithmetic chains it was trained on. Its paths run about
@@ -55,6 +59,7 @@ OFFLINE = Profile(
     throughput_dataset=f"{CHAIN}:0:2000",
     throughput_in_flight=8,
     throughput_seconds=20.0,
+    probe_prefix=ANSWER_PART[: ANSWER_PART.index("{value}")],  # the answer part it was trained to write
 )
 
 PROFILES = {profile.name: profile for profile in (PAPER, OFFLINE)}

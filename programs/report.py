@@ -49,6 +49,11 @@ def run_summary(records: Sequence[ProblemRecord], config: dict[str, Any]) -> dic
         "explorer": {
             "mean_prompt_tokens": mean(used.explorer_prompt_tokens, used.paths),
             "mean_completion_tokens": mean(used.explorer_completion_tokens, used.paths),
+            "mean_probe_tokens": mean(used.explorer_probe_tokens, used.paths),
+            # What the explorer decoded per problem, probes included: the cost a stop policy saves.
+            "tokens_per_problem": mean(
+                used.explorer_completion_tokens + used.explorer_probe_tokens, len(solved)
+            ),
             "prefix_cache_hit_ratio": used.prefix_cache_hit_ratio,
             "answer_part_fallbacks": used.answer_part_fallbacks,
         },

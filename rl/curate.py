@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.launch import EngineError, serve
-from engine.layout import EngineConfig, Engines
 from programs import cli
 from programs.cli import console
 from programs.core.config import ADAPTIVE_FIELDS, RunConfig
@@ -31,12 +30,9 @@ from programs.core.records import Problem, ProblemRecord
 from programs.datasets import DatasetError, load_problems
 from programs.engine_handle import EngineHandle
 from programs.pipeline import Pipeline
-from programs.profile import Profile
 
 RECORDS = "curated.jsonl"
 CANDIDATE_FIELDS = ("answer_part", "answer", "correct", "completion_tokens", "finish_reason", "seed")
-# Curation runs the explorer alone, so the synthesizer's engine flags have nothing to act on.
-EXPLORER_ONLY_SKIP = ("synthesizer_model", "synthesizer_url", "gpu_shares", "one_model")
 
 
 @dataclass(frozen=True)
@@ -163,24 +159,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-in-flight", type=int, help="cap on queries explored at once (default: from KV pool)"
     )
     add_dataclass_args(parser.add_argument_group("which queries to keep"), KeepRule)
-    cli.add_engine_args(parser, skip=EXPLORER_ONLY_SKIP)
+    cli.add_engine_args(parser, skip=cli.EXPLORER_ONLY_SKIP)
     # Curation needs every path to its end, and never synthesizes: no adaptive exploration.
     skip = ("synthesizer_max_tokens", "synthesize", "shuffle_references", *ADAPTIVE_FIELDS)
     cli.add_run_args(parser, skip=skip)
     args = parser.parse_args(argv)
     cli.check_positive(parser, args, "samples", "max_in_flight", "limit")
     return args
-
-
-def explorer_engines(args: argparse.Namespace) -> tuple[Engines, Profile]:
-    """One engine serving the explorer model alone (the profile's explorer; the tiny model offline)."""
-    profile, device = cli.profile_for(args)
-    planned = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
-    model = planned.explorer.model or None  # None: a running server at --explorer-url
-    config = dataclass_from_args(
-        EngineConfig, args, device=device, explorer_model=model, synthesizer_model=model
-    )
-    return cli.plan_here(config, device), profile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         rule = dataclass_from_args(KeepRule, args)
         problems = load_problems(args.dataset, args.limit)
-        engines, profile = explorer_engines(args)
+        engines, profile = cli.explorer_engines(args)
         model = engines.explorer.model or engines.explorer.base_url
         config = RunConfig.from_args(
             args,

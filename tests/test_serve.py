@@ -141,6 +141,15 @@ def test_self_consistency_answers_with_a_path_that_gave_the_vote(served):
     assert reply.usage.model_extra["a2r"]["synthesizer"]["completion_tokens"] == 0
 
 
+def test_the_a2r_object_takes_policies_that_widen_and_probe(served):
+    knobs = {"n": 8, "stop": "posterior:0.25,wave=4,probe=16", "return_references": True}
+    reply = ask(served, extra_body={"a2r": knobs})
+    paths = reply.model_extra["a2r"]["paths"]
+    assert [p["wave"] for p in paths] == [0] * 4 + [1] * 4
+    assert sum(len(p["probes"]) for p in paths) > 0
+    assert reply.usage.model_extra["a2r"]["explorer"]["probe_tokens"] > 0  # probes are paid for, and said
+
+
 def test_temperature_zero_still_explores_distinct_paths(served):
     reply = ask(served, temperature=0, extra_body={"a2r": {"return_references": True, "n": 6}})
     paths = reply.model_extra["a2r"]["paths"]
@@ -190,6 +199,7 @@ GOOD = {"model": "a2r", "messages": [{"role": "user", "content": QUESTION}]}
         ({**GOOD, "a2r": {"n": 1000}}, 400, "a2r.n"),
         ({**GOOD, "a2r": {"paths": 4}}, 400, "a2r"),
         ({**GOOD, "a2r": {"stop": "vote:3"}}, 400, "a2r"),
+        ({**GOOD, "a2r": {"force_answer": 0}}, 400, "a2r.force_answer"),
         ({**GOOD, "temperature": "hot"}, 400, "temperature"),
         ({**GOOD, "messages": [{"role": "user", "content": "1 + " * 3000 + "1"}]}, 413, "messages"),
     ],

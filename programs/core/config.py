@@ -14,6 +14,10 @@ from programs.core.confidence import OnlineStop
 from programs.core.flags import dataclass_from_args, option
 from programs.core.stopping import STOP_HELP, StopPolicy
 
+# What a probe of a running path writes after the end-of-thinking tag so that a few greedy tokens state the
+# answer: the opening of Qwen3's boxed answer (each profile has its own, `Profile.probe_prefix`).
+PROBE_PREFIX = "The final answer is \\boxed{"
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -65,6 +69,16 @@ class RunConfig:
         "keeps this share of paths like them, and stop any path whose recent tokens fall below it",
         metavar="KEEP",
     )
+    # What a probe writes after the end-of-thinking tag when the --stop policy reads probes (`,probe=T`): the
+    # profile's, set by `from_args`.
+    probe_prefix: str = PROBE_PREFIX
+    force_answer: int | None = option(
+        None,
+        "give a path that reaches its token budget still thinking the end-of-thinking tag and this many more "
+        "tokens to answer (its record says forced_answer). Off by default, as in the paper, where such a path "
+        "has no answer",
+        metavar="TOKENS",
+    )
     skip_synthesis_if_unanimous: bool = option(
         False,
         "when every kept path gives the same answer, return it without synthesis. Off by default and best "
@@ -81,6 +95,13 @@ class RunConfig:
             raise ValueError(f"--keep-confident must be a fraction in (0, 1], got {self.keep_confident}")
         if self.online_confidence is not None:  # refuses a share or an N it cannot work with
             OnlineStop.for_run(self.online_confidence, self.n, self.explorer.max_tokens)
+        if self.force_answer is not None and self.force_answer < 1:
+            raise ValueError(f"--force-answer must be at least 1 token, got {self.force_answer}")
+        if self.probe_every is not None and (self.keep_confident or self.online_confidence) is not None:
+            raise ValueError(
+                f"--stop {self.stop} probes paths, which splits each into several requests; --keep-confident "
+                "and --online-confidence read a path's log-probabilities as one request: choose one"
+            )
         if self.skip_synthesis_if_unanimous and not self.synthesize:
             raise ValueError(
                 "--skip-synthesis-if-unanimous needs synthesis; --no-synthesis never synthesizes"
@@ -89,6 +110,12 @@ class RunConfig:
     @property
     def stop_policy(self) -> StopPolicy | None:
         return StopPolicy.parse(self.stop) if self.stop is not None else None
+
+    @property
+    def probe_every(self) -> int | None:
+        """Tokens between probes of a running path, as the stop policy says (None: it reads no probes)."""
+        policy = self.stop_policy
+        return policy.probe_every if policy is not None else None
 
     @property
     def online_stop(self) -> OnlineStop | None:
@@ -102,12 +129,14 @@ class RunConfig:
         args: argparse.Namespace,
         *,
         budgets: tuple[int, int],
+        probe_prefix: str = PROBE_PREFIX,
         ignore_eos: bool = False,
         **overrides: Any,
     ) -> RunConfig:
         """The run the shared flags describe (`programs.cli`); `budgets` are the profile's (explorer,
         synthesizer) token budgets, used where `--explorer-max-tokens` / `--synthesizer-max-tokens` are not
-        given, and `overrides` fix what an entry point decides itself (the models, `synthesize=False`, ...)."""
+        given, `probe_prefix` its models' answer opening, and `overrides` fix what an entry point decides
+        itself (the models, `synthesize=False`, ...)."""
         explorer_budget, synthesizer_budget = budgets
 
         def sampling(budget: int) -> SamplingConfig:
@@ -118,16 +147,19 @@ class RunConfig:
             args,
             explorer=sampling(getattr(args, "explorer_max_tokens", None) or explorer_budget),
             synthesizer=sampling(getattr(args, "synthesizer_max_tokens", None) or synthesizer_budget),
+            probe_prefix=probe_prefix,
             **overrides,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, except adaptive knobs left at their defaults: run folders written before those
-        existed then still resume."""
+        """Every field, except adaptive knobs left at their defaults and a probe prefix no policy uses: run
+        folders written before those existed then still resume."""
         data = asdict(self)
         for name in ADAPTIVE_FIELDS:
             if data[name] == RunConfig.__dataclass_fields__[name].default:
                 del data[name]
+        if self.probe_every is None:
+            del data["probe_prefix"]
         return data
 
     def path_seed(self, problem_id: str, path: int) -> int:
@@ -138,4 +170,6 @@ class RunConfig:
         return zlib.crc32(f"{self.seed}/{problem_id}/{path}".encode()) & 0x7FFFFFFF
 
 
-ADAPTIVE_FIELDS = ("stop", "keep_confident", "online_confidence", "skip_synthesis_if_unanimous")
+ADAPTIVE_FIELDS = (
+    "stop", "keep_confident", "online_confidence", "force_answer", "skip_synthesis_if_unanimous",
+)  # fmt: skip

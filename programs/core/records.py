@@ -9,7 +9,7 @@ folders written before these types existed still resume.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from programs.core.grading import extract_answer, extract_boxed, is_equivalent
@@ -36,7 +36,10 @@ def grade(gold: str, answer: str | None, label: str = "") -> bool | None:
     return is_equivalent(gold, answer, label=label) if gold else None
 
 
-ADAPTIVE_PATH_FIELDS = ("confidence", "finished_s", "stopped_by", "stopped_s", "stopped_after", "kept")
+ADAPTIVE_PATH_FIELDS = (
+    "confidence", "finished_s", "stopped_by", "stopped_s", "stopped_after", "kept",
+    "probe_tokens", "probes", "probed_s", "forced_answer", "wave",
+)  # fmt: skip
 UNANIMOUS = "unanimous"  # a synthesis skipped because every kept path agreed
 
 
@@ -44,6 +47,13 @@ def finish_reason(meta: dict[str, Any]) -> str | None:
     """The engine's finish reason (`stop`, `length`, `abort`) from a `meta_info`."""
     reason = meta.get("finish_reason")
     return reason.get("type") if isinstance(reason, dict) else reason
+
+
+def default(f: Field) -> Any:
+    """A record field's default; None for a field that has none."""
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None if f.default is MISSING else f.default
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,13 @@ class PathRecord:
     stopped_s: float | None = None  # when the policy stopped it
     stopped_after: int | None = None  # tokens it had streamed by then; None when it was not streamed
     kept: bool = True  # in the vote and the synthesis (a stop policy or the confidence filter can drop it)
+    # What asking it for its current answer cost (programs.thinking): each probe's prompt tokens not served
+    # from the cache and its generated tokens, and the uncached prompt of each chunk that continued it.
+    probe_tokens: int = 0
+    probes: list[tuple[int, str | None]] = field(default_factory=list)  # (tokens so far, answer) per probe
+    probed_s: list[float] = field(default_factory=list)  # when each probe's answer came back
+    forced_answer: bool = False  # cut at its thinking budget, it was closed and made to answer
+    wave: int | None = None  # the wave it was launched in (0 first), when paths are launched in waves
 
     @classmethod
     def from_engine(cls, text: str, meta: dict[str, Any], seed: int | None) -> PathRecord:
@@ -88,15 +105,21 @@ class PathRecord:
 
     @property
     def vote(self) -> str | None:
-        """Its answer as the vote and the metrics count it: none once a policy dropped the path."""
-        return self.answer if self.kept else None
+        """Its answer as the vote and the metrics count it. A path a stop policy ended votes its last probe
+        that read an answer, as `programs.core.stopping.current_answers` has it (none without probes); one the
+        confidence filter dropped votes for none."""
+        if self.kept:
+            return self.answer
+        if self.stopped_by is None:
+            return None
+        return next((answer for _, answer in reversed(self.probes) if answer), None)
 
     def to_json(self) -> dict[str, Any]:
         """Its fields; the adaptive ones only when they differ from their defaults, so records written
         before those existed read back key for key."""
         data = asdict(self)
         for f in fields(self):
-            if f.name in ADAPTIVE_PATH_FIELDS and data[f.name] == f.default:
+            if f.name in ADAPTIVE_PATH_FIELDS and data[f.name] == default(f):
                 del data[f.name]
         return data
 
@@ -104,9 +127,7 @@ class PathRecord:
     def from_json(cls, data: dict[str, Any]) -> PathRecord:
         """A path from JSON; a key it lacks reads as its default, or None (throughput's raw mode keeps token
         counts only)."""
-        return cls(
-            **{f.name: data.get(f.name, None if f.default is MISSING else f.default) for f in fields(cls)}
-        )
+        return cls(**{f.name: data[f.name] if f.name in data else default(f) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -248,6 +269,7 @@ class Usage:
     explorer_prompt_tokens: int
     explorer_cached_tokens: int
     explorer_completion_tokens: int
+    explorer_probe_tokens: int  # what asking running paths for their answers cost (PathRecord.probe_tokens)
     synthesizer_prompt_tokens: int
     synthesizer_completion_tokens: int
     answer_part_fallbacks: int  # paths that never closed their thought
@@ -281,6 +303,7 @@ def usage(records: Sequence[ProblemRecord]) -> Usage:
         explorer_prompt_tokens=sum(p.prompt_tokens for p in paths),
         explorer_cached_tokens=sum(p.cached_tokens for p in paths),
         explorer_completion_tokens=sum(p.completion_tokens for p in paths),
+        explorer_probe_tokens=sum(p.probe_tokens for p in paths),
         synthesizer_prompt_tokens=sum(s.prompt_tokens for s in syntheses),
         synthesizer_completion_tokens=sum(s.completion_tokens for s in syntheses),
         answer_part_fallbacks=sum(bool(p.answer_part_fallback) for p in paths),

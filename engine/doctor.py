@@ -153,7 +153,9 @@ def check_flash_attn(state: str, rl: bool) -> Check:
         "fa4-only": "flash-attn-4 only (SGLang's, `cute/`): no flash_attn.bert_padding",
         "missing": "not installed",
     }[state]
-    advice = "OpenRLHF needs flash-attn 2: pip install flash-attn --no-build-isolation"
+    # `pip install flash-attn` fails against torch 2.14 (C++17); the project's build patches it (tests check
+    # that this names the command rl/preflight.py's FLASH_ATTN_BUILD holds).
+    advice = "OpenRLHF needs flash-attn 2 built with C++20 for torch 2.14: python -m rl.flash_attn_build"
     return Check("flash-attn (RL)", FAIL if rl else WARN, figures, advice)
 
 

@@ -252,7 +252,7 @@ def test_flash_attn_problem_names_what_is_there_and_the_fix(monkeypatch, install
     monkeypatch.setattr(preflight, "_installed", installed.get)
     problem = preflight.flash_attn_problem()
     assert says in problem
-    assert "pip install --no-build-isolation flash-attn==2.8.3.post2" in problem
+    assert "python -m rl.flash_attn_build" in problem
     assert "docker build --target rl" in problem
 
 
@@ -266,11 +266,11 @@ def test_the_rl_image_stage_installs_what_training_needs():
     stages = [line.split()[-1] for line in dockerfile.splitlines() if line.startswith("FROM ")]
     assert stages[-1] == "inference" and "rl" in stages  # a plain build is the inference image
     rl_stage = dockerfile.split(" AS rl\n")[1].split("\nFROM ")[0]
-    for needed in ("-r rl/requirements.txt", "--no-deps openrlhf==0.11.2", "--no-build-isolation"):
+    for needed in ("-r rl/requirements.txt", "--no-deps openrlhf==0.11.2", preflight.FLASH_ATTN_BUILD):
         assert needed in rl_stage
-    assert (
-        "FLASH_ATTN_PIN" in rl_stage and "flash_attn_problem" in rl_stage
-    )  # the pin and check of rl.preflight
+    # Architectures and jobs are build arguments with no forced value: the build sizes itself to the host.
+    assert "ARG FLASH_ATTN_CUDA_ARCHS\n" in rl_stage and "ARG MAX_JOBS\n" in rl_stage
+    assert "MAX_JOBS=8" not in rl_stage and "pip install flash-attn" not in rl_stage
 
 
 def test_overrides_take_effect(capsys):

@@ -177,7 +177,9 @@ def gpu_shares(
         shares = config.gpu_shares or DEFAULT_SHARES
         logger.warning("co-located engines get GPU shares %s unchecked: %s", shares, exc)
         return shares
-    return colocated_shares(*shapes, gpu.free_bytes, tp=config.tp, given=config.gpu_shares)
+    return colocated_shares(
+        *shapes, gpu.free_bytes, tp=config.tp, given=config.gpu_shares, total_bytes=gpu.total_bytes
+    )
 
 
 def warn_if_radix_cache_lost(backend: str | None, gpu: GpuInfo) -> None:

@@ -24,6 +24,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from engine.gpu import probe_gpu
+from engine.launch import server_info
 from engine.layout import EngineConfig, Engines, plan
 from programs.core.confidence import STREAM_INTERVAL
 from programs.core.config import RunConfig, SamplingConfig
@@ -35,6 +36,7 @@ from programs.profile import OFFLINE, PROFILES, Profile, choose_profile, default
 # columns, cutting paths and messages mid-word.
 console = Console(soft_wrap=True)
 
+INCREMENTAL_STREAMING = "--incremental-streaming-output"  # SGLang streams deltas, not all so far
 RUN_FLAGS_NOT_ON_THE_COMMAND_LINE = (
     "n",
     "explorer",
@@ -156,13 +158,22 @@ def plan_engines(
 
 
 def streamed_for_online(engines: Engines) -> Engines:
-    """The engines, the explorer (if launched here) streaming a chunk every STREAM_INTERVAL tokens.
+    """The engines, the explorer (if launched here) streaming each path as deltas, a chunk every
+    STREAM_INTERVAL tokens; a running explorer that streams whole chunks is named in a warning.
 
-    The online confidence stop streams every path, and each chunk repeats all log-probabilities so far; a
-    chunk per token made the CPU explorer 3.7 times slower, one per 8 tokens 1.4 times."""
+    The online confidence stop streams every path with its top-k log-probabilities. By default SGLang repeats
+    all of them so far in every chunk: about 0.5 GB of JSON per 4096-token path, 30 GB per 32k-token one
+    (`python -m benchmarks.streaming` measures it)."""
     if not engines.explorer.launched:
+        if not server_info(engines.explorer).get("incremental_streaming_output"):
+            console.print(
+                f"[yellow]warning:[/] the explorer at {engines.explorer.base_url} was started without "
+                "--incremental-streaming-output: every streamed chunk repeats the path's log-probabilities so "
+                "far, so the online confidence stop slows as the square of the path length. Restart it with "
+                "that flag."
+            )
         return engines
-    interval = ("--stream-interval", str(STREAM_INTERVAL))
+    interval = ("--stream-interval", str(STREAM_INTERVAL), INCREMENTAL_STREAMING)
     explorer = replace(engines.explorer, extra_args=(*engines.explorer.extra_args, *interval))
     same = engines.synthesizer is engines.explorer
     return replace(engines, explorer=explorer, synthesizer=explorer if same else engines.synthesizer)

@@ -12,8 +12,11 @@ COPY programs programs
 COPY engine engine
 COPY rl rl
 COPY benchmarks benchmarks
-# sglang (and with it torch 2.14.1) is already in the image at the pinned version; install only what we add.
-RUN pip install --no-cache-dir -e .
+# sglang (and with it torch 2.14.1) is already in the image at the pinned version, with whatever the image set on
+# purpose (NCCL, kernels): the project goes in --no-deps, so pip does not walk sglang's and torch's pins and
+# "repair" those, and then its own dependencies (pyproject.toml's, less sglang; a test keeps the two lists equal).
+RUN pip install --no-cache-dir --no-deps -e . \
+    && pip install --no-cache-dir "math-verify[antlr4_13_2]" datasets rich matplotlib fastapi uvicorn
 
 
 FROM base AS rl

@@ -380,3 +380,13 @@ def test_a_run_needing_more_gpus_than_visible_is_refused_before_ray(tmp_path, mo
     assert exited.value.code == 2 and message in capsys.readouterr().err
     assert train.gpu_shortage(GRPORecipe(colocate=False, async_rollout=True), 2) is None
     assert train.gpu_shortage(GRPORecipe(num_nodes=2, colocate=False), 0) is None  # Ray places a cluster's
+
+
+def test_the_image_installs_the_project_without_re_resolving_sglangs_pins():
+    import tomllib
+
+    base = (ROOT / "Dockerfile").read_text().split(" AS base\n")[1].split("\nFROM ")[0]
+    run = base[base.index("RUN pip install --no-cache-dir --no-deps -e .") :].replace("\\\n", " ")
+    own = shlex.split(run.split("&&")[1])[3:]  # after `pip install --no-cache-dir`
+    wanted = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(own) == sorted(d for d in wanted if not d.startswith("sglang"))

@@ -37,6 +37,8 @@ SEED_VAR = "sampling_seed"
 RID_VAR = "rid"
 ON_REPLY_VAR = "on_reply"  # called with (text, meta_info) when the engine answers, in the path's thread
 ON_PROGRESS_VAR = "on_progress"  # if set, the path streams and this sees each chunk's meta_info so far
+PRIORITY_VAR = "priority"  # SGLang's request priority, higher first, on an engine with priority scheduling
+SYNTHESIS_PRIORITY = 1  # above explorations, which send none (SGLang ranks those lowest)
 SKIP_IF_VAR = "skip_if"  # if set and true when the path is about to be sent, it is not sent (it was stopped)
 # The reply of a path that was never sent, in the engine's own shape.
 NOT_SENT = {"finish_reason": {"type": "abort", "message": "stopped before it was sent"}, "prompt_tokens": 0,
@@ -132,6 +134,8 @@ class PathEndpoint(RuntimeEndpoint):
             data["sampling_params"]["sampling_seed"] = int(seed)
         if rid is not None:
             data["rid"] = rid
+        if (priority := s.variables.get(PRIORITY_VAR)) is not None:
+            data["priority"] = priority
         if self.dp_ranks.dp_size > 1:
             prompt = data["text"] if "text" in data else data["input_ids"]  # `select` may send token ids
             data["routed_dp_rank"] = self.dp_ranks.rank(str(prompt))

@@ -185,7 +185,18 @@ def plan_run(
     """The engines and the run the shared flags describe (building the offline pair if they need it, so
     call it once the cheap checks have passed); `overrides` fix what an entry point decides itself."""
     engines = plan_engines(args, profile, device, build_offline_models(profile, args))
-    return engines, RunConfig.from_args(args, budgets=budgets(profile), **role_models(engines), **overrides)
+    extra = {"server_args": flags} if (flags := server_args(engines)) else {}
+    config = RunConfig.from_args(
+        args, budgets=budgets(profile), **role_models(engines), extra=extra, **overrides
+    )
+    return engines, config
+
+
+def server_args(engines: Engines) -> dict[str, list[str]]:
+    """The SGLang flags beyond the plan's own each launched role's engine runs with (given, streaming,
+    priority), for the run's configuration."""
+    return {role: list(spec.extra_args) for role in ("explorer", "synthesizer")
+            if (spec := getattr(engines, role)).launched and spec.extra_args}  # fmt: skip
 
 
 def role_models(engines: Engines) -> dict[str, str]:

@@ -65,7 +65,9 @@ def check_server_args(text: str | None, flag: str) -> tuple[str, ...]:
         args = tuple(shlex.split(text))
     except ValueError as exc:
         raise ServerArgsError(f"{flag}: cannot split {text!r}: {exc}") from None
-    parser = _Parser(prog=flag, add_help=False, allow_abbrev=False)  # flags recorded whole, as SGLang names them
+    parser = _Parser(
+        prog=flag, add_help=False, allow_abbrev=False
+    )  # flags recorded whole, as SGLang names them
     ServerArgs.add_cli_args(parser)
     planned = [a for a in args if a.split("=")[0] in PLANNED_FLAGS]
     if planned:

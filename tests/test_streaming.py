@@ -14,7 +14,7 @@ from engine.endpoint import ON_PROGRESS_VAR, StreamedReply
 from engine.launch import serve
 from engine.layout import EngineConfig, Engines, plan
 from engine.ports import free_port
-from programs.cli import INCREMENTAL_STREAMING
+from programs.cli import INCREMENTAL_STREAMING, streamed_for_online
 from programs.engine_handle import EngineHandle
 
 
@@ -74,3 +74,11 @@ def test_a_streamed_path_is_whole_from_either_kind_of_server(engine, request):
     assert len(meta["output_top_logprobs"]) == len(meta["output_token_logprobs"]) == meta["completion_tokens"]
     ids = [entry[1] for entry in meta["output_token_logprobs"]]
     assert handle.tokenizer.decode(ids, skip_special_tokens=True) == state["out"]
+
+
+@pytest.mark.parametrize(("engine", "warned"), [("cpu_engine", True), ("incremental_engine", False)])
+def test_a_running_explorer_that_streams_whole_chunks_is_named(engine, warned, request, capsys):
+    url = request.getfixturevalue(engine).explorer.base_url
+    remote = plan(EngineConfig(explorer_url=url), device="cpu")
+    assert streamed_for_online(remote) == remote  # nothing is launched, so nothing changes
+    assert ("was started without --incremental-streaming-output" in capsys.readouterr().out) == warned

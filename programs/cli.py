@@ -165,7 +165,11 @@ def streamed_for_online(engines: Engines) -> Engines:
     all of them so far in every chunk: about 0.5 GB of JSON per 4096-token path, 30 GB per 32k-token one
     (`python -m benchmarks.streaming` measures it)."""
     if not engines.explorer.launched:
-        if not server_info(engines.explorer).get("incremental_streaming_output"):
+        try:
+            incremental = server_info(engines.explorer).get("incremental_streaming_output")
+        except OSError:  # not answering: starting the run says so, with the reason
+            return engines
+        if not incremental:
             console.print(
                 f"[yellow]warning:[/] the explorer at {engines.explorer.base_url} was started without "
                 "--incremental-streaming-output: every streamed chunk repeats the path's log-probabilities so "

@@ -18,6 +18,7 @@ deployment's CUDA architectures (each one adds a full compile): "90" for H100/H2
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shlex
 import shutil
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(shell(install, env))
         return 0
     run(install, env)
+    importlib.invalidate_caches()  # the finders cached site-packages before the install
     problem = flash_attn_problem()
     if problem:
         print(f"error: built, but {problem}", file=sys.stderr)

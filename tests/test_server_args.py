@@ -97,7 +97,7 @@ def test_the_flags_and_synthesis_priority_reach_a_real_engine(tmp_path):
         problems = load_problems("chain:2:2")
         Pipeline(config, handle, handle).run(problems, records.append)
         assert [r.error for r in records] == [None, None]  # the prioritised syntheses were served
-        assert all(r.synthesis is not None and r.synthesis.completion_tokens > 0 for r in records)
+        assert all(r.synthesizer is not None and r.synthesizer.completion_tokens > 0 for r in records)
 
 
 def test_every_knob_docs_gpu_md_shows_parses_with_sglangs_parser():

@@ -12,8 +12,11 @@ COPY programs programs
 COPY engine engine
 COPY rl rl
 COPY benchmarks benchmarks
-# sglang (and with it torch 2.14.1) is already in the image at the pinned version; install only what we add.
-RUN pip install --no-cache-dir -e .
+# sglang (and with it torch 2.14.1) is already in the image at the pinned version, with whatever the image set on
+# purpose (NCCL, kernels): the project goes in --no-deps, so pip does not walk sglang's and torch's pins and
+# "repair" those, and then its own dependencies (pyproject.toml's, less sglang; a test keeps the two lists equal).
+RUN pip install --no-cache-dir --no-deps -e . \
+    && pip install --no-cache-dir "math-verify[antlr4_13_2]" datasets rich matplotlib fastapi uvicorn
 
 
 FROM base AS rl
@@ -22,15 +25,15 @@ FROM base AS rl
 RUN pip install --no-cache-dir -r rl/requirements.txt \
     && pip install --no-cache-dir --no-deps openrlhf==0.11.2
 # flash-attn 2: OpenRLHF imports flash_attn.bert_padding at module top. The image's flash_attn is SGLang's
-# flash-attn-4 (flash_attn/cute only). No prebuilt wheel matches this torch/CUDA, so it is compiled against the
-# image's torch (--no-build-isolation) for Ampere, Hopper and Blackwell; MAX_JOBS bounds the compiler's memory.
-# The version is read from rl/preflight.py, whose check (the one `rl/train.py` runs before Ray) then passes.
-ARG MAX_JOBS=8
-ARG FLASH_ATTN_CUDA_ARCHS="80;90;100;120"
-RUN FLASH_ATTENTION_FORCE_BUILD=TRUE MAX_JOBS=${MAX_JOBS} FLASH_ATTN_CUDA_ARCHS=${FLASH_ATTN_CUDA_ARCHS} \
-        pip install --no-cache-dir --no-build-isolation \
-        "$(python -c 'from rl.preflight import FLASH_ATTN_PIN; print(FLASH_ATTN_PIN)')" \
-    && python -c 'from rl.preflight import flash_attn_problem as p; assert p() is None, p()'
+# flash-attn-4 (flash_attn/cute only). No prebuilt wheel matches this torch/CUDA, and the release's source
+# compiles with C++17, which torch 2.14 refuses: rl/flash_attn_build.py builds it patched to C++20 (what
+# flash-attention PR #2899 does), without its flash_attn/cute files (they would overwrite flash-attn-4's),
+# then runs rl/preflight.py's check. Each architecture is a full compile: build for where it will run
+# (default Hopper, "90"; e.g. --build-arg FLASH_ATTN_CUDA_ARCHS="80;90"). MAX_JOBS unset: flash-attn sizes its
+# jobs to this host's memory (about 9 GB each); set it only to go lower.
+ARG FLASH_ATTN_CUDA_ARCHS
+ARG MAX_JOBS
+RUN python -m rl.flash_attn_build ${FLASH_ATTN_CUDA_ARCHS:+--archs "$FLASH_ATTN_CUDA_ARCHS"} ${MAX_JOBS:+--jobs "$MAX_JOBS"}
 CMD ["python", "rl/train.py", "--help"]
 
 

@@ -65,11 +65,17 @@ class Device:
 
 @dataclass(frozen=True)
 class Machine:
-    """What torch and nvidia-smi say about the GPUs."""
+    """The GPUs as the driver sees them (nvidia-smi) and as torch sees them (in a child process)."""
 
-    devices: list[Device] = field(default_factory=list)
+    devices: list[Device] = field(default_factory=list)  # torch's, with CUDA_VISIBLE_DEVICES applied
     driver: str | None = None  # nvidia-smi's driver version; None when nvidia-smi is absent
     cuda_runtime: str | None = None  # torch.version.cuda; None for a CPU build of torch
+    driver_gpus: int = 0  # GPUs nvidia-smi lists (the driver's, whatever torch makes of them)
+    cuda_error: str | None = None  # why torch could not initialise CUDA, if it could not
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.driver_gpus or self.devices or self.cuda_error)
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -80,21 +86,48 @@ def version_tuple(text: str) -> tuple[int, ...]:
         raise ValueError(f"not a dotted version number: {text!r}") from None
 
 
+# torch's view, from a child process: CUDA initialised here would hold a context (about 0.5 GB) on every GPU
+# through the smoke run's engines (engine/gpu.py probes the same way).
+CUDA_PROBE = (
+    "import json, torch; torch.cuda.init(); print(json.dumps([[torch.cuda.get_device_name(i), "
+    "list(torch.cuda.get_device_capability(i)), *torch.cuda.mem_get_info(i)] "
+    "for i in range(torch.cuda.device_count())]))"
+)
+PROBE_TIMEOUT_S = 120.0
+
+
+def probe_cuda(python: str = sys.executable) -> tuple[list[Device], str | None]:
+    """torch's CUDA devices, or why torch cannot initialise CUDA (a driver too old says so here)."""
+    try:
+        done = subprocess.run(
+            [python, "-c", CUDA_PROBE], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return [], f"torch.cuda.init() did not return within {PROBE_TIMEOUT_S:g} s"
+    if done.returncode != 0:
+        return [], (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    return [Device(name, tuple(cap), free, total) for name, cap, free, total in rows], None
+
+
+def driver_gpus() -> tuple[str | None, int]:
+    """The driver version and how many GPUs it drives, from nvidia-smi (no CUDA involved, so a driver too old
+    for this torch still answers); (None, 0) without nvidia-smi."""
+    if not shutil.which("nvidia-smi"):
+        return None, 0
+    query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+    lines = subprocess.run(query, capture_output=True, text=True, check=False).stdout.split()
+    return (lines[0] if lines else None), len(lines)
+
+
 def read_machine() -> Machine:
     import torch
 
-    devices = []
-    for i in range(torch.cuda.device_count()):
-        free, total = torch.cuda.mem_get_info(i)
-        devices.append(
-            Device(torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i), free, total)
-        )
-    driver = None
-    if shutil.which("nvidia-smi"):
-        query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
-        lines = subprocess.run(query, capture_output=True, text=True, check=False).stdout.split()
-        driver = lines[0] if lines else None
-    return Machine(devices, driver, torch.version.cuda)
+    driver, count = driver_gpus()
+    if count == 0 and not torch.cuda.is_available():  # no driver GPU and none torch can use: no child needed
+        return Machine(driver=driver, cuda_runtime=torch.version.cuda)
+    devices, error = probe_cuda()
+    return Machine(devices, driver, torch.version.cuda, count, error)
 
 
 def check_gpus(devices: list[Device]) -> Check:
@@ -113,14 +146,28 @@ def check_gpus(devices: list[Device]) -> Check:
     return Check("GPUs", PASS, figures)
 
 
-def check_driver(driver: str | None) -> Check:
+def check_driver(driver: str | None, cuda_error: str | None = None) -> Check:
+    """The driver against CUDA 13's minimum. Below it, CUDA 13 may still run through the image's forward-
+    compatibility libraries (datacenter GPUs): that is a warning while torch initialises CUDA, and a failure
+    once it cannot."""
     need = MIN_DRIVER_CUDA13
     if driver is None:
         return Check("driver", WARN, "unknown (no nvidia-smi)", f"{IMAGE} needs driver >= {need} (CUDA 13)")
     if version_tuple(driver) < version_tuple(need):
         advice = f"{IMAGE} is CUDA {IMAGE_CUDA_MAJOR}: upgrade the driver to >= {need}"
-        return Check("driver", FAIL, f"{driver} < {need}", advice)
+        if cuda_error:
+            return Check("driver", FAIL, f"{driver} < {need}; torch cannot initialise CUDA", advice)
+        figures = f"{driver} < {need}; torch runs CUDA through forward compatibility"
+        return Check("driver", WARN, figures, advice)
     return Check("driver", PASS, f"{driver} >= {need}")
+
+
+def check_cuda(cuda_error: str | None, driver_gpus: int) -> Check:
+    """Whether torch can initialise CUDA at all: the one failure that stops everything after it."""
+    if cuda_error:
+        seen = f"the driver lists {driver_gpus} GPU(s) but " if driver_gpus else ""
+        return Check("CUDA init", FAIL, f"{seen}torch.cuda.init() fails: {cuda_error}", "see the driver row")
+    return Check("CUDA init", PASS, "torch initialises CUDA")
 
 
 def check_cuda_runtime(cuda_runtime: str | None) -> Check:
@@ -153,7 +200,9 @@ def check_flash_attn(state: str, rl: bool) -> Check:
         "fa4-only": "flash-attn-4 only (SGLang's, `cute/`): no flash_attn.bert_padding",
         "missing": "not installed",
     }[state]
-    advice = "OpenRLHF needs flash-attn 2: pip install flash-attn --no-build-isolation"
+    # `pip install flash-attn` fails against torch 2.14 (C++17); the project's build patches it (tests check
+    # that this names the command rl/preflight.py's FLASH_ATTN_BUILD holds).
+    advice = "OpenRLHF needs flash-attn 2 built with C++20 for torch 2.14: python -m rl.flash_attn_build"
     return Check("flash-attn (RL)", FAIL if rl else WARN, figures, advice)
 
 
@@ -240,8 +289,9 @@ def free_needed(engines: Engines, shapes: dict[str, ModelShape]) -> int:
 def environment_checks(machine: Machine, rl: bool, folders: dict[str, Path]) -> list[Check]:
     """Everything checked before any engine starts; memory is planned on the model `folders`."""
     checks = [
-        check_gpus(machine.devices),
-        check_driver(machine.driver),
+        check_driver(machine.driver, machine.cuda_error),
+        check_cuda(machine.cuda_error, machine.driver_gpus),
+        *([] if machine.cuda_error else [check_gpus(machine.devices)]),
         check_cuda_runtime(machine.cuda_runtime),
         check_flash_attn(flash_attn_state(), rl),
     ]
@@ -256,8 +306,13 @@ def planned_checks(folder: Path, rl: bool, python: str = "python") -> list[tuple
     needed = free_needed(engines, gpu_model_shapes()) / GIB
     models = " and ".join(model for model, _ in GPU_MODELS.values())
     rows = [
+        (
+            "driver",
+            f"nvidia-smi driver >= {MIN_DRIVER_CUDA13} ({IMAGE} is CUDA {IMAGE_CUDA_MAJOR}); below it a warning "
+            "while CUDA still initialises (forward compatibility), else a failure",
+        ),
+        ("CUDA init", "torch.cuda.init() in a child process (none held here through the smoke run)"),
         ("GPUs", f"torch.cuda devices, compute capability >= {capability}"),
-        ("driver", f"nvidia-smi driver >= {MIN_DRIVER_CUDA13} ({IMAGE} is CUDA {IMAGE_CUDA_MAJOR})"),
         ("CUDA runtime", f"torch.version.cuda is {IMAGE_CUDA_MAJOR}.x"),
         ("flash-attn (RL)", "flash_attn.bert_padding imports (OpenRLHF needs flash-attn 2)"),
         (
@@ -301,9 +356,9 @@ def show(table: Table) -> None:
     console.print(table)
 
 
-def run_doctor(folder: Path, rl: bool) -> list[Check]:
+def run_doctor(machine: Machine, folder: Path, rl: bool) -> list[Check]:
     """The environment checks, then the smoke test unless one of them failed (flash-attn only gates RL)."""
-    checks = environment_checks(read_machine(), rl, build_model_folders(folder))
+    checks = environment_checks(machine, rl, build_model_folders(folder))
     blocking = [c.name for c in checks if c.status == FAIL and not c.name.startswith("flash-attn")]
     smoke = [A2R, THROUGHPUT] + ([GRPO] if rl else [])
     if blocking:
@@ -329,17 +384,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
     args = parse_args(argv)
     folder = args.output or Path("runs") / "doctor" / time.strftime("%Y%m%d-%H%M%S")
-    if not torch.cuda.is_available():
+    machine = read_machine()  # the driver's GPUs count: torch sees none when the driver is too old for it
+    if not machine.has_gpu:
         console.print(
             "[yellow]No CUDA device: `python -m engine.doctor` needs a GPU.[/] On a GPU machine it checks:"
         )
         show(plan_table(planned_checks(folder, args.rl)))
         return 0
-    checks = run_doctor(folder, args.rl)
+    checks = run_doctor(machine, folder, args.rl)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "doctor.json").write_text(json.dumps([asdict(c) for c in checks], indent=2) + "\n")
     show(checks_table(checks))

@@ -7,6 +7,11 @@ ends, watches it decode, or holds back one it stopped before it was sent. `PathE
 (`path.set_var(SEED_VAR, seed)`, ...). The seed is honoured by a server launched with
 `--enable-deterministic-inference` (`EngineSpec.deterministic`) and ignored otherwise.
 
+A streamed path is read by `PathEndpoint` itself, from a server that sends each chunk whole (SGLang's default:
+every chunk repeats the text and log-probabilities so far, O(T^2) JSON over a T-token path) or as a delta
+(`--incremental-streaming-output`, what the online confidence stop launches its explorer with); either way a
+hook sees the meta_info so far, its log-probability lists grown in place.
+
 On an engine with data-parallel replicas every request carries `routed_dp_rank`, chosen per prompt: a
 fork's prefix-caching prefill and its N paths send the same text, so they reach the replica whose radix
 cache holds it, while successive prompts take the replicas in turn.
@@ -14,12 +19,16 @@ cache holds it, while successive prompts take the replicas in turn.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 from sglang.lang.backend.runtime_endpoint import RuntimeEndpoint
+from sglang.lang.global_config import global_config
+from sglang.utils import http_request
 
 from engine.launch import post
 from engine.spec import EngineSpec
@@ -27,7 +36,9 @@ from engine.spec import EngineSpec
 SEED_VAR = "sampling_seed"
 RID_VAR = "rid"
 ON_REPLY_VAR = "on_reply"  # called with (text, meta_info) when the engine answers, in the path's thread
-ON_PROGRESS_VAR = "on_progress"  # if set, the path streams and this sees each chunk's (cumulative) meta_info
+ON_PROGRESS_VAR = "on_progress"  # if set, the path streams and this sees each chunk's meta_info so far
+PRIORITY_VAR = "priority"  # SGLang's request priority, higher first, on an engine with priority scheduling
+SYNTHESIS_PRIORITY = 1  # above explorations, which send none (SGLang ranks those lowest)
 SKIP_IF_VAR = "skip_if"  # if set and true when the path is about to be sent, it is not sent (it was stopped)
 # The reply of a path that was never sent, in the engine's own shape.
 NOT_SENT = {"finish_reason": {"type": "abort", "message": "stopped before it was sent"}, "prompt_tokens": 0,
@@ -40,6 +51,9 @@ PREFILL_TOP_K = 1
 # Prompts whose replica is remembered. Forgetting one costs its next request the cached prefix, never its
 # answer; this is far more than the problems a run keeps in flight.
 PINNED_PROMPTS = 4096
+# The meta_info lists an incremental server sends per chunk as deltas (SGLang's tokenizer manager slices these).
+STREAMED_LISTS = ("output_token_logprobs", "output_top_logprobs", "output_token_ids_logprobs")
+LOGPROB_ARGS = ("return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs")
 
 
 def new_batch() -> str:
@@ -80,10 +94,36 @@ class DpRanks:
             return rank
 
 
+class StreamedReply:
+    """One streamed reply put back together chunk by chunk, from whole chunks or deltas (`incremental`).
+
+    `add` returns the chunk's new text and the meta_info so far. Its log-probability lists are this reply's
+    own, extended in place, so a reader keeps its place in them and each token is handled once.
+    """
+
+    def __init__(self, incremental: bool) -> None:
+        self.incremental = incremental
+        self.length = 0  # characters of text so far
+        self.lists: dict[str, list[Any]] = {}
+
+    def add(self, chunk: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        text = chunk["text"] if self.incremental else chunk["text"][self.length :]
+        self.length += len(text)
+        meta = dict(chunk["meta_info"])
+        for key in meta.keys() & set(STREAMED_LISTS):
+            so_far = self.lists.setdefault(key, [])
+            so_far.extend(meta[key] if self.incremental else meta[key][len(so_far) :])
+            meta[key] = so_far
+        return text, meta
+
+
 class PathEndpoint(RuntimeEndpoint):
-    def __init__(self, base_url: str, dp_size: int = 1, api_key: str | None = None) -> None:
+    def __init__(
+        self, base_url: str, dp_size: int = 1, api_key: str | None = None, incremental: bool = False
+    ) -> None:
         super().__init__(base_url, api_key=api_key)
         self.dp_ranks = DpRanks(dp_size)
+        self.incremental = incremental  # the server streams deltas (--incremental-streaming-output)
 
     def _add_images(self, s: Any, data: dict[str, Any]) -> None:
         # The one hook `RuntimeEndpoint.generate`, `generate_stream` and the prefix commit of `fork` call with
@@ -96,6 +136,8 @@ class PathEndpoint(RuntimeEndpoint):
             data["sampling_params"]["sampling_seed"] = int(seed)
         if rid is not None:
             data["rid"] = rid
+        if (priority := s.variables.get(PRIORITY_VAR)) is not None:
+            data["priority"] = priority
         if self.dp_ranks.dp_size > 1:
             prompt = data["text"] if "text" in data else data["input_ids"]  # `select` may send token ids
             data["routed_dp_rank"] = self.dp_ranks.rank(str(prompt))
@@ -117,6 +159,30 @@ class PathEndpoint(RuntimeEndpoint):
             on_reply(text, meta)
         return text, meta
 
+    def generate_stream(self, s: Any, sampling_params: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        """SGLang's streamed `/generate`, read as the server sends it: (new text, meta_info so far) per chunk.
+        (`RuntimeEndpoint.generate_stream` takes every chunk's text as whole, so deltas would be cut.)"""
+        self._handle_dtype_to_regex(sampling_params)
+        params = {
+            "skip_special_tokens": global_config.skip_special_tokens_in_output,
+            "spaces_between_special_tokens": global_config.spaces_between_special_tokens_in_out,
+            **sampling_params.to_srt_kwargs(),
+        }
+        data = {"text": s.text_, "sampling_params": params, "stream": True}
+        data |= {k: v for k in LOGPROB_ARGS if (v := getattr(sampling_params, k, None)) is not None}
+        self._add_images(s, data)
+        response = http_request(
+            f"{self.base_url}/generate", json=data, stream=True, api_key=self.api_key, verify=self.verify
+        )
+        self._assert_success(response)
+        reply = StreamedReply(self.incremental)
+        for line in response.iter_lines(decode_unicode=False):
+            if not line.startswith(b"data:"):
+                continue
+            if line.strip() == b"data: [DONE]":
+                break
+            yield reply.add(json.loads(line[5:]))
+
     def abort(self, rid: str) -> None:
         """Stop the request `rid` (an aborted request still returns its text so far, finish reason `abort`).
 
@@ -127,6 +193,7 @@ class PathEndpoint(RuntimeEndpoint):
         post(self.base_url, "/abort_request", {"rid": rid}, key=self.api_key)
 
 
-def connect(spec: EngineSpec, dp_size: int = 1) -> PathEndpoint:
-    """The frontend backend of a running engine with `dp_size` data-parallel replicas (as it reports them)."""
-    return PathEndpoint(spec.base_url, dp_size, spec.api_key)
+def connect(spec: EngineSpec, dp_size: int = 1, incremental: bool = False) -> PathEndpoint:
+    """The frontend backend of a running engine with `dp_size` data-parallel replicas that streams deltas
+    when `incremental` (both as it reports them)."""
+    return PathEndpoint(spec.base_url, dp_size, spec.api_key, incremental)

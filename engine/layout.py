@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from engine.gpu import GpuInfo, radix_cache_lost
 from engine.ports import free_ports
 from engine.sizing import DEFAULT_SHARES, UnsizableModel, colocated_shares, read_shape
-from engine.spec import CPU_READY_TIMEOUT_S, READY_TIMEOUT_S, EngineSpec
+from engine.spec import CPU_READY_TIMEOUT_S, PRIORITY_FLAGS, READY_TIMEOUT_S, EngineSpec, check_server_args
 
 logger = logging.getLogger(__name__)
 ENGINE_KEY_ENV = "A2R_ENGINE_KEY"  # the engines' key, for servers given by URL
@@ -79,6 +79,26 @@ class EngineConfig:
         metadata={
             "help": "API key of the servers given by URL, and the one launched engines take (default: "
             f"${ENGINE_KEY_ENV}, else a random key per run); the environment keeps it out of `ps`"
+        },
+    )
+    explorer_server_args: str | None = field(
+        default=None,
+        metadata={
+            "help": 'further SGLang server flags for the explorer engine, one string (e.g. "--kv-cache-dtype '
+            "fp8_e4m3\"); checked by SGLang's own parser before anything starts"
+        },
+    )
+    synthesizer_server_args: str | None = field(
+        default=None,
+        metadata={
+            "help": "further SGLang server flags for the synthesizer engine, as --explorer-server-args"
+        },
+    )
+    synthesis_priority: bool = field(
+        default=True,
+        metadata={
+            "help": "one engine serving both roles: syntheses go ahead of waiting explorations (SGLang's "
+            "priority scheduling; --no-synthesis-priority: first come, first served)"
         },
     )
 
@@ -139,15 +159,34 @@ def plan(
     )
     if config.deterministic and device == "cuda" and gpu is not None and config.explorer_url is None:
         warn_if_radix_cache_lost(config.attention_backend, gpu)
-    explorer = replace(base, url=config.explorer_url)
+    explorer_args = check_server_args(config.explorer_server_args, "--explorer-server-args")
+    synthesizer_args = check_server_args(config.synthesizer_server_args, "--synthesizer-server-args")
+    if explorer_args and config.explorer_url:
+        raise ValueError(f"--explorer-server-args: the explorer at {config.explorer_url} is not started here")
+    explorer = replace(base, url=config.explorer_url, extra_args=explorer_args)
     # An explorer URL alone serves both roles, as one model named twice does.
     synthesizer_url = config.synthesizer_url or (None if config.synthesizer_model else config.explorer_url)
     same = config.explorer_url == synthesizer_url and (
         config.explorer_url is not None or synthesizer_model == explorer_model
     )
     if same:
+        if synthesizer_args:
+            raise ValueError("--synthesizer-server-args: one engine serves both roles; give its flags with "
+                             "--explorer-server-args")  # fmt: skip
+        if config.synthesis_priority and explorer.launched:
+            explorer = replace(explorer, extra_args=(*explorer.extra_args, *PRIORITY_FLAGS))
         return Engines(explorer, explorer, layout="same-model")
-    synthesizer = replace(base, model=synthesizer_model or "", port=ports[1], url=config.synthesizer_url)
+    if synthesizer_args and config.synthesizer_url:
+        raise ValueError(
+            f"--synthesizer-server-args: the synthesizer at {config.synthesizer_url} is not started here"
+        )
+    synthesizer = replace(
+        base,
+        model=synthesizer_model or "",
+        port=ports[1],
+        url=config.synthesizer_url,
+        extra_args=synthesizer_args,
+    )
     if not (explorer.launched and synthesizer.launched):
         return Engines(explorer, synthesizer, layout="remote")
     if device == "cpu":
@@ -186,7 +225,9 @@ def gpu_shares(
         shares = config.gpu_shares or DEFAULT_SHARES
         logger.warning("co-located engines get GPU shares %s unchecked: %s", shares, exc)
         return shares
-    return colocated_shares(*shapes, gpu.free_bytes, tp=config.tp, given=config.gpu_shares)
+    return colocated_shares(
+        *shapes, gpu.free_bytes, tp=config.tp, given=config.gpu_shares, total_bytes=gpu.total_bytes
+    )
 
 
 def warn_if_radix_cache_lost(backend: str | None, gpu: GpuInfo) -> None:

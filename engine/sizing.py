@@ -1,9 +1,10 @@
 """Co-located engines' shares of one GPU, sized from the models' configs and the memory free at launch.
 
 The split 0.40/0.45 is what A2R-Efficient (Qwen3-4B explorer, Qwen3-8B synthesizer) runs with on an H100 or
-H200 and it stays wherever it gives each engine its weights and a usable KV pool. On a smaller GPU it does
-not (on 24 GB, 0.40 is less than Qwen3-4B's weights), so each engine gets its weights, both keep room for
-activations, and the rest is KV; a pair that cannot fit even so is refused with the numbers.
+H200 and it stays wherever it gives each engine its weights and a usable KV pool and leaves SGLang the
+activation reserve it keeps free after CUDA-graph capture (on an 80 GB H100 its 12.6 GB is more than the
+split's 15%). Elsewhere (on 24 GB, 0.40 is less than Qwen3-4B's weights) each engine gets its weights, both
+keep room for activations, and the rest is KV; a pair that cannot fit even so is refused with the numbers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ HEADROOM_SHARE = round(1 - sum(DEFAULT_SHARES), 6)
 # At least this much per engine: half of the 6 GB each gets on an 80 GB GPU, where SGLang prefills in chunks of
 # 8192 tokens; below 60 GB it chunks 4096, and activations scale with the chunk.
 ENGINE_HEADROOM_BYTES = 3 * GIB
+# SGLang 0.5.23's default prefill chunk by GPU memory (arg_groups/memory_hook.py): (below this many MiB, chunk).
+PREFILL_CHUNKS = ((20 * 1024, 2048), (60 * 1024, 4096), (160 * 1024, 8192))
+LARGEST_PREFILL_CHUNK = 16384
 # One request of the paper's 32k-token budget must fit: with a smaller pool SGLang truncates or refuses it.
 MIN_KV_TOKENS = 32768
 # The explorer's part of the KV left over when sizing: it holds N paths per problem. About what the H100 split
@@ -115,6 +119,21 @@ def read_shape(model: str) -> ModelShape:
     return ModelShape.from_config(model, read_config(model))
 
 
+def activation_reserve(total_bytes: int, tp: int = 1) -> int:
+    """What SGLang 0.5.23 keeps free for an engine's activations when it sizes its KV pool after CUDA-graph
+    capture (`runtime_context.pre_capture_activation_reserve_mb`): 512 MB, 1.5 MB per token of the default
+    prefill chunk for this GPU, tp/8 GB; at least 10 GB on GPUs above 60 GB.
+
+    A co-located synthesizer, started last, keeps max(what its share leaves, this) free, so headroom below
+    this is taken from its KV pool: about 0.9 GB on a 40 GB A100 with the 6 GB the H100 split would leave."""
+    mib = total_bytes / 2**20
+    chunk = next((size for below, size in PREFILL_CHUNKS if mib < below), LARGEST_PREFILL_CHUNK)
+    reserve = 512 + 1.5 * max(chunk, 2048) + tp / 8 * 1024
+    if mib > 60 * 1024:
+        reserve = max(reserve, 10 * 1024)
+    return int(reserve * 2**20)
+
+
 def colocated_shares(
     explorer: ModelShape,
     synthesizer: ModelShape,
@@ -122,11 +141,13 @@ def colocated_shares(
     tp: int = 1,
     given: tuple[float, float] | None = None,
     min_kv_tokens: int = MIN_KV_TOKENS,
+    total_bytes: int | None = None,
 ) -> tuple[float, float]:
     """Each engine's share of `free_bytes` (one GPU's free memory before the explorer starts) for its weights
     and KV pool, with `tp` GPUs per engine splitting both. `given` shares are used as they are, once they
     hold the weights; otherwise DEFAULT_SHARES where they fit, else shares sized to fit; a pair that cannot
-    fit is refused (ValueError) with the numbers."""
+    fit is refused (ValueError) with the numbers. The headroom left for activations is at least SGLang's
+    activation reserve on a GPU of `total_bytes` (default: `free_bytes`, a GPU with nothing else on it)."""
     weights = (explorer.weight_bytes / tp, synthesizer.weight_bytes / tp)
     min_kv = (
         min_kv_tokens * explorer.kv_bytes_per_token / tp,
@@ -140,7 +161,8 @@ def colocated_shares(
                     f"less than its weights ({gib(weight)} per GPU)"
                 )
         return given
-    headroom = max(HEADROOM_SHARE * free_bytes, 2 * ENGINE_HEADROOM_BYTES)
+    reserve = activation_reserve(total_bytes or free_bytes, tp)
+    headroom = max(HEADROOM_SHARE * free_bytes, 2 * ENGINE_HEADROOM_BYTES, reserve)
     defaults_fit = HEADROOM_SHARE * free_bytes >= headroom and all(
         share * free_bytes >= weight + kv
         for share, weight, kv in zip(DEFAULT_SHARES, weights, min_kv, strict=True)

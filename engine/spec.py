@@ -6,11 +6,13 @@ machines are still produced, and tested, by the function the CPU path exercises.
 
 from __future__ import annotations
 
+import argparse
 import os
+import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     import psutil
@@ -33,6 +35,50 @@ CPU_ATTENTION_BACKEND = (
 # minutes, loading and CUDA-graph capture add a few, and two engines starting at once share the link.
 READY_TIMEOUT_S = 1800.0
 CPU_READY_TIMEOUT_S = 600.0  # the offline models are local and small; this is a hang, not a download
+
+
+# What `launch_command` sets from the plan; extra server arguments may not set these again.
+PLANNED_FLAGS = ("--model-path", "--host", "--port", "--device")
+# One engine serving both roles puts syntheses ahead of waiting explorations (requests carry a priority, higher
+# first); without preemption, so a running path is never thrown back for one (SGLang preempts at a difference
+# of 10 otherwise, and a request with no priority ranks lowest).
+PRIORITY_FLAGS = ("--enable-priority-scheduling", "--disable-priority-preemption")
+
+
+class ServerArgsError(ValueError):
+    """Extra SGLang server arguments that SGLang's own parser refuses."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ServerArgsError(message)
+
+
+def check_server_args(text: str | None, flag: str) -> tuple[str, ...]:
+    """`text` (the value of `flag`) split as a shell would and parsed by SGLang's own server parser, so a
+    wrong one is refused before any engine starts; the arguments, to append to the launch command."""
+    if not text:
+        return ()
+    from sglang.srt.server_args import ServerArgs
+
+    try:
+        args = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ServerArgsError(f"{flag}: cannot split {text!r}: {exc}") from None
+    parser = _Parser(
+        prog=flag, add_help=False, allow_abbrev=False
+    )  # flags recorded whole, as SGLang names them
+    ServerArgs.add_cli_args(parser)
+    planned = [a for a in args if a.split("=")[0] in PLANNED_FLAGS]
+    if planned:
+        raise ServerArgsError(f"{flag}: {', '.join(planned)} is set by the plan, not here")
+    try:
+        _, unknown = parser.parse_known_args(["--model-path", "m", *args])
+    except ServerArgsError as exc:
+        raise ServerArgsError(f"{flag}: {exc}") from None
+    if unknown:
+        raise ServerArgsError(f"{flag}: SGLang's server does not know {' '.join(unknown)}")
+    return args
 
 
 class EngineError(RuntimeError):

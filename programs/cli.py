@@ -25,7 +25,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from engine.gpu import probe_gpu
-from engine.launch import known_context
+from engine.launch import known_context, server_info
 from engine.layout import EngineConfig, Engines, plan
 from programs.core.confidence import STREAM_INTERVAL
 from programs.core.config import RunConfig, SamplingConfig
@@ -40,6 +40,7 @@ from programs.profile import OFFLINE, PROFILES, Profile, choose_profile, default
 console = Console(soft_wrap=True, emoji=False)
 
 ROLES = ("explorer", "synthesizer")
+INCREMENTAL_STREAMING = "--incremental-streaming-output"  # SGLang streams deltas, not all so far
 RUN_FLAGS_NOT_ON_THE_COMMAND_LINE = (
     "n",
     "explorer",
@@ -163,13 +164,26 @@ def plan_engines(
 
 
 def streamed_for_online(engines: Engines) -> Engines:
-    """The engines, the explorer (if launched here) streaming a chunk every STREAM_INTERVAL tokens.
+    """The engines, the explorer (if launched here) streaming each path as deltas, a chunk every
+    STREAM_INTERVAL tokens; a running explorer that streams whole chunks is named in a warning.
 
-    The online confidence stop streams every path, and each chunk repeats all log-probabilities so far; a
-    chunk per token made the CPU explorer 3.7 times slower, one per 8 tokens 1.4 times."""
+    The online confidence stop streams every path with its top-k log-probabilities. By default SGLang repeats
+    all of them so far in every chunk: about 0.5 GB of JSON per 4096-token path, 30 GB per 32k-token one
+    (`python -m benchmarks.streaming` measures it)."""
     if not engines.explorer.launched:
+        try:
+            incremental = server_info(engines.explorer).get("incremental_streaming_output")
+        except OSError:  # not answering: starting the run says so, with the reason
+            return engines
+        if not incremental:
+            console.print(
+                f"[yellow]warning:[/] the explorer at {engines.explorer.base_url} was started without "
+                "--incremental-streaming-output: every streamed chunk repeats the path's log-probabilities so "
+                "far, so the online confidence stop slows as the square of the path length. Restart it with "
+                "that flag."
+            )
         return engines
-    interval = ("--stream-interval", str(STREAM_INTERVAL))
+    interval = ("--stream-interval", str(STREAM_INTERVAL), INCREMENTAL_STREAMING)
     explorer = replace(engines.explorer, extra_args=(*engines.explorer.extra_args, *interval))
     same = engines.synthesizer is engines.explorer
     return replace(engines, explorer=explorer, synthesizer=explorer if same else engines.synthesizer)
@@ -197,10 +211,23 @@ def plan_run(
     call it once the cheap checks have passed); `overrides` fix what an entry point decides itself."""
     engines = plan_engines(args, profile, device, build_offline_models(profile, args))
     fitted = fit_budgets(args, budgets(profile), engines)
+    extra = {"server_args": flags} if (flags := server_args(engines)) else {}
     config = RunConfig.from_args(
-        args, budgets=fitted, probe_prefix=profile.probe_prefix, **role_models(engines), **overrides
+        args,
+        budgets=fitted,
+        probe_prefix=profile.probe_prefix,
+        **role_models(engines),
+        extra=extra,
+        **overrides,
     )
     return engines, config
+
+
+def server_args(engines: Engines) -> dict[str, list[str]]:
+    """The SGLang flags beyond the plan's own each launched role's engine runs with (given, streaming,
+    priority), for the run's configuration."""
+    return {role: list(spec.extra_args) for role in ROLES
+            if (spec := getattr(engines, role)).launched and spec.extra_args}  # fmt: skip
 
 
 def role_models(engines: Engines) -> dict[str, str]:

@@ -47,7 +47,8 @@ class EngineHandle:
         # SGLang reports one data-parallel replica's pool; each replica has its own.
         dp = int(server.get("dp_size") or spec.dp)
         kv = server.get("max_total_num_tokens")
-        return cls(connect(spec, dp), tokenizer, context, kv * dp if kv else None)
+        incremental = bool(server.get("incremental_streaming_output"))
+        return cls(connect(spec, dp, incremental), tokenizer, context, kv * dp if kv else None)
 
     @classmethod
     def attach_roles(cls, engines: Engines) -> tuple[EngineHandle, EngineHandle]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import sglang as sgl
 
-from engine.endpoint import RID_VAR, SEED_VAR
+from engine.endpoint import PRIORITY_VAR, RID_VAR, SEED_VAR, SYNTHESIS_PRIORITY
 from programs.core.config import RunConfig
 from programs.core.prompts import chat_prompt, synthesizer_query
 from programs.core.records import SynthesisRecord
@@ -23,6 +23,7 @@ from programs.engine_handle import EngineHandle, UnservableProblem
 @sgl.function
 def synthesize(s, prompt: str, sampling: dict, seed: int, rid: str | None):
     s.set_var(SEED_VAR, seed)
+    s.set_var(PRIORITY_VAR, SYNTHESIS_PRIORITY)  # ahead of explorations waiting on a shared engine
     if rid is not None:
         s.set_var(RID_VAR, rid)
     s += prompt

@@ -11,9 +11,11 @@ import importlib
 from importlib import metadata
 
 # The newest 2.8.3 release; OpenRLHF 0.11.2 pins 2.8.3, and is installed --no-deps so the two do not clash.
-FLASH_ATTN_PIN = "flash-attn==2.8.3.post2"
+FLASH_ATTN_VERSION = "2.8.3.post2"
+# Not `pip install flash-attn`: the release compiles with C++17, which torch 2.14 refuses (rl/flash_attn_build.py).
+FLASH_ATTN_BUILD = "python -m rl.flash_attn_build"
 FLASH_ATTN_FIX = (
-    f"pip install --no-build-isolation {FLASH_ATTN_PIN} (it compiles against the installed torch), "
+    f"{FLASH_ATTN_BUILD} (builds flash-attn {FLASH_ATTN_VERSION} with C++20 against the installed torch), "
     "or use the image's training stage: docker build --target rl"
 )
 

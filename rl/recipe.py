@@ -78,9 +78,15 @@ class GRPORecipe:
     colocate: bool = option(
         True, "actor and rollout engines share the GPUs, each sleeping while the other works"
     )
+    async_rollout: bool = option(
+        False,
+        "generate the next batch while training on this one, with partial rollouts (needs --no-colocate)",
+    )
     rollout_tp: int = option(1, "tensor-parallel GPUs per rollout engine (vllm backend only; sglang: 1)")
     rollout_engines: int | None = option(None, "rollout engines (default: the actor's GPUs / rollout_tp)")
-    rollout_gpu_memory_utilization: float = option(0.5, "share of GPU memory the rollout engine may take")
+    rollout_gpu_memory_utilization: float | None = option(
+        None, "share of GPU memory a rollout engine may take (default: 0.5 colocated, 0.9 on its own GPU)"
+    )
     prefix_caching: bool = option(True, "reuse the shared prompt's KV cache across the group's samples")
 
     # -- checkpoints and logging
@@ -141,9 +147,17 @@ class GRPORecipe:
             raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {self.loss_agg_mode!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 < self.rollout_gpu_memory_utilization < 1:
+        if not 0 < self.rollout_memory_share < 1:
             raise ValueError(
                 f"rollout_gpu_memory_utilization must be in (0, 1), got {self.rollout_gpu_memory_utilization}"
+            )
+        if self.async_rollout and self.colocate:
+            # OpenRLHF asserts against sleeping engines under async, and then colocates only the DeepSpeed
+            # models: the engines need GPUs of their own, which `colocate` would not count.
+            raise ValueError(
+                "async_rollout needs --no-colocate: OpenRLHF's async training runs the rollout engines beside "
+                f"the trainer, on GPUs of their own ({self.actor_gpus} for the actor + "
+                f"{self.num_rollout_engines * self.rollout_tp} for the engines)"
             )
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
@@ -173,6 +187,21 @@ class GRPORecipe:
     @property
     def actor_gpus(self) -> int:
         return self.num_nodes * self.gpus_per_node
+
+    @property
+    def rollout_memory_share(self) -> float:
+        """The engine's memory share: half the GPU when it takes turns with the actor, most of its own GPU."""
+        if self.rollout_gpu_memory_utilization is not None:
+            return self.rollout_gpu_memory_utilization
+        return 0.5 if self.colocate else 0.9
+
+    @property
+    def gpus_needed(self) -> int:
+        """GPUs the run occupies: the actor's, plus, unless colocated, the engines' and a reference model's."""
+        if self.colocate:
+            return self.actor_gpus
+        reference = self.actor_gpus if self.kl_coef > 0 else 0
+        return self.actor_gpus + reference + self.num_rollout_engines * self.rollout_tp
 
     @property
     def prompt_max_len(self) -> int:

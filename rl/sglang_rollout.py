@@ -55,6 +55,7 @@ from rl.vllm_standin import (
 )
 
 MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph")  # what SGLang's release/resume_memory_occupation manage
+IDLE_WAIT_S = 30.0  # how long `sleep` waits for the last batch to drain before releasing memory
 IPC_DEVICE_ARG = 6  # position of the device index in torch's rebuild_cuda_tensor arguments
 # SGLang 0.5.23 pauses in "retract" mode: running requests go back to its queue, the KV cache may be flushed
 # for a weight update, and they are recomputed with the new weights on continue (vLLM's "keep" pause).
@@ -280,9 +281,17 @@ class SGLangRollout:
         await self._post("/flush_cache", {})
 
     # -- colocation
+    async def wait_idle(self, within_s: float = IDLE_WAIT_S) -> None:
+        """Return once the engine has nothing running or queued. SGLang publishes idle a scheduler iteration
+        after its last reply, and `/flush_cache?timeout=` waits for it (the cache is flushed as it goes)."""
+        await self._post(f"/flush_cache?timeout={within_s:g}", {})
+
     async def sleep(self, level: int = 1) -> None:
         if not self.enable_sleep:
             raise RuntimeError("this engine was started without sleep support (enable_sleep)")
+        # SGLang asserts the scheduler is fully idle on release, and that assertion kills the scheduler: a
+        # release right after the last reply, before the batch drained, would take the server down.
+        await self.wait_idle()
         await self._control("/release_memory_occupation", {"tags": list(MEMORY_TAGS)})
         self.asleep = set(MEMORY_TAGS)
 

@@ -24,6 +24,11 @@ One node, 8 GPUs: `python rl/train.py --gpus-per-node 8 --no-adam-offload` (8 co
 each: SGLang rollout engines are not tensor-parallel, see `rl.recipe`). The OpenRLHF CLI starts a local Ray
 instance itself.
 
+Asynchronous (the next batch generated while the last one trains, with partial rollouts), one node, 2 GPUs:
+`python rl/train.py --async-rollout --no-colocate`. OpenRLHF refuses async with sleeping engines, so the engines
+run on GPUs of their own beside the actor; a run that asks for more GPUs than this machine shows is refused
+before Ray starts (Ray would wait for them forever).
+
 Several nodes, through Ray: start Ray on every node (`ray start --head --num-gpus 8` on the head,
 `ray start --address HEAD_IP:6379 --num-gpus 8` on the others), keep this repository, the model and the
 dataset at the same paths on every node (a shared filesystem), print the command with e.g.
@@ -129,11 +134,13 @@ def openrlhf_groups(r: GRPORecipe) -> list[tuple[str, list[str]]]:
         "engine": {
             "--vllm.num_engines": r.num_rollout_engines,  # OpenRLHF's names; the SGLang engine reads them too
             "--vllm.tensor_parallel_size": r.rollout_tp,
-            "--vllm.gpu_memory_utilization": r.rollout_gpu_memory_utilization,
+            "--vllm.gpu_memory_utilization": r.rollout_memory_share,
             "--vllm.enable_prefix_caching": r.prefix_caching,
             "--train.colocate_all": r.colocate,
             "--vllm.enable_sleep": r.colocate,
             "--ds.enable_sleep": r.colocate,
+            "--train.async_enable": r.async_rollout,
+            "--train.partial_rollout_enable": r.async_rollout,
             "--ds.zero_stage": r.zero_stage,
             "--ds.adam_offload": r.adam_offload,
         },
@@ -173,7 +180,13 @@ def format_command(recipe: GRPORecipe, extra: Sequence[str] = ()) -> str:
 
 def recipe_json(recipe: GRPORecipe, extra: Sequence[str] = ()) -> dict:
     """The recipe, the values derived from it and the exact command: printed by --dry-run, saved with a run."""
-    derived = ("prompt_max_len", "train_batch_size", "num_rollout_engines")
+    derived = (
+        "prompt_max_len",
+        "train_batch_size",
+        "num_rollout_engines",
+        "rollout_memory_share",
+        "gpus_needed",
+    )
     return {
         "recipe": dataclasses.asdict(recipe),
         "derived": {k: getattr(recipe, k) for k in derived},
@@ -210,6 +223,29 @@ def with_absolute_paths(recipe: GRPORecipe) -> GRPORecipe:
     return dataclasses.replace(recipe, **local, **outputs)
 
 
+def visible_gpus() -> int:
+    """The CUDA devices this process (and so the Ray instance OpenRLHF starts) can use."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def gpu_shortage(recipe: GRPORecipe, visible: int) -> str | None:
+    """Why a one-node run cannot place its actor and engines on `visible` GPUs; Ray would wait forever."""
+    if recipe.num_nodes > 1 or recipe.gpus_needed <= visible:
+        return None  # a Ray cluster's GPUs are not visible from here; Ray places those
+    layout = (
+        "colocated"
+        if recipe.colocate
+        else (
+            f"not colocated: {recipe.actor_gpus} for the actor"
+            + (f" + {recipe.actor_gpus} for the reference model" if recipe.kl_coef > 0 else "")
+            + f" + {recipe.num_rollout_engines} engine(s) x {recipe.rollout_tp}"
+        )
+    )
+    return f"this run needs {recipe.gpus_needed} GPUs ({layout}), but {visible} are visible here"
+
+
 def _check_runnable(recipe: GRPORecipe) -> str | None:
     """What stops a real launch on this machine, if anything (a dry run needs none of it)."""
     if importlib.util.find_spec("openrlhf") is None:
@@ -223,7 +259,7 @@ def _check_runnable(recipe: GRPORecipe) -> str | None:
     dataset = Path(recipe.dataset)
     if dataset.suffix in (".json", ".jsonl", ".parquet") and not dataset.exists():
         return f"dataset {dataset} does not exist (build it first, or pass --dataset)"
-    return None
+    return gpu_shortage(recipe, visible_gpus())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = build_parser()
     args = parser.parse_args(own)
+    if "--train.async_enable" in extra:
+        parser.error(
+            "use --async-rollout --no-colocate, not -- --train.async_enable: it checks the GPU layout"
+        )
     try:
         recipe = with_absolute_paths(dataclass_from_args(GRPORecipe, args))
     except ValueError as e:

@@ -55,14 +55,39 @@ def test_version_numbers_are_compared_as_numbers_and_junk_is_refused():
 
 
 @pytest.mark.parametrize(
-    ("driver", "status"),
-    [("575.57.08", FAIL), ("580.65.05", FAIL), ("580.65.06", PASS), ("590.44.01", PASS), (None, WARN)],
+    ("driver", "cuda_error", "status"),
+    [
+        ("575.57.08", "RuntimeError: The NVIDIA driver on your system is too old", FAIL),
+        ("575.57.08", None, WARN),  # forward compatibility: CUDA 13 runs on it, so the run may go on
+        ("580.65.05", None, WARN),
+        ("580.65.06", None, PASS),
+        ("590.44.01", None, PASS),
+        (None, None, WARN),
+    ],
 )
-def test_the_driver_must_run_cuda_13(driver, status):
-    check = doctor.check_driver(driver)
+def test_the_driver_must_run_cuda_13_and_fails_only_when_torch_cannot(driver, cuda_error, status):
+    check = doctor.check_driver(driver, cuda_error)
     assert check.status == status
-    if status == FAIL:
+    if driver and status != PASS:
         assert "580.65.06" in check.advice and "CUDA 13" in check.advice
+
+
+def test_a_driver_too_old_for_torch_is_a_gpu_machine_that_fails_not_one_without_a_gpu(tmp_path):
+    # What the driver lists and torch cannot use (is_available() is False there): the doctor must not say
+    # "no GPU" and exit 0, and nothing after the failure runs.
+    old = doctor.Machine([], "550.54.15", "13.0", driver_gpus=8, cuda_error="driver too old (found 12040)")
+    assert old.has_gpu and not doctor.Machine(driver="550.54.15").has_gpu
+    checks = doctor.run_doctor(old, tmp_path, rl=False)
+    status = {c.name: c.status for c in checks}
+    assert status["driver"] == status["CUDA init"] == FAIL and "GPUs" not in status
+    assert "driver too old (found 12040)" in next(c.figures for c in checks if c.name == "CUDA init")
+    assert status[smoke.A2R] == status[smoke.THROUGHPUT] == SKIP
+
+
+def test_cuda_is_probed_in_a_child_process_that_names_why_it_fails():
+    devices, error = doctor.probe_cuda()  # this machine has no GPU: torch says why, in the child
+    assert devices == [] and "NVIDIA driver" in error
+    assert not torch.cuda.is_initialized()  # nothing initialised in this process
 
 
 def test_gpus_below_compute_capability_7_5_are_named():
@@ -166,7 +191,7 @@ def test_the_tables_have_a_row_per_check():
     assert table.row_count == 2 and list(table.columns[3].cells) == ["", "fix first: GPUs"]
     rows = doctor.planned_checks(Path("F"), rl=False)
     names = [name for name, _ in rows]
-    assert names[:5] == ["GPUs", "driver", "CUDA runtime", "flash-attn (RL)", "memory"]
+    assert names[:6] == ["driver", "CUDA init", "GPUs", "CUDA runtime", "flash-attn (RL)", "memory"]
     assert names[-2:] == [smoke.A2R, smoke.THROUGHPUT] and doctor.plan_table(rows).row_count == len(rows)
     assert smoke.GRPO in [name for name, _ in doctor.planned_checks(Path("F"), rl=True)]
 

@@ -195,6 +195,7 @@ def test_the_online_confidence_stop_launches_the_explorer_streaming_every_8_toke
     pair = OfflineModels(tmp_path / "explorer", tmp_path / "synthesizer")
     online = cli.plan_engines(parse_args(["--online-confidence", "0.9"]), OFFLINE, "cpu", offline=pair)
     assert flags(launch_command(online.explorer))["--stream-interval"] == "8"
+    assert cli.INCREMENTAL_STREAMING in launch_command(online.explorer)  # deltas, not all so far per chunk
     assert "--stream-interval" not in flags(launch_command(online.synthesizer))
     one = cli.plan_engines(
         parse_args(["--one-model", "--online-confidence", "0.9"]), OFFLINE, "cpu", offline=pair

@@ -1,13 +1,13 @@
 """The doctor's checks as GPU tests (`pytest -m gpu`): the machine against the pinned image, the memory shares,
-and the smoke test on dummy Qwen3-4B/8B engines (and one GRPO step). Skipped, with the reason, where torch
-sees no CUDA device, so the default test command stays green on CPU machines."""
+and the smoke test on dummy Qwen3-4B/8B engines (and one GRPO step). Skipped, with the reason, where neither
+the driver (nvidia-smi) nor torch sees a GPU, so the default test command stays green on CPU machines; a GPU
+whose driver torch cannot use fails here rather than skipping."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine import doctor, smoke
 from engine.smoke import FAIL, PASS
@@ -15,7 +15,8 @@ from engine.smoke import FAIL, PASS
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="needs a CUDA device: run on a GPU machine with `pytest -m gpu`"
+        not doctor.read_machine().has_gpu,
+        reason="needs a CUDA device: run on a GPU machine with `pytest -m gpu`",
     ),
 ]
 
@@ -27,8 +28,9 @@ def machine() -> doctor.Machine:
 
 def test_gpus_driver_and_cuda_runtime_meet_the_pinned_image(machine):
     checks = [
+        doctor.check_driver(machine.driver, machine.cuda_error),
+        doctor.check_cuda(machine.cuda_error, machine.driver_gpus),
         doctor.check_gpus(machine.devices),
-        doctor.check_driver(machine.driver),
         doctor.check_cuda_runtime(machine.cuda_runtime),
     ]
     assert [c for c in checks if c.status == FAIL] == []

@@ -18,6 +18,7 @@ from engine.sizing import (
     MIN_KV_TOKENS,
     ModelShape,
     UnsizableModel,
+    activation_reserve,
     colocated_shares,
     read_shape,
 )
@@ -67,9 +68,32 @@ def test_the_context_is_max_position_embeddings_where_the_config_gives_it():
     assert Q4.context is None  # QWEN3_4B does not say
 
 
-@pytest.mark.parametrize("free_gib", [80, 141])
-def test_an_h100_or_h200_keeps_the_040_045_split(free_gib):
-    assert colocated_shares(Q4, Q8, gib(free_gib)) == DEFAULT_SHARES == (0.40, 0.45)
+def test_an_h200_keeps_the_040_045_split():
+    assert colocated_shares(Q4, Q8, gib(141)) == DEFAULT_SHARES == (0.40, 0.45)
+
+
+def test_an_80_gb_gpu_leaves_sglangs_activation_reserve_not_the_splits_15_percent():
+    # 0.15 x 80 = 12 GiB, below the 12.6 GiB SGLang keeps free after CUDA-graph capture (8192-token chunks),
+    # which it would take from the synthesizer's KV. KV left 80 - 12.625 - 22.748 = 44.627 GiB, the explorer's
+    # 0.55 of it 24.545: (7.492 + 24.545) / 80 = 0.4005 and (15.256 + 20.082) / 80 = 0.4417, rounded down.
+    assert colocated_shares(Q4, Q8, gib(80)) == (0.4, 0.441)
+
+
+@pytest.mark.parametrize(
+    ("total_gib", "reserve_gib"),
+    [(16, 3.625), (24, 6.625), (40, 6.625), (80, 12.625), (141, 12.625), (192, 24.625)],
+)
+def test_the_activation_reserve_is_sglangs_for_the_gpus_memory(total_gib, reserve_gib):
+    # 512 MB + 1.5 MB x the prefill chunk SGLang picks for the GPU (2k / 4k / 8k / 16k) + 1/8 GB (tp 1);
+    # above 60 GB at least 10 GB.
+    assert activation_reserve(gib(total_gib)) == gib(reserve_gib)
+
+
+def test_a_40_gb_gpu_leaves_the_co_located_synthesizer_sglangs_reserve():
+    # The split's headroom there was max(0.15 x 40, 2 x 3) = 6 GiB, 0.6 GiB under SGLang's reserve: that much
+    # of the synthesizer's planned KV would be gone.
+    shares = colocated_shares(Q4, Q8, gib(40), total_bytes=gib(40))
+    assert (1 - sum(shares)) * gib(40) >= activation_reserve(gib(40)) > 6 * GIB
 
 
 def test_48_gb_still_fits_the_default_split():
@@ -83,23 +107,25 @@ def test_24_gb_cannot_hold_qwen3_4b_and_8b_and_says_why():
     message = str(refused.value)
     assert "cannot share a GPU with 24.0 GiB free" in message
     assert "7.5 GiB + 15.3 GiB of weights" in message  # 4.02B and 8.19B parameters in bfloat16
-    assert "6.0 GiB for activations" in message and f"({MIN_KV_TOKENS} tokens each)" in message
-    assert "37.7 GiB in all" in message  # 22.7 + 6 + 2 x 4.5
+    assert "6.6 GiB for activations" in message and f"({MIN_KV_TOKENS} tokens each)" in message
+    assert "38.4 GiB in all" in message  # 22.7 + 6.6 (SGLang's reserve) + 2 x 4.5
 
 
 def test_a_40_gb_gpu_gets_shares_sized_from_the_weights():
-    # Headroom max(0.15 x 40, 2 x 3) = 6 GiB; KV left 40 - 6 - 7.492 - 15.256 = 11.251 GiB, the explorer's 0.55
-    # of it 6.188: (7.492 + 6.188) / 40 = 0.3420 and (15.256 + 5.063) / 40 = 0.50799, rounded down: 0.342, 0.507.
+    # Headroom max(0.15 x 40, 2 x 3, SGLang's 6.625) = 6.625 GiB; KV left 40 - 6.625 - 7.492 - 15.256 = 10.627
+    # GiB, the explorer's 0.55 of it 5.845: (7.492 + 5.845) / 40 = 0.3334 and (15.256 + 4.782) / 40 = 0.50095,
+    # rounded down: 0.333, 0.500.
     explorer, synthesizer = colocated_shares(Q4, Q8, gib(40))
-    assert (explorer, synthesizer) == (0.342, 0.507)
+    assert (explorer, synthesizer) == (0.333, 0.5)
     assert_each_fits(Q4, Q8, gib(40), (explorer, synthesizer))
 
 
 def test_a_small_pair_on_24_gb_gives_the_synthesizer_at_least_its_minimum_kv():
-    # Qwen3-0.6B explores, Qwen3-4B synthesizes: 9.40 GiB of KV left; the explorer's 0.55 would leave the
-    # synthesizer 4.23 GiB, under 32k tokens (4.5 GiB), so it gets 4.5 and the explorer the other 4.90.
+    # Qwen3-0.6B explores, Qwen3-4B synthesizes: 8.78 GiB of KV left (SGLang's 6.625 GiB reserve kept); the
+    # explorer's 0.55 would leave the synthesizer 3.95 GiB, under 32k tokens (4.5 GiB), so it gets 4.5 and the
+    # explorer the other 4.28.
     shares = colocated_shares(Q06, Q4, gib(24))
-    assert shares == (0.250, 0.499)
+    assert shares == (0.224, 0.499)
     assert_each_fits(Q06, Q4, gib(24), shares)
 
 
@@ -121,7 +147,7 @@ def test_given_shares_win_unless_they_cannot_hold_the_weights():
 def assert_each_fits(explorer: ModelShape, synthesizer: ModelShape, free: int, shares: tuple[float, float]):
     for model, share in zip((explorer, synthesizer), shares, strict=True):
         assert share * free >= model.weight_bytes + MIN_KV_TOKENS * model.kv_bytes_per_token - 0.001 * free
-    assert (1 - sum(shares)) * free >= 6 * GIB  # both engines' activation headroom
+    assert (1 - sum(shares)) * free >= activation_reserve(free)  # what SGLang keeps free after capture
 
 
 @pytest.mark.parametrize(
@@ -164,16 +190,17 @@ def colocated(tmp_path, free_gib: float, **config):
 
 
 def test_planning_sizes_the_co_located_engines_for_the_gpu(tmp_path):
-    h100 = colocated(tmp_path, 80)
-    assert (h100.explorer.mem_fraction_static, h100.synthesizer.mem_fraction_static) == (0.4, 0.75)
+    h200 = colocated(tmp_path, 141)
+    assert (h200.explorer.mem_fraction_static, h200.synthesizer.mem_fraction_static) == (0.4, 0.75)
+    h100 = colocated(tmp_path / "h100", 80)
     a100 = plan(
         EngineConfig(explorer_model=h100.explorer.model, synthesizer_model=h100.synthesizer.model),
         device="cuda",
         gpus=1,
         gpu=gpu(40),
     )
-    # The synthesizer's fraction is of what the explorer left free: 0.507 / (1 - 0.342).
-    assert (a100.explorer.mem_fraction_static, a100.synthesizer.mem_fraction_static) == (0.342, 0.7705)
+    # The synthesizer's fraction is of what the explorer left free: 0.5 / (1 - 0.333).
+    assert (a100.explorer.mem_fraction_static, a100.synthesizer.mem_fraction_static) == (0.333, 0.7496)
 
 
 def test_planning_refuses_a_pair_the_gpu_cannot_hold_and_keeps_given_shares(tmp_path):

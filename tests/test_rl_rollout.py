@@ -319,3 +319,34 @@ def test_ray_init_gets_the_standin_hook_and_keeps_its_own_env():
     init()
     hook = {"worker_process_setup_hook": "rl.vllm_standin.install_vllm_standin"}
     assert calls == [{"runtime_env": {**hook, "env_vars": {"NCCL_DEBUG": "WARN"}}}, {"runtime_env": hook}]
+
+
+def test_wait_idle_returns_only_once_the_last_request_has_drained(rollout, tokenizer, loop):
+    ids = prompt_ids(tokenizer, "Busy?")
+    long = SamplingParams(temperature=1.0, max_tokens=400, min_tokens=400, skip_special_tokens=False)
+
+    async def busy_then_idle():
+        task = asyncio.ensure_future(rollout.generate(ids, long))
+        while rollout.get_num_unfinished_requests() == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # the request is in the engine
+        await rollout.wait_idle()
+        return task.done()
+
+    assert loop.run_until_complete(busy_then_idle())
+
+
+def test_sleep_waits_for_idle_before_releasing_memory(rollout, loop, monkeypatch):
+    # The release itself needs a GPU (it kills a CPU scheduler), so only it is recorded; the wait goes to the
+    # real engine.
+    routes, post = [], rollout._post
+
+    async def recorded(route, body):
+        routes.append(route)
+        return {"success": True} if route == "/release_memory_occupation" else await post(route, body)
+
+    monkeypatch.setattr(rollout, "_post", recorded)
+    monkeypatch.setattr(rollout, "enable_sleep", True)
+    loop.run_until_complete(rollout.sleep())
+    assert routes == [f"/flush_cache?timeout={sglang_rollout.IDLE_WAIT_S:g}", "/release_memory_occupation"]
+    rollout.asleep = set()

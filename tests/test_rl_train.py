@@ -94,6 +94,7 @@ RECIPES = {
         resume=False,
         tensorboard_dir="/tmp/tb",
     ),
+    "async with partial rollouts, engine on its own GPU": GRPORecipe(colocate=False, async_rollout=True),
 }
 
 
@@ -176,6 +177,8 @@ def test_dry_run_prints_the_complete_command_and_the_recipe(capsys):
         "prompt_max_len": 4096,
         "train_batch_size": 256,
         "num_rollout_engines": 1,
+        "rollout_memory_share": 0.5,
+        "gpus_needed": 1,
     }
     assert printed_json["command"] == printed
     assert Path(printed[printed.index("--ckpt.output_dir") + 1]).is_absolute()
@@ -204,6 +207,7 @@ def test_a_run_records_the_recipe_and_launches_the_printed_command(tmp_path, mon
 
     monkeypatch.setattr(train.subprocess, "run", launch)
     monkeypatch.setattr(train, "flash_attn_problem", lambda: None)  # a GPU machine's flash-attn 2
+    monkeypatch.setattr(train, "visible_gpus", lambda: 1)  # ... and its GPU
 
     assert train.main(argv) == 3  # the trainer's exit code
     [(cmd, env)] = launched
@@ -252,7 +256,7 @@ def test_flash_attn_problem_names_what_is_there_and_the_fix(monkeypatch, install
     monkeypatch.setattr(preflight, "_installed", installed.get)
     problem = preflight.flash_attn_problem()
     assert says in problem
-    assert "pip install --no-build-isolation flash-attn==2.8.3.post2" in problem
+    assert "python -m rl.flash_attn_build" in problem
     assert "docker build --target rl" in problem
 
 
@@ -266,11 +270,11 @@ def test_the_rl_image_stage_installs_what_training_needs():
     stages = [line.split()[-1] for line in dockerfile.splitlines() if line.startswith("FROM ")]
     assert stages[-1] == "inference" and "rl" in stages  # a plain build is the inference image
     rl_stage = dockerfile.split(" AS rl\n")[1].split("\nFROM ")[0]
-    for needed in ("-r rl/requirements.txt", "--no-deps openrlhf==0.11.2", "--no-build-isolation"):
+    for needed in ("-r rl/requirements.txt", "--no-deps openrlhf==0.11.2", preflight.FLASH_ATTN_BUILD):
         assert needed in rl_stage
-    assert (
-        "FLASH_ATTN_PIN" in rl_stage and "flash_attn_problem" in rl_stage
-    )  # the pin and check of rl.preflight
+    # Architectures and jobs are build arguments with no forced value: the build sizes itself to the host.
+    assert "ARG FLASH_ATTN_CUDA_ARCHS\n" in rl_stage and "ARG MAX_JOBS\n" in rl_stage
+    assert "MAX_JOBS=8" not in rl_stage and "pip install flash-attn" not in rl_stage
 
 
 def test_overrides_take_effect(capsys):
@@ -334,6 +338,8 @@ def test_every_recipe_field_has_a_flag_with_help():
         (["--loss-agg-mode", "seq-sum"], "loss_agg_mode must be one of"),
         (["--dataset", ""], "dataset must not be empty"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--async-rollout"], "async_rollout needs --no-colocate"),
+        (["--", "--train.async_enable"], "use --async-rollout --no-colocate, not -- --train.async_enable"),
     ],
 )
 def test_bad_values_give_clear_errors(capsys, argv, message):
@@ -341,3 +347,46 @@ def test_bad_values_give_clear_errors(capsys, argv, message):
         train.main(["--dry-run", *argv])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_async_training_runs_its_engines_on_gpus_of_their_own():
+    recipe = GRPORecipe(colocate=False, async_rollout=True)
+    args = openrlhf_reads(train.openrlhf_args(recipe))  # OpenRLHF's own asserts pass: no sleeping engine
+    assert args.train.async_enable and args.train.partial_rollout_enable
+    assert not (args.train.colocate_all or args.vllm.enable_sleep or args.ds.enable_sleep)
+    assert args.vllm.gpu_memory_utilization == 0.9  # its own GPU, not half of one
+    assert recipe.gpus_needed == 2 and GRPORecipe().gpus_needed == 1
+    assert GRPORecipe(colocate=False, kl_coef=0.01).gpus_needed == 3  # the reference model gets one too
+
+
+def test_a_run_needing_more_gpus_than_visible_is_refused_before_ray(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "visible_gpus", lambda: 1)
+    monkeypatch.setattr(train, "flash_attn_problem", lambda: None)
+    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: True)  # installed, as on a GPU host
+    monkeypatch.setattr(train.subprocess, "run", lambda *a, **kw: pytest.fail("the trainer was started"))
+    with pytest.raises(SystemExit) as exited:
+        argv = [
+            "--async-rollout",
+            "--no-colocate",
+            "--dataset",
+            "org/hub-set",
+            "--save-path",
+            str(tmp_path / "out"),
+        ]
+        train.main(argv)
+    message = (
+        "this run needs 2 GPUs (not colocated: 1 for the actor + 1 engine(s) x 1), but 1 are visible here"
+    )
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    assert train.gpu_shortage(GRPORecipe(colocate=False, async_rollout=True), 2) is None
+    assert train.gpu_shortage(GRPORecipe(num_nodes=2, colocate=False), 0) is None  # Ray places a cluster's
+
+
+def test_the_image_installs_the_project_without_re_resolving_sglangs_pins():
+    import tomllib
+
+    base = (ROOT / "Dockerfile").read_text().split(" AS base\n")[1].split("\nFROM ")[0]
+    run = base[base.index("RUN pip install --no-cache-dir --no-deps -e .") :].replace("\\\n", " ")
+    own = shlex.split(run.split("&&")[1])[3:]  # after `pip install --no-cache-dir`
+    wanted = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(own) == sorted(d for d in wanted if not d.startswith("sglang"))

@@ -1,16 +1,16 @@
 """Does a synthesizer read its references? Show it real explorer answer parts in five conditions and measure.
 
-    python -m benchmarks.references                                       # CPU: the offline pair on `chain`
+    python -m benchmarks.references --n 3 --paths 8 --limit 3 --json    # CPU: a first look, the offline pair
+    python -m benchmarks.references --dataset chain:0:250 --limit 100    # CPU: the offline pair's profile
     python -m benchmarks.references --explorations runs/accuracy/explorations.jsonl \\
         --synthesizer-url http://gpu-host:30000 --limit 100              # any synthesizer, served anywhere
-    python -m benchmarks.references --dataset aime24 --paths 16 --n 4 --json
 
 References are the answer parts of real explorer paths: read from `--explorations` (an A2R run's
 records.jsonl or the accuracy protocol's explorations.jsonl; only the synthesizer is then served), or made
 here by exploring `--paths` per problem (OUTPUT/explorations.jsonl, whose file later probes can reuse).
 Problems with both a right and a wrong part are probed, the first `--limit` of them (default: all), in five
 conditions (`benchmarks.conditions`): all_right, agreeing_wrong, wrong_majority, right_majority, solo. One
-synthesis per problem and condition, references shuffled per problem with `--seed`, each written to
+synthesis per problem and condition, its references drawn and shuffled with `--seed`, each written to
 OUTPUT/references.jsonl as it finishes (a rerun resumes). Per condition: the share right, the share that
 copied the references' majority answer and the share that gave anything else, with Wilson 95% intervals,
 and a verdict (`benchmarks.verdict` states its thresholds). OUTPUT/summary.json holds what `--json` prints:
@@ -175,14 +175,13 @@ def explore(
     args: argparse.Namespace, pipeline: Pipeline, explorations: RecordFile, dataset: str
 ) -> list[ProblemParts]:
     """Explore the dataset's problems in order, in batches, until `--limit` of them are usable (or all are
-    explored); each exploration is appended to `explorations` as it ends."""
+    explored); each exploration is appended to `explorations` as it ends. The problems found are in the
+    file's order, so a later probe given that file chooses the same ones."""
     problems = load_problems(dataset)
     explorations.check_problems((p.id, p) for p in problems)
-    order = {p.id: i for i, p in enumerate(problems)}
 
-    def found() -> list[ProblemParts]:
-        parts = read_parts(explorations.path) if explorations.records else []
-        return sorted(parts, key=lambda p: order.get(p.problem.id, len(order)))
+    def found() -> list[ProblemParts]:  # in the file's order, as a later `--explorations` run reads them
+        return read_parts(explorations.path) if explorations.records else []
 
     while True:
         usable = sum(p.usable for p in found())
@@ -207,9 +206,13 @@ def synthesize_all(
     problems: list[ProblemParts], n: int, config: RunConfig, synthesizer: EngineHandle, records: RecordFile
 ) -> None:
     """One synthesis per problem and condition not yet in `records`, each appended as it finishes."""
-    records.check_problems((f"{p.problem.id}/{name}", p.problem) for p in problems for name in CONDITIONS)
-    todo = {p.problem.id: [c for c in build_conditions(p, n, config.seed) if record_id(p, c) not in records]
-            for p in problems}  # fmt: skip
+    records.check_problems((record_id(p.problem.id, c), p.problem) for p in problems for c in CONDITIONS)
+    todo = {
+        p.problem.id: [
+            c for c in build_conditions(p, n, config.seed) if record_id(p.problem.id, c.name) not in records
+        ]
+        for p in problems
+    }
     count = sum(map(len, todo.values()))
 
     def syntheses(parts: ProblemParts, conditions: list[Condition]) -> list[Callable[[], Any]]:
@@ -236,8 +239,9 @@ def synthesize_all(
         )
 
 
-def record_id(parts: ProblemParts, condition: Condition) -> str:
-    return f"{parts.problem.id}/{condition.name}"
+def record_id(problem_id: str, condition: str) -> str:
+    """The key of one synthesis in references.jsonl."""
+    return f"{problem_id}/{condition}"
 
 
 def result_line(
@@ -245,19 +249,19 @@ def result_line(
 ) -> dict[str, Any]:
     """references.jsonl's line for one synthesis: what it was shown, what it answered, how that scores."""
     problem = parts.problem
-    synthesis = graded(synthesis, problem.answer, record_id(parts, condition))
+    rid = record_id(problem.id, condition.name)
+    synthesis = graded(synthesis, problem.answer, rid)
     majority = condition.majority
     return {
-        "id": record_id(parts, condition),
+        "id": rid,
         "problem_id": problem.id,
         "condition": condition.name,
         "problem": problem.problem,
         "gold": problem.answer,
         "config": config,
         "majority": majority,
-        "references": [
-            asdict(r) for r in condition.references
-        ],  # the prompt's order: synthesizer.reference_order
+        # As drawn; the prompt's order is synthesizer.reference_order.
+        "references": [asdict(r) for r in condition.references],
         "synthesizer": synthesis.to_json(),
         "right": bool(synthesis.correct),
         "copied": None if majority is None else is_equivalent(majority, synthesis.answer),
@@ -332,8 +336,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]error:[/] {exc}")
         return 2
     except (KeyboardInterrupt, RuntimeError, ValueError) as exc:  # RuntimeError: an engine (EngineError)
-        return cli.stopped(exc, f"finished syntheses are kept in {records.path}")
-    lines = [records.records[f"{p.problem.id}/{name}"] for p in problems for name in CONDITIONS]
+        return cli.stopped(exc, f"finished explorations and syntheses are kept in {output}")
+    lines = [records.records[record_id(p.problem.id, c)] for p in problems for c in CONDITIONS]
     summary = summarize(lines, records.config)
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.json:

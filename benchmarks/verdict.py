@@ -21,6 +21,13 @@ from benchmarks.conditions import CONDITIONS
 
 Z95 = 1.959964  # the standard normal quantile of a two-sided 95% interval
 RESIST_BELOW = 50.0  # percent of wrong_majority problems copied: "more often than not" resisted
+READS, COPIES, IGNORES, MIXED = (
+    "reads its references",
+    "copies the majority",
+    "ignores its references",
+    "mixed",
+)
+VERDICTS = (READS, COPIES, IGNORES, MIXED)
 THRESHOLDS = (
     "beyond noise = Wilson 95% intervals that do not overlap; follows right evidence = right more often "
     "with all_right than with agreeing_wrong references, beyond noise; resists a wrong majority = copies it "
@@ -138,9 +145,9 @@ def verdict(profiles: dict[str, Profile]) -> Verdict:
             "reads its references", f"it follows right evidence and resists a wrong majority: {figures}"
         )
     if follows:
-        return Verdict("copies the majority", f"it follows its references, wrong majorities too: {figures}")
+        return Verdict(COPIES, f"it follows its references, wrong majorities too: {figures}")
     if informed.near(misled) and informed.near(solo) and misled.near(solo):
-        return Verdict("ignores its references", f"its answers do not move with them: {figures}")
+        return Verdict(IGNORES, f"its answers do not move with them: {figures}")
     pairs = {"all_right": informed, "agreeing_wrong": misled, "solo": solo}
     differ = [f"{a} above {b}" for a, x in pairs.items() for b, y in pairs.items() if a != b and x.above(y)]
-    return Verdict("mixed", f"right more often with {', '.join(differ)} (beyond noise): {figures}")
+    return Verdict(MIXED, f"right more often with {', '.join(differ)} (beyond noise): {figures}")

@@ -40,7 +40,7 @@ from benchmarks.conditions import (
     build_conditions,
     read_parts,
 )
-from benchmarks.verdict import THRESHOLDS, Outcome, Profile, verdict
+from benchmarks.verdict import THRESHOLDS, Measures, Outcome, verdict
 from engine.launch import EngineError, check_remote, serve
 from engine.layout import EngineConfig, Engines
 from programs import cli
@@ -54,8 +54,7 @@ from programs.datasets import DatasetError, load_problems
 from programs.engine_handle import EngineHandle
 from programs.executor import TwoStageExecutor
 from programs.pipeline import Pipeline
-from programs.profile import Profile as RunProfile
-from programs.profile import choose_profile
+from programs.profile import Profile, choose_profile
 from programs.synthesizer import run_synthesizer
 
 # The shared run flags this probe has no use for: it never stops paths early, always synthesizes, and
@@ -118,7 +117,7 @@ def messages_to_stderr(on: bool) -> Iterator[None]:
         console.stderr = previous
 
 
-def synthesizer_alone(args: argparse.Namespace, device: str) -> tuple[RunProfile, Engines]:
+def synthesizer_alone(args: argparse.Namespace, device: str) -> tuple[Profile, Engines]:
     """The synthesizer's engine only, for references read from a file: the one named, or the profile's."""
     named = args.synthesizer_model or args.synthesizer_url
     profile = choose_profile(args.profile, device, bool(named))
@@ -277,7 +276,7 @@ def summarize(lines: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, 
         outcomes = [Outcome(line["right"], line["copied"]) for line in mine]
         rewritten = sum(r["rewritten_from"] is not None for line in mine for r in line["references"])
         reused = sum(r["reused"] for line in mine for r in line["references"])
-        profiles[name] = Profile.of(outcomes, rewritten, reused)
+        profiles[name] = Measures.of(outcomes, rewritten, reused)
     found = verdict(profiles)
     return {
         "conditions": {name: p.to_json() for name, p in profiles.items()},

@@ -86,7 +86,7 @@ class Share:
 
 
 @dataclass(frozen=True)
-class Profile:
+class Measures:
     """One condition's measures over its problems."""
 
     right: Share
@@ -96,7 +96,7 @@ class Profile:
     reused: int
 
     @classmethod
-    def of(cls, outcomes: Sequence[Outcome], rewritten: int = 0, reused: int = 0) -> Profile:
+    def of(cls, outcomes: Sequence[Outcome], rewritten: int = 0, reused: int = 0) -> Measures:
         total = len(outcomes)
         right = sum(o.right for o in outcomes)
         copied = sum(bool(o.copied) for o in outcomes)
@@ -127,7 +127,7 @@ class Verdict:
     because: str
 
 
-def verdict(profiles: dict[str, Profile]) -> Verdict:
+def verdict(profiles: dict[str, Measures]) -> Verdict:
     """The verdict on a profile of every condition, by the module's thresholds."""
     missing = [c for c in CONDITIONS if c not in profiles]
     if missing:

@@ -21,7 +21,7 @@ from benchmarks.conditions import (
     rewrite,
 )
 from benchmarks.references import main, summarize
-from benchmarks.verdict import VERDICTS, Outcome, Profile, verdict
+from benchmarks.verdict import VERDICTS, Measures, Outcome, verdict
 from engine.ports import free_port
 from programs.core.grading import extract_boxed
 from programs.core.records import Problem
@@ -106,12 +106,12 @@ def test_conditions_are_seeded_per_problem():
         build_conditions(ProblemParts(PARTS.problem, PARTS.right), 4, 0)
 
 
-def profile(right: int, copied: int, total: int = 40, majority: bool = True) -> Profile:
+def profile(right: int, copied: int, total: int = 40, majority: bool = True) -> Measures:
     """`right` right answers, `copied` answers that gave a wrong majority's answer, the rest other."""
     if not majority:
-        return Profile.of([Outcome(True, None)] * right + [Outcome(False, None)] * (total - right))
+        return Measures.of([Outcome(True, None)] * right + [Outcome(False, None)] * (total - right))
     outcomes = [Outcome(True, False)] * right + [Outcome(False, True)] * copied
-    return Profile.of(outcomes + [Outcome(False, False)] * (total - right - copied))
+    return Measures.of(outcomes + [Outcome(False, False)] * (total - right - copied))
 
 
 def profiles(all_right: int, agreeing_wrong: int, solo: int, wrong_majority: tuple[int, int]) -> dict:

@@ -155,7 +155,7 @@ class Service:
     def healthy(self) -> bool:
         for handle in {self.explorer.url: self.explorer, self.synthesizer.url: self.synthesizer}.values():
             try:
-                get_json(f"{handle.url}/model_info", timeout=5)
+                get_json(f"{handle.url}/get_model_info", timeout=5)  # the route a gateway forwards too
             except (OSError, ValueError):
                 return False
         return True
@@ -297,7 +297,11 @@ def build_app(service: Service, api_key: str | None = None) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         authorize(request)
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "a2r", "description": about}
+        # Each model's context as SGLang's own server gives it: a2r's prompt also reaches the synthesizer.
+        context = {"a2r": min(service.explorer.context_length, service.synthesizer.context_length),
+                   "self-consistency": service.explorer.context_length}  # fmt: skip
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "a2r", "description": about,
+                 "max_model_len": context[name], "context_length": context[name]}
                 for name, about in MODELS.items()]  # fmt: skip
         return {"object": "list", "data": data}
 

@@ -1,11 +1,12 @@
 """SGLang's gateway, `smg`, in front of several SGLang workers: launch it, read its workers, abort through it.
 
-    smg launch --host 127.0.0.1 --port 30000 --policy cache_aware --worker-urls http://w1:30001 http://w2:30002
+    smg launch --host 127.0.0.1 --port 30000 --policy cache_aware --worker-warmup-divert-every 0 \
+        --worker-urls http://w1:30001 http://w2:30002
 
 The gateway forwards `/generate`, `/get_model_info` and `/get_server_info` to its workers, and with cache-aware
 routing sends a prompt to the worker whose radix cache holds it, so a fork's N paths land where their
 prompt's prefill did. It has no `/abort_request` (404) and no `/v1/loads`: `GatewayEndpoint` sends each abort
-to every worker itself, and `Gateway.workers` gives the worker URLs whose loads a caller reads.
+to every worker itself, and `GatewayEndpoint.workers` gives the worker URLs whose loads a caller reads.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ from engine.ports import check_port_free, free_ports
 from engine.spec import EngineError, EngineSpec
 from engine.workers import Worker, check_workers, describe
 
-GATEWAY = (
-    "-m",
-    "smg",
-)  # SGLang's gateway (`pip install smg`, the successor of sglang-router), as `smg` runs it
+# SGLang's gateway (`pip install smg`, the successor of sglang-router), run as its `smg` command runs it.
+GATEWAY = ("-m", "smg")
 POLICY = "cache_aware"
 GATEWAY_READY_S = 60.0  # the gateway itself starts in seconds; this covers registering slow workers
 METRIC = "sglang:num_requests_total{"  # a worker's finished requests, per label set
@@ -37,6 +36,7 @@ WORKER_CHECK_S = 5.0  # how long a worker may take to answer an abort, or to say
 
 
 def answers(url: str, timeout: float = WORKER_CHECK_S) -> bool:
+    """Whether the SGLang server at `url` says it is healthy within `timeout`."""
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
             return response.status == 200

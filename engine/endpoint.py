@@ -183,14 +183,23 @@ class PathEndpoint(RuntimeEndpoint):
                 break
             yield reply.add(json.loads(line[5:]))
 
+    def lost(self, error: Exception) -> Exception:
+        """What a failed request's `error` means for the run: one engine has no other worker to go on with."""
+        return error
+
     def abort(self, rid: str) -> None:
         """Stop the request `rid` (an aborted request still returns its text so far, finish reason `abort`).
 
         An empty id would stop every request on the engine, and an id without `RID_END` every request it
         prefixes, so both are refused."""
-        if not rid.endswith(RID_END) or len(rid) == len(RID_END):
-            raise ValueError(f"refusing to abort {rid!r}: only ids from request_ids() address one request")
+        check_abortable(rid)
         post(self.base_url, "/abort_request", {"rid": rid}, key=self.api_key)
+
+
+def check_abortable(rid: str) -> None:
+    """Refuse an id that would abort more than one request (SGLang aborts every id the given one prefixes)."""
+    if not rid.endswith(RID_END) or len(rid) == len(RID_END):
+        raise ValueError(f"refusing to abort {rid!r}: only ids from request_ids() address one request")
 
 
 def connect(spec: EngineSpec, dp_size: int = 1, incremental: bool = False) -> PathEndpoint:

@@ -29,6 +29,7 @@ import psutil
 from engine.layout import ENGINE_KEY_ENV, Engines
 from engine.ports import check_port_free, listeners
 from engine.spec import EngineError, EngineSpec, is_server, launch_command, launch_env, write_key_file
+from engine.workers import check_workers, describe
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +181,10 @@ def check_ours(spec: EngineSpec, process: subprocess.Popen, log: Path) -> None:
 
 
 def check_remote(spec: EngineSpec) -> None:
+    """Refuse a URL where no SGLang server answers, or a gateway there that cannot serve one role."""
+    workers = describe(spec.base_url)
+    if workers is not None:
+        check_workers(spec.base_url, workers)
     try:
         model_info(spec)
     except urllib.error.HTTPError as exc:

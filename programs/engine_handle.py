@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from transformers import AutoTokenizer
 
 from engine.endpoint import PathEndpoint, connect
+from engine.gateway import GatewayEndpoint
 from engine.launch import EngineError, context_length, flush_cache, model_info, post, server_info
 from engine.layout import Engines
 from engine.spec import EngineSpec
+from engine.workers import check_workers, describe
 from programs.core.prompts import chat_prompt
 
 MAX_IN_FLIGHT = 64  # frontend threads per problem are cheap, but not free
@@ -32,6 +34,13 @@ class EngineHandle:
 
     @classmethod
     def attach(cls, spec: EngineSpec) -> EngineHandle:
+        # A URL may be SGLang's gateway: its workers' model and context, their KV pools added up.
+        workers = None if spec.launched else describe(spec.base_url)
+        if workers is not None:
+            workers = check_workers(spec.base_url, workers)
+            spec = replace(
+                spec, context_length=spec.context_length or min(w.context_length or 0 for w in workers)
+            )
         info, context = model_info(spec), context_length(spec)
         try:
             server = server_info(spec)
@@ -48,7 +57,11 @@ class EngineHandle:
         dp = int(server.get("dp_size") or spec.dp)
         kv = server.get("max_total_num_tokens")
         incremental = bool(server.get("incremental_streaming_output"))
-        return cls(connect(spec, dp, incremental), tokenizer, context, kv * dp if kv else None)
+        if workers is None:
+            return cls(connect(spec, dp, incremental), tokenizer, context, kv * dp if kv else None)
+        return cls(
+            GatewayEndpoint(spec.base_url, dp), tokenizer, context, kv * dp * len(workers) if kv else None
+        )
 
     @classmethod
     def attach_roles(cls, engines: Engines) -> tuple[EngineHandle, EngineHandle]:

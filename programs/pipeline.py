@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from engine.endpoint import synthesis_id
+from engine.gateway import WorkerLost
 from programs.chunked import Chunking
 from programs.core.config import RunConfig
 from programs.core.metrics import answer_groups
@@ -59,9 +60,20 @@ class Pipeline:
         confident = cfg.keep_confident is not None
         backend = self.explorer.backend
         chunking = Chunking(cfg.probe_every, cfg.force_answer, cfg.probe_prefix)
-        paths = run_explorer(
-            backend, prompt, cfg.explorer, seeds, cfg.stop_policy, confident, cfg.online_stop, batch, chunking
-        )
+        try:
+            paths = run_explorer(
+                backend,
+                prompt,
+                cfg.explorer,
+                seeds,
+                cfg.stop_policy,
+                confident,
+                cfg.online_stop,
+                batch,
+                chunking,
+            )
+        except RuntimeError as exc:
+            raise backend.lost(exc) from exc
         if not confident:
             return paths
         keep = most_confident([p.confidence for p in paths], [p.kept for p in paths], cfg.keep_confident)
@@ -91,7 +103,10 @@ class Pipeline:
         seed = cfg.path_seed(problem.id, cfg.n) if seed is None else seed
         parts = [paths[i].answer_part for i in kept]
         rid = synthesis_id(batch) if batch else None
-        record = run_synthesizer(self.synthesizer, problem.problem, parts, cfg, seed, rid, on_text, stop)
+        try:
+            record = run_synthesizer(self.synthesizer, problem.problem, parts, cfg, seed, rid, on_text, stop)
+        except RuntimeError as exc:
+            raise self.synthesizer.backend.lost(exc) from exc
         return replace(record, reference_order=[kept[j] for j in record.reference_order])
 
     def run(
@@ -103,7 +118,8 @@ class Pipeline:
         """Solve every problem, handing each finished record to `on_record` as soon as it is done.
 
         `max_in_flight` caps the problems explored at once below what the KV pool would allow. A problem the
-        engine cannot take fails alone: its record carries the `error`. An engine error ends the run: records
+        engine cannot take, or whose worker behind a gateway died, fails alone: its record carries the `error`
+        (`--retry-failed` solves it again). Any other engine error ends the run: records
         already handed over stay, unfinished problems are redone by the next run.
         """
         config = self.config.to_dict()
@@ -127,5 +143,5 @@ class Pipeline:
             syntheses,
             on_finished=finished,
             on_failed=failed,
-            item_errors=(UnservableProblem,),
+            item_errors=(UnservableProblem, WorkerLost),
         )

@@ -207,7 +207,7 @@ class Service:
     @staticmethod
     def _answers(handle: EngineHandle) -> bool:
         try:
-            get_json(f"{handle.url}/model_info", timeout=5, key=handle.key)
+            get_json(f"{handle.url}/get_model_info", timeout=5, key=handle.key)  # a gateway forwards it too
         except (OSError, ValueError):
             return False
         return True
@@ -360,7 +360,11 @@ def build_app(service: Service, api_key: str | None = None, max_body_bytes: int 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         authorize(request)
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "a2r", "description": about}
+        # Each model's context as SGLang's own server gives it: a2r's prompt also reaches the synthesizer.
+        context = {"a2r": min(service.explorer.context_length, service.synthesizer.context_length),
+                   "self-consistency": service.explorer.context_length}  # fmt: skip
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "a2r", "description": about,
+                 "max_model_len": context[name], "context_length": context[name]}
                 for name, about in MODELS.items()]  # fmt: skip
         return {"object": "list", "data": data}
 

@@ -89,14 +89,13 @@ def test_a_query_that_cannot_fit_is_refused_before_sending(stage):
         fit_references(stage.tokenizer, "word " * 500, ["a", "b"], budget=100)
 
 
-def test_pipeline_streams_synthesis_while_later_problems_explore(stage, monkeypatch):
-    monkeypatch.setattr(
-        EngineHandle, "in_flight", lambda self, tokens, fallback=8: 1
-    )  # one synthesis at a time
+def test_pipeline_streams_synthesis_while_later_problems_explore(stage):
     config = CONFIG
     problems = [Problem(str(i), fresh_question(), "42") for i in range(3)]
     records = []
-    Pipeline(config, stage, stage).run(problems, records.append, max_in_flight=1)  # one explored at a time
+    Pipeline(config, stage, stage).run(
+        problems, records.append, slots=(1, 1)
+    )  # one explored, one synthesized
     assert sorted(r.id for r in records) == ["0", "1", "2"]
     by_id = {r.id: r.timings for r in records}
     # Problem 0 was synthesized before problem 2 had finished exploring: no stage waits for the dataset.

@@ -1,0 +1,49 @@
+"""A first run shows its user the project's own lines: other libraries' warnings and progress bars go to
+logs. Each command runs as a user types it, piped."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# What other libraries print when left alone: a Python warning's source line, a logging record, a tqdm bar.
+FOREIGN = ("warnings.warn(", "Warning:", "[WARNING]", "%|")
+
+
+def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *argv],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_building_the_offline_pair_sends_library_output_to_its_log(tmp_path):
+    done = run("programs.offline.model", "--untrained", env={"A2R_CACHE": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).is_dir()  # stdout carries the model's folder alone
+    for foreign in FOREIGN:
+        assert foreign not in done.stderr
+    (log,) = tmp_path.glob("*.log")
+    assert "Writing model shards" in log.read_text()  # transformers' bar, one per model saved
+
+
+@pytest.mark.engine
+def test_a_run_shows_progress_and_results_and_leaves_library_output_in_its_logs(offline_pair, tmp_path):
+    output = tmp_path / "run"
+    done = run("programs.a2r", "--n", "4", "--limit", "2", "--output", str(output))
+    shown = done.stdout + done.stderr
+    assert done.returncode == 0, shown
+    assert "A2R@4" in shown and f"records: {output / 'records.jsonl'}" in shown
+    for foreign in FOREIGN:
+        assert foreign not in shown, shown
+    logs = "".join(log.read_text(errors="replace") for log in (output / "logs").glob("*.log"))
+    assert "warnings.warn(" in logs  # the engines warn as they start: their logs keep it

@@ -246,7 +246,11 @@ class BuildProgress:
             TextColumn("left"),
         )
         live = self.console.is_terminal and steps > 0
-        self.progress = Progress(*columns, console=self.console, disable=not live)
+        # rich would route sys.stdout and sys.stderr through the bar's console, to the terminal: they are left
+        # to carry other libraries' output to the build's log (`foreign_output_to`).
+        self.progress = Progress(
+            *columns, console=self.console, disable=not live, redirect_stdout=False, redirect_stderr=False
+        )
         self.task = self.progress.add_task("build", total=steps, role="explorer")
         self.next_line = time.monotonic() + PROGRESS_EVERY_S
 

@@ -22,7 +22,7 @@ Where self-consistency loses time against the raw engine (`benchmarks.overhead`,
 problem, fork's prefix commit (one more HTTP round trip, waited for before the paths start), N path requests
 instead of one request with n=N (each parsed and re-tokenized by the engine), the frontend's threads, and the
 time a freed slot waits for its next problem's prompt. Every one is a fixed cost per problem, so its share of
-the time falls as paths get longer; the README's table gives each item's measured share at each swept length.
+the time falls as paths get longer; docs/results-cpu.md gives each item's measured share at each swept length.
 Each mode also records the CPU seconds this process (the frontend) and every local engine's processes used
 (`cpu_s`: scheduler, server, detokenizer; `engine.cpu_use`), so where a core's time went is read, not guessed.
 """

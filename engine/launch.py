@@ -33,7 +33,7 @@ from engine.workers import check_workers, describe
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_EVERY_S = 30.0  # while an engine starts, say how long it has taken and what its log says
+PROGRESS_EVERY_S = 30.0  # while an engine starts, say how long it has taken and what it is doing
 REMOTE_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
 FLUSH_WAIT_S = 30.0
@@ -130,24 +130,42 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def last_log_line(path: Path) -> str:
-    """The server's latest log line; a download's progress bar redraws its line with carriage returns."""
-    text = path.read_text(errors="replace") if path.exists() else ""
-    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
-    return lines[-1][:200] if lines else "(nothing logged yet)"
+# What an SGLang server's log says it has reached, in the order it gets there (SGLang 0.5.23's lines): while
+# it starts, the run shows the last of these its log holds. A download comes while weights load.
+STARTUP_PHASES = (
+    ("server_args=", "starting its scheduler"),
+    ("Init parallel begin", "setting up its workers"),
+    ("Init torch distributed", "setting up its workers"),
+    ("Load weight begin", "loading weights"),
+    ("Fetching ", "downloading weights"),
+    ("checkpoint shards", "loading weights"),
+    ("Load weight end", "allocating its KV cache"),
+    ("Memory pool end", "warming up"),
+    ("graph begin", "capturing graphs"),
+    ("graph end", "warming up"),
+    ("Uvicorn running", "warming up"),
+    ("fired up and ready", "ready"),
+)
+
+
+def startup_phase(log: Path) -> str:
+    """What the server is doing, from the furthest of STARTUP_PHASES its log shows ("starting" before any)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    reached = [phase for marker, phase in STARTUP_PHASES if marker in text]
+    return reached[-1] if reached else "starting"
 
 
 def wait_ready(spec: EngineSpec, process: subprocess.Popen, log: Path, timeout: float) -> None:
     """Poll the server's health route until it answers, the process dies, or `timeout` passes, saying every
-    PROGRESS_EVERY_S how long it has waited and what the server is doing."""
+    PROGRESS_EVERY_S how long it has waited and what the server is doing (its log stays in `log`)."""
     start = time.monotonic()
     deadline, next_report = start + timeout, start + PROGRESS_EVERY_S
     while time.monotonic() < deadline:
         if time.monotonic() >= next_report:
             next_report = time.monotonic() + PROGRESS_EVERY_S
             print(
-                f"starting {spec.model} on port {spec.port}: {time.monotonic() - start:.0f} s of {timeout:.0f} s; "
-                f"{last_log_line(log)}",
+                f"starting {spec.model} on port {spec.port}: {startup_phase(log)}, "
+                f"{time.monotonic() - start:.0f} s so far (timeout {timeout:.0f} s)",
                 file=sys.stderr,
                 flush=True,
             )

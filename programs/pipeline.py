@@ -114,13 +114,16 @@ class Pipeline:
         problems: Iterable[Problem],
         on_record: Callable[[ProblemRecord], None],
         max_in_flight: int | None = None,
+        *,
+        slots: tuple[int, int] | None = None,
     ) -> None:
         """Solve every problem, handing each finished record to `on_record` as soon as it is done.
 
-        `max_in_flight` caps the problems explored at once below what the KV pool would allow. A problem the
-        engine cannot take, or whose worker behind a gateway died, fails alone: its record carries the `error`
-        (`--retry-failed` solves it again). Any other engine error ends the run: records
-        already handed over stay, unfinished problems are redone by the next run.
+        `max_in_flight` caps the problems explored at once below what the KV pool would allow; `slots` fixes
+        the problems explored and synthesized at once instead of asking the engines (`stage_slots`). A problem
+        the engine cannot take, or whose worker behind a gateway died, fails alone: its record carries the
+        `error` (`--retry-failed` solves it again). Any other engine error ends the run: records already handed
+        over stay, unfinished problems are redone by the next run.
         """
         config = self.config.to_dict()
 
@@ -136,7 +139,7 @@ class Pipeline:
             stage = "synthesis" if paths is not None else "exploration"
             on_record(ProblemRecord.build(problem, config, paths or [], None, {}, error=f"{stage}: {error}"))
 
-        slots = stage_slots(self.config, self.explorer, self.synthesizer, max_in_flight)
+        slots = slots or stage_slots(self.config, self.explorer, self.synthesizer, max_in_flight)
         TwoStageExecutor(*slots).run(
             problems,
             self.explore,

@@ -17,6 +17,19 @@ from engine.layout import ENGINE_KEY_ENV, EngineConfig, Engines, plan
 from engine.ports import free_port
 from programs.offline.model import OfflineModels, offline_models
 
+ENGINE_FIXTURES = frozenset({"cpu_engine", "cpu_pair"})  # the fixtures here that start an SGLang engine
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `engine` every test that uses an engine fixture, directly or through another fixture, so that
+    `pytest -m "not engine"` runs the rest in a minute. A test module names its own engine fixtures in its
+    ENGINE_FIXTURES; a test that starts engines itself (a command run as a subprocess, `serve` called
+    directly) carries the mark."""
+    for item in items:
+        engines = ENGINE_FIXTURES.union(getattr(getattr(item, "module", None), "ENGINE_FIXTURES", ()))
+        if engines & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # A killed test run (CI's time limit, `timeout`) must still stop its engines: SIGTERM takes the

@@ -188,6 +188,7 @@ def test_remote_url_that_does_not_answer(capsys, tmp_path, port):
     assert code == 1 and "no SGLang server answers" in out
 
 
+@pytest.mark.engine  # SGLang's server starts, then fails on the model
 def test_engine_that_fails_to_start_shows_its_log(capsys, tmp_path, port):
     broken = tmp_path / "broken-model"
     broken.mkdir()

@@ -1,6 +1,7 @@
 """Engine planning and launch commands: the GPU layouts cannot run here, so their arguments are checked."""
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from engine import launch
-from engine.launch import context_length, last_log_line, wait_ready
+from engine.launch import context_length, startup_phase, wait_ready
 from engine.layout import EngineConfig, plan
 from engine.spec import (
     CPU_KERNEL_DIR,
@@ -217,17 +218,21 @@ def test_an_attention_backend_can_be_chosen():
     assert {flags(launch_command(s))["--attention-backend"] for s in engines.to_launch} == {"triton"}
 
 
-def test_the_last_log_line_is_the_latest_redraw_of_a_progress_bar(tmp_path):
+def test_the_start_up_phase_is_the_furthest_the_servers_log_has_reached(tmp_path):
     log = tmp_path / "e.log"
-    assert last_log_line(log) == "(nothing logged yet)"
-    log.write_text("Loading weights\nconfig.json: 100%\nmodel.safetensors: 40%\rmodel.safetensors: 80%\r")
-    assert last_log_line(log) == "model.safetensors: 80%"
+    assert startup_phase(log) == "starting"
+    log.write_text("[2026] server_args=ServerArgs(model_path='m', ...)\n  warnings.warn(\n")
+    assert startup_phase(log) == "starting its scheduler"
+    log.write_text(log.read_text() + "[2026] Load weight begin. avail mem=3.1 GB\nFetching 5 files:  40%|\r")
+    assert startup_phase(log) == "downloading weights"
+    log.write_text(log.read_text() + "[2026] Load weight end. elapsed=0.1 s\n  warnings.warn(\n")
+    assert startup_phase(log) == "allocating its KV cache"
 
 
 def test_waiting_for_an_engine_says_how_long_and_what_it_is_doing(tmp_path, monkeypatch, capsys, port):
     monkeypatch.setattr(launch, "PROGRESS_EVERY_S", 0.2)
     log = tmp_path / "e.log"
-    log.write_text("model.safetensors: 40%\rmodel.safetensors: 80%")
+    log.write_text("[2026] Load weight begin. avail mem=3.1 GB\n  warnings.warn(\n")
     process = subprocess.Popen(["sleep", "30"])  # alive, answering nothing
     try:
         with pytest.raises(EngineError, match="not ready after 2 s"):
@@ -240,8 +245,9 @@ def test_waiting_for_an_engine_says_how_long_and_what_it_is_doing(tmp_path, monk
         len(reports) >= 2
     )  # the health route is polled every 0.5 s, each poll past 0.2 s since the last report
     for report in reports:
-        assert report.startswith(f"starting org/model on port {port}: ") and " s of 2 s; " in report
-        assert report.endswith("model.safetensors: 80%")
+        assert re.fullmatch(
+            rf"starting org/model on port {port}: loading weights, \d+ s so far \(timeout 2 s\)", report
+        )
 
 
 def test_cpu_layout_splits_the_cores_this_process_may_use():

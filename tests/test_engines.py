@@ -28,6 +28,7 @@ from programs.offline.model import offline_models
 from programs.pipeline import Pipeline
 
 
+@pytest.mark.engine
 def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model, tmp_path, port):
     other = offline_models(
         seed=1, trained=False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from itertools import pairwise
 
 import pytest
 
@@ -89,18 +90,19 @@ def test_a_query_that_cannot_fit_is_refused_before_sending(stage):
         fit_references(stage.tokenizer, "word " * 500, ["a", "b"], budget=100)
 
 
-def test_pipeline_streams_synthesis_while_later_problems_explore(stage, monkeypatch):
-    monkeypatch.setattr(
-        EngineHandle, "in_flight", lambda self, tokens, fallback=8: 1
-    )  # one synthesis at a time
+def test_pipeline_streams_synthesis_while_later_problems_explore(stage):
     config = CONFIG
     problems = [Problem(str(i), fresh_question(), "42") for i in range(3)]
     records = []
-    Pipeline(config, stage, stage).run(problems, records.append, max_in_flight=1)  # one explored at a time
+    # One problem explored and one synthesized at a time.
+    Pipeline(config, stage, stage).run(problems, records.append, slots=(1, 1))
     assert sorted(r.id for r in records) == ["0", "1", "2"]
     by_id = {r.id: r.timings for r in records}
     # Problem 0 was synthesized before problem 2 had finished exploring: no stage waits for the dataset.
     assert by_id["0"]["synthesis_started_at"] < by_id["2"]["explored_at"]
+    for began, ended in ("explore_started_at", "explored_at"), ("synthesis_started_at", "synthesized_at"):
+        spans = sorted((t[began], t[ended]) for t in by_id.values())
+        assert all(first[1] <= second[0] for first, second in pairwise(spans))  # the slots held: no overlap
     for record in records:
         assert len(record.paths) == 2 and record.synthesizer.text
         assert set(record.self_consistency) == {"answer", "correct"}

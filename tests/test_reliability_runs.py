@@ -106,6 +106,7 @@ def wait_until_gone(processes: list[psutil.Process], seconds: float = 30) -> lis
     return left
 
 
+@pytest.mark.engine
 @pytest.mark.usefixtures("tiny_model")
 def test_kill_9_of_a_run_takes_its_engine_down_and_the_rerun_completes(tmp_path, port):
     process = start_a2r(tmp_path, port, problems=40)
@@ -121,6 +122,7 @@ def test_kill_9_of_a_run_takes_its_engine_down_and_the_rerun_completes(tmp_path,
     assert "already in" in output
 
 
+@pytest.mark.engine
 @pytest.mark.usefixtures("tiny_model")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_the_run_in_seconds_with_130_one_line_and_no_engine(tmp_path, port, signum):

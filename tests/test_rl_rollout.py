@@ -42,6 +42,7 @@ from rl.train import REWARD_FILE
 from rl.vllm_standin import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
+ENGINE_FIXTURES = ("rollout",)  # an SGLang server behind the rollout actor (tests/conftest.py marks)
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,12 @@ asymmetric pair A2R is built for:
 - synthesizer: the trained explorer grown to 4 layers (`grow`: the new layers start as identities), then
   trained on synthesizer turns alone, to re-derive the answer whatever its references say.
 Both share a byte-level BPE tokenizer learned from the project's own math text and the synthetic task, and a
-Qwen3-style ChatML chat template with the `enable_thinking` switch. The first build trains both (about five
-minutes on two idle cores), so their answers mean something: the explorer's paths disagree and differ in
-length, and the synthesizer re-derives its answer instead of taking their vote (it does not yet weigh the
-references either: see the README). Random weights stay one flag away. A cache entry holds the pair and is
-built by one process at a time (a file lock next to it): the others wait and reuse it.
+Qwen3-style ChatML chat template with the `enable_thinking` switch. The first build trains both (about four
+minutes on two idle cores, with a progress bar), so their answers mean something: the explorer's paths
+disagree and differ in length, and the synthesizer re-derives its answer instead of taking their vote (it
+does not yet weigh the references either: see docs/offline-pair.md). Random weights stay one flag away. A
+cache entry holds the pair and is built by one process at a time (a file lock next to it): the others wait
+and reuse it. Other libraries' output during a build goes to a log next to it, not to the terminal.
 
     python -m programs.offline.model [--seed N] [--out DIR] [--untrained] [--role synthesizer]
                                                           # prints the role's model directory (explorer)
@@ -36,10 +37,21 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from programs.core import prompts
 from programs.core.jsonl import read_jsonl
+from programs.core.quiet import foreign_output_to
 from programs.datasets import DATA_DIR
 from programs.offline import task as synthetic
 from programs.offline import training
@@ -52,6 +64,7 @@ CORPUS_DIR = DATA_DIR  # the tokenizer also learns the words of the shipped prob
 CORPUS_FIELDS = ("problem", "question", "solution", "answer")  # text fields of the shipped datasets
 CACHE_ENV = "A2R_CACHE"
 TOKENIZER_TURNS = 2000  # synthetic turns the tokenizer also learns from
+PROGRESS_EVERY_S = 30.0  # piped, a build says where it is this often
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
@@ -215,20 +228,73 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, out_d
     ).save_pretrained(out_dir)
 
 
+class BuildProgress:
+    """A build's progress for its user on `stream`: on a terminal a bar with the time left, estimated from
+    the recent pace (rich's); piped, that estimate in a line every PROGRESS_EVERY_S. With no steps (random
+    weights) it shows nothing."""
+
+    def __init__(self, stream: TextIO, steps: int) -> None:
+        self.console = Console(file=stream, soft_wrap=True)
+        columns = (
+            TextColumn("training the {task.fields[role]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps"),
+            TimeElapsedColumn(),
+            TextColumn("elapsed, about"),
+            TimeRemainingColumn(),
+            TextColumn("left"),
+        )
+        live = self.console.is_terminal and steps > 0
+        # rich would route sys.stdout and sys.stderr through the bar's console, to the terminal: they are left
+        # to carry other libraries' output to the build's log (`foreign_output_to`).
+        self.progress = Progress(
+            *columns, console=self.console, disable=not live, redirect_stdout=False, redirect_stderr=False
+        )
+        self.task = self.progress.add_task("build", total=steps, role="explorer")
+        self.next_line = time.monotonic() + PROGRESS_EVERY_S
+
+    def __enter__(self) -> BuildProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def say(self, message: str) -> None:
+        self.console.print(message, markup=False, highlight=False)
+
+    def step(self, role: str) -> None:
+        self.progress.update(self.task, advance=1, role=role)
+        if self.console.is_terminal or time.monotonic() < self.next_line:
+            return
+        self.next_line = time.monotonic() + PROGRESS_EVERY_S
+        task = self.progress.tasks[0]
+        left = f", about {task.time_remaining / 60:.1f} min left" if task.time_remaining is not None else ""
+        self.say(
+            f"training the {role}: step {task.completed:.0f} of {task.total:.0f} after {task.elapsed:.0f} s{left}"
+        )
+
+
 def build_offline_models(
-    out_dir: Path, seed: int = 0, corpus_dir: Path = CORPUS_DIR, trained: bool = True
+    out_dir: Path,
+    seed: int = 0,
+    corpus_dir: Path = CORPUS_DIR,
+    trained: bool = True,
+    terminal: TextIO | None = None,
 ) -> OfflineModels:
     """Build the pair into `out_dir` (`explorer/`, `synthesizer/`), trained or with random weights,
     atomically: it is staged next to it and renamed into place, so readers see a complete pair or none. If
     another process finishes the same build first, its copy stays. A trained model keeps its account in
-    training.json. SIGTERM removes the staging folder before it ends the process (see `_unwind_on_sigterm`)."""
+    training.json, and the build's progress goes to `terminal` (default: stderr). SIGTERM removes the
+    staging folder before it ends the process (see `_unwind_on_sigterm`)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _unwind_on_sigterm():
-        return _build(out_dir, seed, corpus_dir, trained)
+        return _build(out_dir, seed, corpus_dir, trained, terminal or sys.stderr)
 
 
-def _build(out_dir: Path, seed: int, corpus_dir: Path, trained: bool) -> OfflineModels:
+def _build(out_dir: Path, seed: int, corpus_dir: Path, trained: bool, terminal: TextIO) -> OfflineModels:
     staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out_dir), dir=out_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the models are meant to be shared like any cache entry
     staged = OfflineModels.inside(staging)
@@ -236,19 +302,29 @@ def _build(out_dir: Path, seed: int, corpus_dir: Path, trained: bool) -> Offline
         tokenizer = build_tokenizer(
             itertools.chain(corpus_texts(corpus_files(corpus_dir)), synthetic_texts())
         )
-        if trained:
-            log_progress(f"Training the offline explorer and synthesizer (seed {seed}; about five minutes on two "
-                f"idle cores, once: they are cached in {out_dir.parent})")  # fmt: skip
-        explorer = init_weights(build_config(tokenizer), seed)
-        if trained:
-            explorer = _train(explorer, tokenizer, seed, EXPLORER_RECIPE, staged.explorer, "explorer")
-        save_model(explorer, tokenizer, staged.explorer)
-        synthesizer = grow(explorer, tokenizer, SYNTHESIZER_LAYERS)
-        if trained:
-            synthesizer = _train(
-                synthesizer, tokenizer, seed, SYNTHESIZER_RECIPE, staged.synthesizer, "synthesizer"
-            )
-        save_model(synthesizer, tokenizer, staged.synthesizer)
+        steps = EXPLORER_RECIPE.steps + SYNTHESIZER_RECIPE.steps if trained else 0
+        with BuildProgress(terminal, steps) as progress:
+            if trained:
+                progress.say(f"Training the offline explorer and synthesizer (seed {seed}; about four minutes "
+                    f"on two idle cores, once: they are cached in {out_dir.parent})")  # fmt: skip
+            explorer = init_weights(build_config(tokenizer), seed)
+            if trained:
+                explorer = _train(
+                    explorer, tokenizer, seed, EXPLORER_RECIPE, staged.explorer, progress, "explorer"
+                )
+            save_model(explorer, tokenizer, staged.explorer)
+            synthesizer = grow(explorer, tokenizer, SYNTHESIZER_LAYERS)
+            if trained:
+                synthesizer = _train(
+                    synthesizer,
+                    tokenizer,
+                    seed,
+                    SYNTHESIZER_RECIPE,
+                    staged.synthesizer,
+                    progress,
+                    "synthesizer",
+                )
+            save_model(synthesizer, tokenizer, staged.synthesizer)
         try:
             os.rename(staging, out_dir)
         except OSError:
@@ -265,13 +341,14 @@ def _train(
     seed: int,
     recipe: TrainRecipe,
     out: Path,
+    progress: BuildProgress,
     role: str,
 ) -> PreTrainedModel:
     """`model` trained by `recipe`, its account (seed, recipe, seconds, losses) written to out/training.json."""
     start = time.perf_counter()
-    model, losses = train(model, tokenizer, seed, recipe)
+    model, losses = train(model, tokenizer, seed, recipe, on_step=lambda: progress.step(role))
     seconds = time.perf_counter() - start
-    log_progress(
+    progress.say(
         f"Trained the {role} in {seconds:.0f} s, final loss {sum(losses[-100:]) / len(losses[-100:]):.3f}"
     )
     out.mkdir(parents=True)
@@ -381,7 +458,13 @@ def offline_models(seed: int = 0, root: Path | None = None, trained: bool = True
         if complete(entry):  # built while this process waited for the lock
             return OfflineModels.inside(entry)
         _remove_stale_staging(entry)
-        return build_offline_models(entry, seed, trained=trained)
+        with foreign_output_to(build_log(entry)) as terminal:
+            return build_offline_models(entry, seed, trained=trained, terminal=terminal)
+
+
+def build_log(entry: Path) -> Path:
+    """Where other libraries' output during the build of `entry` goes: next to it, kept after a failure."""
+    return entry.with_name(f"{entry.name}.log")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ import math
 import os
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,7 +46,7 @@ EXPLORER_RECIPE = TrainRecipe()
 # The synthesizer starts from the explorer, grown deeper (`programs.offline.model.grow`), and learns
 # synthesizer turns alone: re-derive the chain, whatever the references say. A third of its turns have every
 # reference right, as unanimous paths of a real explorer mostly are, to make them worth reading (measured: it
-# still re-derives and leaves them unread, as it did with none of these turns; see README, The offline pair).
+# still re-derives and leaves them unread, as it did with none of these turns; see docs/offline-pair.md).
 SYNTHESIZER_RECIPE = TrainRecipe(
     steps=800,
     short_steps=0,
@@ -127,8 +127,10 @@ def train(
     tokenizer: PreTrainedTokenizerFast,
     seed: int,
     recipe: TrainRecipe = EXPLORER_RECIPE,
+    on_step: Callable[[], None] = lambda: None,
 ) -> tuple[PreTrainedModel, list[float]]:
-    """Train on synthetic turns: causal-LM loss on the replies, AdamW, fixed steps, in float32 on every core.
+    """Train on synthetic turns: causal-LM loss on the replies, AdamW, fixed steps, in float32 on every core,
+    calling `on_step` after each step.
 
     The same seed, recipe and thread count give the same weights. Returns the bfloat16 model and the loss
     of every step.
@@ -164,6 +166,7 @@ def train(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
+            on_step()
     finally:
         torch.set_num_threads(threads)
     return model.to(torch.bfloat16).eval(), losses

@@ -241,13 +241,18 @@ def stop_all(processes: list[subprocess.Popen], grace_s: float = 10.0) -> None:
         stop(process, grace_s)
 
 
+def key_file(log: Path) -> Path:
+    """Where the engine logging to `log` reads its key from (removed once the engine is stopped)."""
+    return log.with_suffix(".key.yaml")
+
+
 def start(spec: EngineSpec, log: Path) -> subprocess.Popen:
     """Launch `spec`, its output to `log`; both the log (SGLang writes its arguments there) and the key file
     are this user's alone."""
     check_model(spec.model)
     check_port_free(spec.host, spec.port)
     log.parent.mkdir(parents=True, exist_ok=True)
-    key_file = write_key_file(spec, log.with_suffix(".key.yaml")) if spec.api_key else None
+    keys = write_key_file(spec, key_file(log)) if spec.api_key else None
     with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as sink:
         os.fchmod(sink.fileno(), 0o600)
         return subprocess.Popen(
@@ -256,7 +261,7 @@ def start(spec: EngineSpec, log: Path) -> subprocess.Popen:
                 "-m",
                 "engine.tether",
                 str(os.getpid()),
-                *launch_command(spec, key_file=key_file),
+                *launch_command(spec, key_file=keys),
             ],
             env=launch_env(spec),
             stdout=sink,
@@ -347,4 +352,4 @@ def serve(engines: Engines, log_dir: Path, pin_frontend: bool = True) -> Iterato
         stop_all([process for _, process, _ in started])
         for _, _, log in started:
             log.with_suffix(".pid").unlink(missing_ok=True)  # the pid file lives as long as its engine
-            log.with_suffix(".key.yaml").unlink(missing_ok=True)
+            key_file(log).unlink(missing_ok=True)

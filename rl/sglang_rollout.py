@@ -40,7 +40,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.launch import auth, stop, wait_ready
+from engine.launch import auth, key_file, stop, wait_ready
 from engine.ports import free_port
 from engine.spec import READY_TIMEOUT_S, launch_env
 from rl.gpu_ids import handle_for_gpu, nvml_uuids, server_gpu_env, visible_device_uuid
@@ -167,6 +167,7 @@ class SGLangRollout:
 
     def shutdown(self) -> None:
         stop(self.process)
+        key_file(self.log).unlink(missing_ok=True)
         if self._http is not None and not self._http[1].is_closed() and not self._http[1].is_running():
             self._http[1].run_until_complete(self._http[0].close())
         self._http = None

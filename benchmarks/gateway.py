@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import Progress, TimeElapsedColumn
 from rich.table import Table
 
-from engine.gateway import requests_served, serve_gateway, serve_workers, worker_specs
+from engine.gateway import counted, serve_gateway, serve_workers, worker_specs
 from engine.launch import EngineError, get_json
 from engine.spec import EngineSpec
 from programs import cli
@@ -136,7 +136,7 @@ def through_gateway(
 ) -> dict[str, Any]:
     urls = [spec.base_url for spec in specs]
     with serve_workers(specs, output / "logs"), serve_gateway(urls, output / "logs") as gateway:
-        before = [requests_served(url) for url in urls]
+        before = [counted(url) for url in urls]
         loads = Loads(urls)
         with loads.sampling():
             run = explore("gateway", gateway, problems, config, output)
@@ -144,7 +144,7 @@ def through_gateway(
             if stopped is not None:
                 time.sleep(max(0.0, stopped + AFTER_STOP_S + SAMPLE_EVERY_S - time.perf_counter()))
         after = None if stopped is None else loads.after(stopped + AFTER_STOP_S)
-        served = {url: requests_served(url) - b for url, b in zip(urls, before, strict=True)}
+        served = {url: counted(url) - b for url, b in zip(urls, before, strict=True)}
     solved = [r for r in run["records"] if not r.error]
     return {
         "problems": len(solved),

@@ -31,7 +31,8 @@ from engine.workers import Worker, check_workers, describe
 GATEWAY = ("-m", "smg")
 POLICY = "cache_aware"
 GATEWAY_READY_S = 60.0  # the gateway itself starts in seconds; this covers registering slow workers
-METRIC = "sglang:num_requests_total{"  # a worker's finished requests, per label set
+# A worker's Prometheus counters (`--enable-metrics`): requests it finished, and aborts that found their request.
+SERVED, ABORTED = "sglang:num_requests_total", "sglang:num_aborted_requests_total"
 WORKER_CHECK_S = 5.0  # how long a worker may take to answer an abort, or to say it is alive
 
 
@@ -102,7 +103,7 @@ def gateway_command(
 
 
 def worker_specs(model: str, count: int, cores: list[int], **fields: object) -> list[EngineSpec]:
-    """`count` CPU workers of `model` on free ports, counting their requests (`requests_served`): each on its
+    """`count` CPU workers of `model` on free ports, counting their requests (`counted`): each on its
     own cores where there are enough, else all on the same ones."""
     if count < 1:
         raise ValueError(f"a gateway needs at least one worker, got {count}")
@@ -172,9 +173,11 @@ def serve_gateway(
         stop(process)
 
 
-def requests_served(url: str) -> int:
-    """Requests the SGLang worker at `url` has finished since it started, from its Prometheus counter (a worker
-    launched with `--enable-metrics`, as `worker_specs` launches them)."""
+def counted(url: str, metric: str = SERVED) -> int:
+    """The SGLang worker's counter `metric` since it started, over all its labels (a worker launched with
+    `--enable-metrics`, as `worker_specs` launches them)."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=WORKER_CHECK_S) as response:
         text = response.read().decode()
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(METRIC)))
+    return int(
+        sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric + "{"))
+    )

@@ -3,9 +3,11 @@
     python -m benchmarks.probes --load-format dummy                  # CPU: the offline explorer, random weights
     python -m benchmarks.probes --explorer-model Qwen/Qwen3-4B --load-format dummy   # GPU
 
-One engine serves the explorer. Every path decodes exactly `--path-tokens` tokens (EOS ignored) and, with
-random weights, never closes its thought, so it is probed every `--probe-every` tokens to its end and both
-modes do the same path work whatever the weights. The two modes, unprobed and probed, explore the same problems
+One engine serves the explorer. Every path decodes exactly `--path-tokens` tokens (EOS ignored), so both
+modes do the same path work, and is probed every `--probe-every` tokens while it thinks. (With random weights
+a path may close its thought by chance, and its decoded text does not tokenize back to the same tokens, so a
+continuing chunk misses the cache past the first mismatch: `tokens_per_probe` then measures that, see
+docs/adaptive.md.) The two modes, unprobed and probed, explore the same problems
 in interleaved rounds, each from a flushed prefix cache; the probed run's throughput over the unprobed one's,
 counting the paths' own tokens only, is taken within each round and reported as the median and min-max over
 rounds. Token counts are the engine's (`meta_info`): per probe, the prompt tokens it was not served from the

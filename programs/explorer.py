@@ -226,6 +226,10 @@ def explore(
     # fork() sends its prefix-caching prefill only if the prompt is already applied to the stream;
     # reading the text waits for that, otherwise the N paths silently prefill the prompt N times.
     s.text()
+    # Every hook exists on the problem's stream, unset: a fork's join gathers back only variables its source
+    # lacks (as lists), which the next wave's forks and the prefix commit would then read as hooks.
+    for name in (SEED_VAR, RID_VAR, ON_REPLY_VAR, SKIP_IF_VAR, ON_PROGRESS_VAR):
+        s.set_var(name, None)
     replies: dict[int, tuple[str, dict[str, Any], Generated | None]] = {}
     for wave in watch.launches():
         paths = s.fork(len(wave))  # one path per seed; a later wave's prompt is already cached

@@ -37,6 +37,10 @@ from programs.core.stopping import StopPolicy
 from programs.engine_handle import EngineHandle
 from programs.explorer import run_explorer
 
+ENGINE_FIXTURES = frozenset(
+    {"gateway", "workers"}
+)  # they start SGLang workers (conftest marks their tests `engine`)
+
 REPO = Path(__file__).resolve().parent.parent
 BUDGET = 2000  # far above any path the offline explorer writes: a path below it was stopped, not cut
 A_FEW_S = 5.0

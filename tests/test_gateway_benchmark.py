@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.engine
 def test_the_gateway_benchmark_reports_its_figures_as_json(tiny_model, tmp_path):
     argv = [sys.executable, "-m", "benchmarks.gateway", "--workers", "2", "--n", "4", "--limit", "4",
             "--stop", "first:2", "--json", "--output", str(tmp_path)]  # fmt: skip

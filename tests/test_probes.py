@@ -289,6 +289,7 @@ FULL_RUN = "python -m programs.a2r --n 8 --limit 6 --output runs/full"
 SETTLED_RUN = "python -m programs.a2r --n 8 --limit 6 --stop settled --output runs/settled"
 
 
+@pytest.mark.engine
 def test_settled_spends_fewer_explorer_tokens_than_a_full_run_probes_included(offline_pair, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # typed in a folder of the user's, the project importable
     spent = {}

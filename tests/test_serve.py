@@ -278,6 +278,7 @@ def started(process: subprocess.Popen, within_s: float) -> str:
     raise AssertionError(f"exited with {process.wait()} before serving:\n{''.join(seen)}")
 
 
+@pytest.mark.engine
 def test_the_command_as_typed_launches_its_engines_and_answers_only_as_a2r(tmp_path, offline_pair):
     port = free_port()
     argv = [sys.executable, "-m", "programs.serve", "--n", "4", "--port", str(port), "--api-key", KEY,

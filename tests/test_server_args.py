@@ -85,6 +85,7 @@ def test_a_wrong_flag_stops_the_command_before_any_engine_starts(tmp_path):
     assert not (tmp_path / "run" / "logs").exists()  # no engine was started
 
 
+@pytest.mark.engine
 def test_the_flags_and_synthesis_priority_reach_a_real_engine(tmp_path):
     args = parse_args(["--one-model", "--explorer-server-args", "--log-level-http warning", "--n", "2"])
     engines, config = cli.plan_run(args, OFFLINE, "cpu")

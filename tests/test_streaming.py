@@ -62,6 +62,7 @@ def incremental_engine(tiny_model, tmp_path_factory) -> Iterator[Engines]:
         yield running
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("engine", ["cpu_engine", "incremental_engine"])
 def test_a_streamed_path_is_whole_from_either_kind_of_server(engine, request):
     handle = EngineHandle.attach(request.getfixturevalue(engine).explorer)
@@ -76,6 +77,7 @@ def test_a_streamed_path_is_whole_from_either_kind_of_server(engine, request):
     assert handle.tokenizer.decode(ids, skip_special_tokens=True) == state["out"]
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize(("engine", "warned"), [("cpu_engine", True), ("incremental_engine", False)])
 def test_a_running_explorer_that_streams_whole_chunks_is_named(engine, warned, request, capsys):
     url = request.getfixturevalue(engine).explorer.base_url

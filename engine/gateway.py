@@ -58,13 +58,13 @@ class GatewayEndpoint(PathEndpoint):
     id a worker does not hold costs it nothing (SGLang drops it). The workers are read from the gateway at each
     abort, so one added or removed since is aborted on too, or not."""
 
-    def __init__(self, base_url: str, dp_size: int = 1) -> None:
-        super().__init__(base_url, dp_size)
+    def __init__(self, base_url: str, dp_size: int = 1, api_key: str | None = None) -> None:
+        super().__init__(base_url, dp_size, api_key)  # the key goes to the gateway and to every worker
         self.seen: dict[str, None] = {}  # every worker the gateway listed: one it dropped since can be named
         self.workers()
 
     def workers(self) -> list[Worker]:
-        workers = check_workers(self.base_url, describe(self.base_url))
+        workers = check_workers(self.base_url, describe(self.base_url, self.api_key))
         self.seen.update(dict.fromkeys(w.url for w in workers))
         return workers
 
@@ -72,7 +72,7 @@ class GatewayEndpoint(PathEndpoint):
         check_abortable(rid)
         for each in self.workers():
             with contextlib.suppress(OSError, EngineError):  # a worker that is gone runs nothing to abort
-                post(each.url, "/abort_request", {"rid": rid}, timeout=WORKER_CHECK_S)
+                post(each.url, "/abort_request", {"rid": rid}, timeout=WORKER_CHECK_S, key=self.api_key)
 
     def lost(self, error: Exception) -> Exception:
         """What a request's `error` means: `WorkerLost` naming the workers that no longer answer while others

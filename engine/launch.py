@@ -28,7 +28,7 @@ import psutil
 
 from engine.layout import ENGINE_KEY_ENV, Engines
 from engine.ports import check_port_free, listeners
-from engine.spec import EngineError, EngineSpec, is_server, launch_command, launch_env, write_key_file
+from engine.spec import EngineError, EngineSpec, auth, is_server, launch_command, launch_env, write_key_file
 from engine.workers import check_workers, describe
 
 logger = logging.getLogger(__name__)
@@ -37,11 +37,6 @@ PROGRESS_EVERY_S = 30.0  # while an engine starts, say how long it has taken and
 REMOTE_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
 FLUSH_WAIT_S = 30.0
-
-
-def auth(key: str | None) -> dict[str, str]:
-    """The header an engine with `key` requires (none for an engine without one)."""
-    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def new_key() -> str:
@@ -200,7 +195,7 @@ def check_ours(spec: EngineSpec, process: subprocess.Popen, log: Path) -> None:
 
 def check_remote(spec: EngineSpec) -> None:
     """Refuse a URL where no SGLang server answers, or a gateway there that cannot serve one role."""
-    workers = describe(spec.base_url)
+    workers = describe(spec.base_url, spec.api_key)
     if workers is not None:
         check_workers(spec.base_url, workers)
     try:

@@ -85,6 +85,11 @@ class EngineError(RuntimeError):
     """An engine could not be started or reached; the message says which and why."""
 
 
+def auth(key: str | None) -> dict[str, str]:
+    """The header an engine with `key` requires (none for an engine without one)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """One SGLang server: launched here, or already running at `url` (then nothing else is used)."""

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from engine.spec import EngineError
+from engine.spec import EngineError, auth
 
 WORKERS_TIMEOUT_S = 10.0
 
@@ -25,11 +25,12 @@ class Worker:
     context_length: int | None
 
 
-def describe(url: str) -> list[Worker] | None:
+def describe(url: str, key: str | None = None) -> list[Worker] | None:
     """The workers the gateway at `url` routes to, or None when `url` answers but is no gateway (an SGLang server
-    has no `GET /workers`)."""
+    has no `GET /workers`; one started with a key answers 404 only to a request that carries it)."""
     try:
-        with urllib.request.urlopen(f"{url}/workers", timeout=WORKERS_TIMEOUT_S) as response:
+        request = urllib.request.Request(f"{url}/workers", headers=auth(key))
+        with urllib.request.urlopen(request, timeout=WORKERS_TIMEOUT_S) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         if exc.code == 404:

@@ -35,7 +35,7 @@ class EngineHandle:
     @classmethod
     def attach(cls, spec: EngineSpec) -> EngineHandle:
         # A URL may be SGLang's gateway: its workers' model and context, their KV pools added up.
-        workers = None if spec.launched else describe(spec.base_url)
+        workers = None if spec.launched else describe(spec.base_url, spec.api_key)
         if workers is not None:
             workers = check_workers(spec.base_url, workers)
             spec = replace(
@@ -60,7 +60,10 @@ class EngineHandle:
         if workers is None:
             return cls(connect(spec, dp, incremental), tokenizer, context, kv * dp if kv else None)
         return cls(
-            GatewayEndpoint(spec.base_url, dp), tokenizer, context, kv * dp * len(workers) if kv else None
+            GatewayEndpoint(spec.base_url, dp, spec.api_key),
+            tokenizer,
+            context,
+            kv * dp * len(workers) if kv else None,
         )
 
     @classmethod

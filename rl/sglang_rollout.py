@@ -40,9 +40,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.launch import auth, key_file, stop, wait_ready
+from engine.launch import key_file, stop, wait_ready
 from engine.ports import free_port
-from engine.spec import READY_TIMEOUT_S, launch_env
+from engine.spec import READY_TIMEOUT_S, auth, launch_env
 from rl.gpu_ids import handle_for_gpu, nvml_uuids, server_gpu_env, visible_device_uuid
 from rl.recipe import OPENRLHF_CLI
 from rl.sglang_server import launch_tied, rollout_spec

@@ -86,7 +86,10 @@ def stand_in_engine(
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.answer(answers[self.path])
+            if self.path in answers:
+                self.answer(answers[self.path])
+            else:  # as SGLang answers a route it does not have, such as a gateway's /workers
+                self.send_error(404)
 
         def do_POST(self) -> None:
             bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))

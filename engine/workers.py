@@ -33,8 +33,12 @@ def describe(url: str, key: str | None = None) -> list[Worker] | None:
         with urllib.request.urlopen(request, timeout=WORKERS_TIMEOUT_S) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
+        if exc.code in (
+            401,
+            403,
+            404,
+        ):  # no gateway, or a keyed server asked without its key: the model check
+            return None  # that follows names the key
         raise EngineError(
             f"{url}/workers answered {exc.code}: {exc.read().decode(errors='replace')}"
         ) from None

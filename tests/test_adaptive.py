@@ -101,6 +101,7 @@ def test_a_stop_ends_decoding_on_the_engine_and_keeps_what_the_paths_wrote(cpu_e
 def test_a_path_whose_request_reaches_the_engine_after_its_abort_is_stopped_all_the_same(cpu_engine):
     endpoint = PathEndpoint(cpu_engine.explorer.base_url, api_key=cpu_engine.explorer.api_key)
     watch = Watch(request_ids(2), StopPolicy.parse("first:1"), endpoint.abort)
+    assert next(watch.launches()) == [0, 1]  # one wave: both paths are out, so both are resent their aborts
     with watch.resending_aborts(every_s=0.2):
         watch.on_reply(0)("<think>x</think> \\boxed{3}", {"completion_tokens": 5})
         assert 1 in watch.stopped  # and its abort is sent, to an engine that has not seen the request yet

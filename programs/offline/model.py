@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -55,7 +56,14 @@ from programs.core.quiet import foreign_output_to
 from programs.datasets import DATA_DIR
 from programs.offline import task as synthetic
 from programs.offline import training
-from programs.offline.training import EXPLORER_RECIPE, SYNTHESIZER_RECIPE, TrainRecipe, train
+from programs.offline.training import (
+    EXPLORER_RECIPE,
+    NUMERICS,
+    SYNTHESIZER_RECIPE,
+    TrainRecipe,
+    numerics_set,
+    train,
+)
 
 if TYPE_CHECKING:  # heavy imports are deferred until a model is actually built
     from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config
@@ -431,6 +439,7 @@ def build_key(seed: int, trained: bool = True, corpus_dir: Path = CORPUS_DIR) ->
         digest.update(Path(source).read_bytes())
     for path in corpus_files(corpus_dir):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(json.dumps(NUMERICS, sort_keys=True).encode())
     for package in ("torch", "transformers", "tokenizers"):
         digest.update(f"{package}=={metadata.version(package)}".encode())
     kind = "pair" if trained else "random"
@@ -452,6 +461,15 @@ def offline_models(seed: int = 0, root: Path | None = None, trained: bool = True
         raise ValueError(f"seed must be >= 0, got {seed}")
     entry = (root or cache_root()) / build_key(seed, trained)
     if complete(entry):
+        return OfflineModels.inside(entry)
+    if trained and not numerics_set():  # a child started with the training numerics builds it (or waits)
+        cache = {CACHE_ENV: str(root)} if root else {}
+        command = [sys.executable, "-m", "programs.offline.model", "--seed", str(seed)]
+        done = subprocess.run(command, env={**os.environ, **NUMERICS, **cache}, stdout=subprocess.DEVNULL)
+        if done.returncode != 0 or not complete(entry):
+            raise RuntimeError(
+                f"building the offline pair failed (exit {done.returncode}): see {build_log(entry)}"
+            )
         return OfflineModels.inside(entry)
     entry.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(entry):
@@ -480,6 +498,18 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.out and args.out.exists():
         parser.error(f"--out {args.out} already exists; give a new directory")
+    if args.out and not args.untrained and not numerics_set():  # train with the numerics every build uses
+        sys.exit(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "programs.offline.model",
+                    *(argv if argv is not None else sys.argv[1:]),
+                ],
+                env={**os.environ, **NUMERICS},
+            ).returncode
+        )
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the path alone: M=$(python -m ...)
         if args.out:
             models = build_offline_models(args.out, args.seed, trained=not args.untrained)

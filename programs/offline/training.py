@@ -19,6 +19,25 @@ if TYPE_CHECKING:  # heavy imports are deferred until a model is actually traine
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 
+# This training is chaotic: the last bits of its float32 arithmetic decide which of quite different models a
+# seed ends as. From the same seed and data, AVX-512 kernels on 2 threads gave an explorer of final loss 0.333
+# that got 8 of 60 copier-test problems right, AVX2 kernels one of loss 0.236 that got 37 (2026-12-07); one
+# thread against two diverges too, AMX does not matter. So every build trains with these kernels and threads,
+# fixed in its environment before torch loads (`programs.offline.model` re-runs itself with them).
+NUMERICS_THREADS = 2
+NUMERICS = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "MKL_CBWR": "AVX2",
+    "OMP_NUM_THREADS": str(NUMERICS_THREADS),
+}
+
+
+def numerics_set() -> bool:
+    """Whether this process was started with the training numerics (they cannot be changed once torch runs)."""
+    return all(os.environ.get(name) == value for name, value in NUMERICS.items())
+
+
 @dataclass(frozen=True)
 class TrainRecipe:
     """How a model learns the synthetic task; all of it is part of the models' cache key."""
@@ -129,16 +148,16 @@ def train(
     recipe: TrainRecipe = EXPLORER_RECIPE,
     on_step: Callable[[], None] = lambda: None,
 ) -> tuple[PreTrainedModel, list[float]]:
-    """Train on synthetic turns: causal-LM loss on the replies, AdamW, fixed steps, in float32 on every core,
-    calling `on_step` after each step.
+    """Train on synthetic turns: causal-LM loss on the replies, AdamW, fixed steps, in float32 on
+    `NUMERICS_THREADS` threads, calling `on_step` after each step.
 
-    The same seed, recipe and thread count give the same weights. Returns the bfloat16 model and the loss
-    of every step.
+    The same seed, recipe and numerics (`NUMERICS`, set before torch loads) give the same weights. Returns the
+    bfloat16 model and the loss of every step.
     """
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(NUMERICS_THREADS)
     try:
         torch.manual_seed(seed)
         model = model.float().train()

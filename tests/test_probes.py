@@ -155,8 +155,8 @@ class Recording(PathEndpoint):
     """The engine's own endpoint, noting in one log, in order, every request it actually sends (the path's seed,
     whether it is a probe), every abort, and every reply with its prompt text and `meta_info`."""
 
-    def __init__(self, base_url: str) -> None:
-        super().__init__(base_url)
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
+        super().__init__(base_url, api_key=api_key)
         self.log: list[tuple[str, int | str, bool]] = []  # ("send", seed, probe) or ("abort", rid, False)
         self.replies: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
@@ -181,7 +181,7 @@ class Recording(PathEndpoint):
 
 def test_probes_and_continuations_are_served_from_the_radix_cache(cpu_engine):
     handle = EngineHandle.attach(cpu_engine.explorer)
-    backend = Recording(handle.url)
+    backend = Recording(handle.url, api_key=handle.key)
     prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3 + 8 - 2?")
     paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(4)), chunking=probing(16))
     probe_suffix = len(handle.tokenizer.encode(PROBE, add_special_tokens=False))
@@ -221,7 +221,7 @@ def test_a_path_cut_at_its_budget_answers_only_when_forced(cpu_engine):
 
 def test_a_stopped_chunked_path_sends_no_further_chunk_or_probe(cpu_engine, explorer_load):
     handle = EngineHandle.attach(cpu_engine.explorer)
-    backend = Recording(handle.url)
+    backend = Recording(handle.url, api_key=handle.key)
     prompt = chat_prompt(handle.tokenizer, "What is (3 + 4) * 2 - 5?")
     policy = StopPolicy.parse("agree:2,probe=8")
     paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(6)), policy, chunking=probing(8))

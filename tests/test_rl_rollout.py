@@ -43,6 +43,7 @@ from rl.vllm_standin import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_FIXTURES = ("rollout",)  # an SGLang server behind the rollout actor (tests/conftest.py marks)
+GRACE_S = 1.0  # how long a finished request's reply may take to arrive after the engine went idle
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +325,7 @@ def test_ray_init_gets_the_standin_hook_and_keeps_its_own_env():
 
 def test_wait_idle_returns_only_once_the_last_request_has_drained(rollout, tokenizer, loop):
     ids = prompt_ids(tokenizer, "Busy?")
-    long = SamplingParams(temperature=1.0, max_tokens=400, min_tokens=400, skip_special_tokens=False)
+    long = SamplingParams(temperature=1.0, max_tokens=1500, min_tokens=1500, skip_special_tokens=False)
 
     async def busy_then_idle():
         task = asyncio.ensure_future(rollout.generate(ids, long))
@@ -332,7 +333,10 @@ def test_wait_idle_returns_only_once_the_last_request_has_drained(rollout, token
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.3)  # the request is in the engine
         await rollout.wait_idle()
-        return task.done()
+        # The engine is idle only once it has sent its last reply, which may still be on its way here: a grace
+        # far shorter than decoding what was left of 1,500 tokens.
+        done, _ = await asyncio.wait([task], timeout=GRACE_S)
+        return done
 
     assert loop.run_until_complete(busy_then_idle())
 

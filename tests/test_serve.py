@@ -27,6 +27,7 @@ import requests
 import uvicorn
 from fastapi import FastAPI
 
+from engine.launch import post
 from engine.layout import ENGINE_KEY_ENV
 from engine.ports import free_port
 from programs import cli
@@ -142,7 +143,9 @@ def test_self_consistency_answers_with_a_path_that_gave_the_vote(served):
 
 
 def test_the_a2r_object_takes_policies_that_widen_and_probe(served):
-    knobs = {"n": 8, "stop": "posterior:0.25,wave=4,probe=16", "return_references": True}
+    # posterior:0.01 never settles on one wave of 4, even on 4 agreeing answers (the leader then stays with
+    # probability 0.97), so the second wave always starts.
+    knobs = {"n": 8, "stop": "posterior:0.01,wave=4,probe=16", "return_references": True}
     reply = ask(served, extra_body={"a2r": knobs})
     paths = reply.model_extra["a2r"]["paths"]
     assert [p["wave"] for p in paths] == [0] * 4 + [1] * 4
@@ -470,12 +473,18 @@ def test_the_bearer_scheme_is_read_in_any_case(served):
     )
 
 
-def test_a_client_that_leaves_is_logged_as_cancelled(served, caplog):
-    body = {**GOOD, "a2r": {"n": 16, "explorer_max_tokens": 3000, "explorer_temperature": 2.0}}
+def test_a_client_that_leaves_is_logged_as_cancelled(served, cpu_engine, caplog):
+    engine, key = cpu_engine.explorer.base_url, cpu_engine.explorer.api_key
     with caplog.at_level(logging.INFO, logger="a2r.serve"):
-        with pytest.raises(requests.Timeout):
-            requests.post(f"{served.url}/v1/chat/completions", json=body, timeout=2,
-                          headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+        # The engine holds every request while paused, so the request is still exploring when its client leaves,
+        # however fast the model would have answered.
+        post(engine, "/pause_generation", {"mode": "in_place"}, timeout=30, key=key)
+        try:
+            with pytest.raises(requests.Timeout):
+                requests.post(f"{served.url}/v1/chat/completions", json=GOOD, timeout=2,
+                              headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+        finally:
+            post(engine, "/continue_generation", {}, timeout=30, key=key)
         deadline = time.monotonic() + 60  # the server notices within a second; the line is its last act
         while not (lines := [r.getMessage() for r in caplog.records if r.name == "a2r.serve"]):
             assert time.monotonic() < deadline

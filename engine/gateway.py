@@ -25,7 +25,7 @@ from engine.endpoint import PathEndpoint, check_abortable
 from engine.launch import log_tail, post, start, stop, wait_ready
 from engine.ports import check_port_free, free_ports
 from engine.spec import EngineError, EngineSpec
-from engine.workers import Worker, check_workers, describe
+from engine.workers import Worker, answers, check_workers, describe
 
 # SGLang's gateway (`pip install smg`, the successor of sglang-router), run as its `smg` command runs it.
 GATEWAY = ("-m", "smg")
@@ -34,15 +34,6 @@ GATEWAY_READY_S = 60.0  # the gateway itself starts in seconds; this covers regi
 # A worker's Prometheus counters (`--enable-metrics`): requests it finished, and aborts that found their request.
 SERVED, ABORTED = "sglang:num_requests_total", "sglang:num_aborted_requests_total"
 WORKER_CHECK_S = 5.0  # how long a worker may take to answer an abort, or to say it is alive
-
-
-def answers(url: str, timeout: float = WORKER_CHECK_S) -> bool:
-    """Whether the SGLang server at `url` says it is healthy within `timeout`."""
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
-            return response.status == 200
-    except (OSError, ValueError):
-        return False
 
 
 class WorkerLost(RuntimeError):
@@ -81,7 +72,7 @@ class GatewayEndpoint(PathEndpoint):
             self.workers()
         except EngineError:
             return error
-        alive = {url: answers(url) for url in self.seen}
+        alive = {url: answers(url, self.api_key, WORKER_CHECK_S) for url in self.seen}
         gone = [url for url, up in alive.items() if not up]
         if not gone or len(gone) == len(alive):
             return error

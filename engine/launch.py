@@ -29,7 +29,7 @@ import psutil
 from engine.layout import ENGINE_KEY_ENV, Engines
 from engine.ports import check_port_free, listeners
 from engine.spec import EngineError, EngineSpec, auth, is_server, launch_command, launch_env, write_key_file
-from engine.workers import check_workers, describe
+from engine.workers import check_alive, check_workers, describe
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def check_remote(spec: EngineSpec) -> None:
     """Refuse a URL where no SGLang server answers, or a gateway there that cannot serve one role."""
     workers = describe(spec.base_url, spec.api_key)
     if workers is not None:
-        check_workers(spec.base_url, workers)
+        check_alive(spec.base_url, check_workers(spec.base_url, workers), spec.api_key)
     try:
         model_info(spec)
     except urllib.error.HTTPError as exc:

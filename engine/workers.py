@@ -23,6 +23,7 @@ class Worker:
     url: str
     model: str
     context_length: int | None
+    id: str = ""  # the gateway's name for it: `DELETE /workers/{id}` removes it
 
 
 def describe(url: str, key: str | None = None) -> list[Worker] | None:
@@ -33,12 +34,9 @@ def describe(url: str, key: str | None = None) -> list[Worker] | None:
         with urllib.request.urlopen(request, timeout=WORKERS_TIMEOUT_S) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        if exc.code in (
-            401,
-            403,
-            404,
-        ):  # no gateway, or a keyed server asked without its key: the model check
-            return None  # that follows names the key
+        # No gateway, or a keyed server asked without its key: the model check that follows names the key.
+        if exc.code in (401, 403, 404):
+            return None
         raise EngineError(
             f"{url}/workers answered {exc.code}: {exc.read().decode(errors='replace')}"
         ) from None
@@ -57,8 +55,33 @@ def worker(entry: dict) -> Worker:
     models = entry.get("models") or [{}]
     context = entry.get("labels", {}).get("max_model_len") or models[0].get("context_length")
     return Worker(
-        entry["url"], entry.get("model_id") or models[0].get("id", ""), int(context) if context else None
+        entry["url"],
+        entry.get("model_id") or models[0].get("id", ""),
+        int(context) if context else None,
+        entry.get("id", ""),
     )
+
+
+def answers(url: str, key: str | None = None, timeout: float = WORKERS_TIMEOUT_S) -> bool:
+    """Whether the SGLang server at `url` says it is healthy within `timeout`."""
+    try:
+        request = urllib.request.Request(f"{url}/health", headers=auth(key))
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def check_alive(url: str, workers: list[Worker], key: str | None = None) -> None:
+    """Refuse a gateway that lists a worker which does not answer: the gateway goes on routing requests to it
+    until its health check drops it (after three failed checks a minute apart, by default), so problems would
+    fail one by one."""
+    for each in workers:
+        if not answers(each.url, key):
+            raise EngineError(
+                f"worker {each.url} behind the gateway {url} does not answer: restart it, or remove it with "
+                f"curl -X DELETE {url}/workers/{each.id or '<id from GET /workers>'}"
+            )
 
 
 def check_workers(url: str, workers: list[Worker] | None) -> list[Worker]:

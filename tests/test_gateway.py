@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,9 +38,8 @@ from programs.core.stopping import StopPolicy
 from programs.engine_handle import EngineHandle
 from programs.explorer import run_explorer
 
-ENGINE_FIXTURES = frozenset(
-    {"gateway", "workers"}
-)  # they start SGLang workers (conftest marks their tests `engine`)
+# They start SGLang workers (conftest marks their tests `engine`).
+ENGINE_FIXTURES = frozenset({"gateway", "workers"})
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGET = 2000  # far above any path the offline explorer writes: a path below it was stopped, not cut
@@ -54,9 +54,9 @@ def test_workers_get_their_own_cores_where_there_are_enough_and_count_their_requ
 
 
 def test_a_worker_entry_gives_its_model_and_the_context_it_enforces():
-    entry = {"url": "http://a:1", "model_id": "m", "models": [{"id": "m", "context_length": 4096}],
+    entry = {"id": "w1", "url": "http://a:1", "model_id": "m", "models": [{"id": "m", "context_length": 4096}],
              "labels": {"max_model_len": "2048"}}  # fmt: skip
-    assert worker(entry) == Worker("http://a:1", "m", 2048)
+    assert worker(entry) == Worker("http://a:1", "m", 2048, "w1")
 
 
 def test_the_gateway_routes_cache_aware_over_every_worker_and_keeps_cache_hits_where_they_are():
@@ -211,7 +211,19 @@ def test_a_worker_that_dies_mid_run_fails_only_the_problems_it_held_and_is_named
         failed = [r for r in lines if r.get("error")]  # a record without an error has no such field
         assert failed and all(victim in r["error"] for r in failed), output
         assert run.returncode == 1 and victim in output and "--retry-failed" in output
-        again = subprocess.run(
-            [*argv, "--retry-failed"], cwd=REPO, capture_output=True, text=True, timeout=300
-        )
+        retry = [*argv, "--retry-failed"]
+        # The gateway still lists the dead worker (its health check drops it only after minutes): a rerun is
+        # refused up front, naming it and how to remove it, rather than failing problems one by one.
+        refused = subprocess.run(retry, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert refused.returncode != 0 and f"worker {victim} behind the gateway {url} does not answer" in (
+            refused.stdout
+        ), refused.stdout + refused.stderr
+        removal = re.search(rf"curl -X DELETE ({re.escape(url)}/workers/\S+)", refused.stdout)
+        assert removal, refused.stdout
+        assert requests.delete(removal.group(1), timeout=30).status_code < 300
+        again = subprocess.run(retry, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
+    latest = {
+        r["id"]: r for _, r in read_jsonl(records)
+    }  # a retried problem's record is appended after its error
+    assert len(latest) == 8 and not [r for r in latest.values() if r.get("error")]

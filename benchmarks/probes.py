@@ -4,11 +4,9 @@
     python -m benchmarks.probes --explorer-model Qwen/Qwen3-4B --load-format dummy   # GPU
 
 One engine serves the explorer. Every path decodes exactly `--path-tokens` tokens (EOS ignored), so both
-modes do the same path work, and is probed every `--probe-every` tokens while it thinks. (With random weights
-a path may close its thought by chance, and its decoded text does not tokenize back to the same tokens, so a
-continuing chunk misses the cache past the first mismatch: `tokens_per_probe` then measures that, see
-docs/adaptive.md.) The two modes, unprobed and probed, explore the same problems
-in interleaved rounds, each from a flushed prefix cache; the probed run's throughput over the unprobed one's,
+modes do the same path work, and is probed every `--probe-every` tokens while it thinks (with random weights a
+path may close its thought by chance, and is then no longer probed). The two modes, unprobed and probed,
+explore the same problems in interleaved rounds, each from a flushed prefix cache; the probed run's throughput over the unprobed one's,
 counting the paths' own tokens only, is taken within each round and reported as the median and min-max over
 rounds. Token counts are the engine's (`meta_info`): per probe, the prompt tokens it was not served from the
 radix cache plus those it generated, and the uncached prompt of the chunk that continued the path
@@ -28,7 +26,7 @@ from typing import Any
 
 from rich.table import Table
 
-from engine.launch import EngineError, flush_cache, serve
+from engine.launch import EngineError, serve
 from programs import cli
 from programs.chunked import Chunking
 from programs.cli import console
@@ -109,7 +107,7 @@ def measure(
         for index in range(args.rounds):
             round_figures = {}
             for mode in MODES:
-                flush_cache(explorer.url)
+                explorer.flush_cache()
                 console.print(f"round {index + 1}/{args.rounds}: {mode}, {len(problems)} problems ...")
                 paths, wall_s = explore(explorer, problems, args, chunkings[mode])
                 sinks[mode].writelines(json.dumps({"round": index, **p.to_json()}) + "\n" for p in paths)

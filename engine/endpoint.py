@@ -40,6 +40,7 @@ ON_PROGRESS_VAR = "on_progress"  # if set, the path streams and this sees each c
 PRIORITY_VAR = "priority"  # SGLang's request priority, higher first, on an engine with priority scheduling
 SYNTHESIS_PRIORITY = 1  # above explorations, which send none (SGLang ranks those lowest)
 SKIP_IF_VAR = "skip_if"  # if set and true when the path is about to be sent, it is not sent (it was stopped)
+TRAIL_VAR = "token_trail"  # if set, a `TokenTrail`: the path's continuations are sent as its token ids
 # The reply of a path that was never sent, in the engine's own shape.
 NOT_SENT = {"finish_reason": {"type": "abort", "message": "stopped before it was sent"}, "prompt_tokens": 0,
             "completion_tokens": 0}  # fmt: skip
@@ -94,6 +95,36 @@ class DpRanks:
             return rank
 
 
+class TokenTrail:
+    """The token ids of a path generated in several requests, so each continuation is sent as the very tokens
+    the engine decoded.
+
+    Sent as text, a continuation is tokenized again by the server, and decoded text need not tokenize back to
+    the tokens that produced it (with random weights it seldom does; with trained ones, now and then). The
+    radix cache then serves the path only up to the first difference, and the rest is prefilled again. Sent as
+    ids, a continuation's prompt is exactly the cached path, and a probe's is the path and its suffix's tokens.
+    Only the last two points the path reached are kept: a probe is sent at most one chunk behind its path."""
+
+    KEPT = 2
+
+    def __init__(self) -> None:
+        self.prompt: str | None = None  # the text first sent: under data parallelism, the path's replica
+        self._reached: dict[str, list[int]] = {}  # text the path reached -> its token ids
+        self._lock = threading.Lock()  # a probe reads from its own thread while its path goes on
+
+    def known(self, text: str) -> tuple[str, list[int]] | None:
+        """The longest point reached that `text` starts with, and its ids."""
+        with self._lock:
+            found = [(k, ids) for k, ids in self._reached.items() if text.startswith(k)]
+        return max(found, key=lambda item: len(item[0]), default=None)
+
+    def reach(self, text: str, ids: list[int]) -> None:
+        with self._lock:
+            self._reached[text] = ids
+            while len(self._reached) > self.KEPT:
+                self._reached.pop(next(iter(self._reached)))
+
+
 class StreamedReply:
     """One streamed reply put back together chunk by chunk, from whole chunks or deltas (`incremental`).
 
@@ -124,6 +155,7 @@ class PathEndpoint(RuntimeEndpoint):
         super().__init__(base_url, api_key=api_key)
         self.dp_ranks = DpRanks(dp_size)
         self.incremental = incremental  # the server streams deltas (--incremental-streaming-output)
+        self._tokens: dict[str, list[int]] = {}  # `tokenize`'s answers
 
     def _add_images(self, s: Any, data: dict[str, Any]) -> None:
         # The one hook `RuntimeEndpoint.generate`, `generate_stream` and the prefix commit of `fork` call with
@@ -139,7 +171,11 @@ class PathEndpoint(RuntimeEndpoint):
         if (priority := s.variables.get(PRIORITY_VAR)) is not None:
             data["priority"] = priority
         if self.dp_ranks.dp_size > 1:
+            trail = s.variables.get(TRAIL_VAR)
             prompt = data["text"] if "text" in data else data["input_ids"]  # `select` may send token ids
+            if trail is not None:  # every request of a chunked path goes where its first one went
+                trail.prompt = trail.prompt or prompt
+                prompt = trail.prompt
             data["routed_dp_rank"] = self.dp_ranks.rank(str(prompt))
 
     def generate(self, s: Any, sampling_params: Any) -> tuple[str, dict]:
@@ -147,6 +183,8 @@ class PathEndpoint(RuntimeEndpoint):
         # A path stopped before it was sent stays unsent: its abort, sent first, would be dropped as unknown.
         if skip_if is not None and skip_if():
             text, meta = "", dict(NOT_SENT)
+        elif on_progress is None and (trail := s.variables.get(TRAIL_VAR)) is not None:
+            text, meta = self.generate_on_trail(s, sampling_params, trail)
         elif on_progress is None:
             text, meta = super().generate(s, sampling_params)
         else:  # streamed through SGLang's own client, so a hook can watch the path decode
@@ -159,18 +197,55 @@ class PathEndpoint(RuntimeEndpoint):
             on_reply(text, meta)
         return text, meta
 
-    def generate_stream(self, s: Any, sampling_params: Any) -> Iterator[tuple[str, dict[str, Any]]]:
-        """SGLang's streamed `/generate`, read as the server sends it: (new text, meta_info so far) per chunk.
-        (`RuntimeEndpoint.generate_stream` takes every chunk's text as whole, so deltas would be cut.)"""
+    def request(self, s: Any, sampling_params: Any) -> dict[str, Any]:
+        """The `/generate` body for `s`'s next gen, as `RuntimeEndpoint` builds it, with the path's variables."""
         self._handle_dtype_to_regex(sampling_params)
         params = {
             "skip_special_tokens": global_config.skip_special_tokens_in_output,
             "spaces_between_special_tokens": global_config.spaces_between_special_tokens_in_out,
             **sampling_params.to_srt_kwargs(),
         }
-        data = {"text": s.text_, "sampling_params": params, "stream": True}
+        data = {"text": s.text_, "sampling_params": params}
         data |= {k: v for k in LOGPROB_ARGS if (v := getattr(sampling_params, k, None)) is not None}
         self._add_images(s, data)
+        return data
+
+    def generate_on_trail(self, s: Any, sampling_params: Any, trail: TokenTrail) -> tuple[str, dict]:
+        """One request of a chunked path, sent as the token ids `trail` knows for its text (the path so far,
+        then any suffix, e.g. a probe's, tokenized by the server); its first is sent as text, and asks for
+        its prompt's ids. A continuation's reply extends the trail."""
+        data, known = self.request(s, sampling_params), trail.known(s.text_)
+        if known is None:
+            data["return_prompt_token_ids"] = True
+        else:
+            reached, ids = known
+            rest = s.text_[len(reached) :]
+            data["input_ids"] = ids + self.tokenize(rest) if rest else ids
+            del data["text"]
+        response = http_request(
+            f"{self.base_url}/generate", json=data, api_key=self.api_key, verify=self.verify
+        )
+        self._assert_success(response)
+        reply = response.json()
+        if known is None or known[0] == s.text_:
+            sent = reply["prompt_token_ids"] if known is None else data["input_ids"]
+            trail.reach(s.text_ + reply["text"], sent + reply["output_ids"])
+        return reply["text"], reply["meta_info"]
+
+    def tokenize(self, text: str) -> list[int]:
+        """`text`'s token ids, as the server's tokenizer gives them (no special tokens added). Only suffixes
+        come here (a probe's, a forced answer's tag), a few distinct ones a run, so each is asked once."""
+        if text not in self._tokens:
+            body = {"prompt": text, "add_special_tokens": False}
+            self._tokens[text] = json.loads(post(self.base_url, "/tokenize", body, key=self.api_key))[
+                "tokens"
+            ]
+        return list(self._tokens[text])
+
+    def generate_stream(self, s: Any, sampling_params: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        """SGLang's streamed `/generate`, read as the server sends it: (new text, meta_info so far) per chunk.
+        (`RuntimeEndpoint.generate_stream` takes every chunk's text as whole, so deltas would be cut.)"""
+        data = self.request(s, sampling_params) | {"stream": True}
         response = http_request(
             f"{self.base_url}/generate", json=data, stream=True, api_key=self.api_key, verify=self.verify
         )

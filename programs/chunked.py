@@ -2,9 +2,11 @@
 forced answer when it reaches its thinking budget still thinking.
 
 A probe is the path's text so far, then the end-of-thinking tag and the opening of the model's answer (the
-profile's `probe_prefix`), decoded for up to `PROBE_TOKENS` greedily; its answer is the box in what follows. It is a copy of the path's stream (`path.copy()`), sent while the path decodes
-its next chunk. Both requests start with the text the path has written, which SGLang's radix cache holds once
-the chunk before them has ended (a request's decoded KV enters the tree when it finishes); the engine's
+profile's `probe_prefix`), decoded for up to `PROBE_TOKENS` greedily; its answer is the box in what follows.
+It is a copy of the path's stream (`path.copy()`), sent while the path decodes its next chunk. Both requests
+start with the path's tokens as they were decoded (`TokenTrail`: decoded text need not tokenize back to
+them), which SGLang's radix cache holds once the chunk before them has ended (a request's decoded KV enters
+the tree when it finishes); the engine's
 `cached_tokens` say what was served from there, and every token it had to compute for a probe, or for the
 prompt of a continuing chunk, is counted in the path's `probe_tokens`.
 
@@ -22,7 +24,7 @@ from typing import Any
 
 import sglang as sgl
 
-from engine.endpoint import ON_PROGRESS_VAR, ON_REPLY_VAR, RID_VAR
+from engine.endpoint import ON_PROGRESS_VAR, ON_REPLY_VAR, RID_VAR, TRAIL_VAR, TokenTrail
 from programs.core.config import PROBE_PREFIX
 from programs.core.grading import extract_boxed
 from programs.core.prompts import THINK_END
@@ -121,6 +123,7 @@ def generate(
     it counted (a probe that returns after the path was stopped does not). Once `stopped()` the path sends
     nothing more: the chunk an abort cut, or one held back, ends it (finish reason `abort`)."""
     budget, done = sampling["max_tokens"], Generated()
+    path.set_var(TRAIL_VAR, TokenTrail())  # continuations and probes are sent as the tokens decoded
     probe = None
     while True:
         size = budget - done.completion_tokens

@@ -199,6 +199,22 @@ def test_probes_and_continuations_are_served_from_the_radix_cache(cpu_engine):
     assert all(p.probes and p.probes[0][0] == 16 for p in paths if p.completion_tokens > 16)
 
 
+def test_a_path_whose_text_does_not_tokenize_back_still_continues_from_the_cache(cpu_engine):
+    # At temperature 2 the explorer writes token runs that its tokenizer merges differently when it reads the
+    # decoded text again: sent as text, a continuation would miss the cache from the first such merge on.
+    handle = EngineHandle.attach(cpu_engine.explorer)
+    backend = Recording(handle.url, api_key=handle.key)
+    prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3 + 8 - 2?")
+    wild = SamplingConfig(96, temperature=2.0, top_p=1.0, top_k=-1, ignore_eos=True)
+    paths = run_explorer(backend, prompt, wild, list(range(4)), chunking=probing(16))
+    retokenized = [handle.tokenizer.encode(p.text, add_special_tokens=False) for p in paths]
+    assert any(len(ids) != p.completion_tokens for ids, p in zip(retokenized, paths, strict=True))
+    chunks = [meta for text, meta in backend.replies if text != prompt and not text.endswith(PROBE)]
+    assert len(chunks) >= 4 * (96 // 16 - 1)
+    for meta in chunks:
+        assert meta["cached_tokens"] >= meta["prompt_tokens"] - 1, meta  # the last token's logits, at most
+
+
 def test_a_path_cut_at_its_budget_answers_only_when_forced(cpu_engine):
     handle = EngineHandle.attach(cpu_engine.explorer)
     prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3 + 8 - 2?")

@@ -31,7 +31,7 @@ from sglang.lang.global_config import global_config
 from sglang.utils import http_request
 
 from engine.launch import post
-from engine.spec import EngineSpec
+from engine.spec import EngineError, EngineSpec
 
 SEED_VAR = "sampling_seed"
 RID_VAR = "rid"
@@ -155,7 +155,7 @@ class PathEndpoint(RuntimeEndpoint):
         super().__init__(base_url, api_key=api_key)
         self.dp_ranks = DpRanks(dp_size)
         self.incremental = incremental  # the server streams deltas (--incremental-streaming-output)
-        self._tokens: dict[str, list[int]] = {}  # `tokenize`'s answers
+        self._tokens: dict[str, list[int] | None] = {}  # `tokenize`'s answers
 
     def _add_images(self, s: Any, data: dict[str, Any]) -> None:
         # The one hook `RuntimeEndpoint.generate`, `generate_stream` and the prefix commit of `fork` call with
@@ -215,32 +215,40 @@ class PathEndpoint(RuntimeEndpoint):
         then any suffix, e.g. a probe's, tokenized by the server); its first is sent as text, and asks for
         its prompt's ids. A continuation's reply extends the trail."""
         data, known = self.request(s, sampling_params), trail.known(s.text_)
+        rest = None if known is None else self.tokenize(s.text_[len(known[0]) :])
         if known is None:
             data["return_prompt_token_ids"] = True
-        else:
-            reached, ids = known
-            rest = s.text_[len(reached) :]
-            data["input_ids"] = ids + self.tokenize(rest) if rest else ids
+        elif rest is not None:
+            data["input_ids"] = known[1] + rest
             del data["text"]
         response = http_request(
             f"{self.base_url}/generate", json=data, api_key=self.api_key, verify=self.verify
         )
         self._assert_success(response)
         reply = response.json()
-        if known is None or known[0] == s.text_:
-            sent = reply["prompt_token_ids"] if known is None else data["input_ids"]
-            trail.reach(s.text_ + reply["text"], sent + reply["output_ids"])
+        sent = reply.get("prompt_token_ids") if known is None else data.get("input_ids")
+        if sent is not None and "output_ids" in reply and (known is None or known[0] == s.text_):
+            trail.reach(
+                s.text_ + reply["text"], sent + reply["output_ids"]
+            )  # a continuation: the path so far
         return reply["text"], reply["meta_info"]
 
-    def tokenize(self, text: str) -> list[int]:
-        """`text`'s token ids, as the server's tokenizer gives them (no special tokens added). Only suffixes
-        come here (a probe's, a forced answer's tag), a few distinct ones a run, so each is asked once."""
+    def tokenize(self, text: str) -> list[int] | None:
+        """`text`'s token ids, as the server's tokenizer gives them (no special tokens added), or None where
+        the server cannot tokenize (a gateway started without a tokenizer): the request then goes as text.
+        Only suffixes come here (a probe's, a forced answer's tag), a few distinct ones a run, so each is asked
+        once."""
+        if not text:
+            return []
         if text not in self._tokens:
             body = {"prompt": text, "add_special_tokens": False}
-            self._tokens[text] = json.loads(post(self.base_url, "/tokenize", body, key=self.api_key))[
-                "tokens"
-            ]
-        return list(self._tokens[text])
+            try:
+                answer = json.loads(post(self.base_url, "/tokenize", body, key=self.api_key))
+                self._tokens[text] = list(answer["tokens"])
+            except (OSError, EngineError, KeyError, TypeError, ValueError):
+                self._tokens[text] = None
+        found = self._tokens[text]
+        return None if found is None else list(found)
 
     def generate_stream(self, s: Any, sampling_params: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         """SGLang's streamed `/generate`, read as the server sends it: (new text, meta_info so far) per chunk.

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from engine.endpoint import PINNED_PROMPTS, PREFILL_TOP_K, DpRanks, PathEndpoint
+from engine.endpoint import PINNED_PROMPTS, PREFILL_TOP_K, DpRanks, PathEndpoint, TokenTrail
 from engine.launch import get_json, keyed, model_info, serve, server_info
 from engine.layout import ENGINE_KEY_ENV, EngineConfig, plan
 from engine.ports import check_port_free
@@ -160,6 +160,22 @@ def test_replica_choice_is_round_robin_and_forgets_only_the_oldest_prompts():
     assert ranks.rank(f"later {PINNED_PROMPTS - 1}") == (4 + PINNED_PROMPTS - 1) % 3
     with pytest.raises(ValueError, match="dp_size must be >= 1"):
         DpRanks(0)
+
+
+def test_a_token_trail_gives_the_longest_point_reached_and_keeps_the_last_two():
+    trail = TokenTrail()
+    trail.reach("p", [1])
+    trail.reach("p a", [1, 2])
+    assert trail.known("p a b") == ("p a", [1, 2]) and trail.known("q") is None
+    trail.reach("p a b", [1, 2, 3])
+    assert trail.known("p") is None  # the first point is forgotten: no request is ever that far behind
+    assert trail.known("p a!") == ("p a", [1, 2])
+
+
+def test_a_server_that_cannot_tokenize_has_the_text_sent_as_is():
+    with stand_in_engine({"dp_size": 1}) as (url, _):  # it answers /tokenize without tokens
+        endpoint = PathEndpoint(url)
+        assert endpoint.tokenize("") == [] and endpoint.tokenize("</think>") is None
 
 
 @pytest.mark.parametrize(("server", "dp", "kv"), [({"dp_size": 4}, 1, 4000), ({}, 2, 2000)])

@@ -259,12 +259,20 @@ class PathEndpoint(RuntimeEndpoint):
         )
         self._assert_success(response)
         reply = StreamedReply(self.incremental)
-        for line in response.iter_lines(decode_unicode=False):
+        for line in self.stream_lines(response):
             if not line.startswith(b"data:"):
                 continue
             if line.strip() == b"data: [DONE]":
                 break
-            yield reply.add(json.loads(line[5:]))
+            yield self.read_chunk(reply, line[5:])
+
+    def stream_lines(self, response: Any) -> Iterator[bytes]:
+        """The lines of a streamed reply as they arrive (`benchmarks.streaming` meters this and `read_chunk`)."""
+        return response.iter_lines(decode_unicode=False)
+
+    def read_chunk(self, reply: StreamedReply, data: bytes) -> tuple[str, dict[str, Any]]:
+        """One chunk's JSON, parsed and added to its reply: (new text, meta_info so far)."""
+        return reply.add(json.loads(data))
 
     def lost(self, error: Exception) -> Exception:
         """What a failed request's `error` means for the run: one engine has no other worker to go on with."""

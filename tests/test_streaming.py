@@ -4,8 +4,12 @@ launches its explorer): the same text and log-probabilities either way, each tok
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import sglang as sgl
@@ -15,7 +19,10 @@ from engine.launch import serve
 from engine.layout import EngineConfig, Engines, plan
 from engine.ports import free_port
 from programs.cli import INCREMENTAL_STREAMING, streamed_for_online
+from programs.core.confidence import STREAM_INTERVAL
 from programs.engine_handle import EngineHandle
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def chunks(incremental: bool) -> list[dict]:
@@ -84,3 +91,34 @@ def test_a_running_explorer_that_streams_whole_chunks_is_named(engine, warned, r
     remote = plan(EngineConfig(explorer_url=url), device="cpu")
     assert streamed_for_online(remote) == remote  # nothing is launched, so nothing changes
     assert ("was started without --incremental-streaming-output" in capsys.readouterr().out) == warned
+
+
+@pytest.mark.engine
+def test_the_streaming_benchmark_measures_fewer_bytes_from_deltas(tiny_model, tmp_path):
+    """`python -m benchmarks.streaming` as a user types it, with short paths: both server modes decode the
+    same tokens, and the deltas carry less JSON than the whole chunks."""
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.streaming",
+        "--n",
+        "2",
+        "--max-tokens",
+        "48",
+        "--output",
+        str(tmp_path),
+    ]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((tmp_path / "streaming.json").read_text())
+    assert result["config"]["n"] == 2 and result["config"]["max_tokens"] == 48
+    before, after = result["results"]["cumulative"], result["results"]["incremental"]
+    for mode, figures in result["results"].items():
+        assert figures["server_reports_incremental"] == (mode == "incremental")
+        assert figures["path_tokens"] == [48, 48]  # EOS ignored: the same decode work in both modes
+        assert figures["chunks"] >= 2 * 48 // STREAM_INTERVAL
+        assert figures["tokens_per_s"] == figures["tokens"] / figures["wall_s"] > 0
+        assert figures["read_cpu_s"] == figures["split_cpu_s"] + figures["parse_cpu_s"] > 0
+    assert after["json_bytes"] < before["json_bytes"]
+    assert result["ratios"]["json_bytes"] == before["json_bytes"] / after["json_bytes"] > 1
+    assert "whole chunks against deltas" in done.stdout

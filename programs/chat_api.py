@@ -12,6 +12,8 @@ output, log-probabilities, penalties) is refused with a 400 rather than silently
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -80,6 +82,7 @@ class ChatRequest:
     include_usage: bool = False
     return_references: bool = False
     stop: tuple[str, ...] = ()  # the synthesizer's stop sequences
+    seeded: bool = False  # the body gave a seed: the run is named by its conversation (`problem_id`)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -124,7 +127,17 @@ class ChatRequest:
             include_usage=flag(stream_options, "include_usage", "stream_options.include_usage"),
             return_references=flag(knobs, "return_references", "a2r.return_references"),
             stop=stop,
+            seeded=body.get("seed") is not None,
         )
+
+    def problem_id(self, batch: str) -> str:
+        """What the run's seeds derive from, with `RunConfig.seed` (`RunConfig.path_seed`): with a `seed` in the
+        body, the conversation, so the same request with the same seed explores with the same path seeds (and
+        synthesizes with the same seed and reference order) each time it is sent; without one, `batch`, new
+        for every request."""
+        if not self.seeded:
+            return batch
+        return "c" + hashlib.sha256(json.dumps(self.messages, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def flag(source: dict[str, Any], key: str, param: str) -> bool:

@@ -135,7 +135,9 @@ class Service:
                 raise ApiError(503, f"the server holds {self.active} requests, its limit; retry shortly")
             self.active += 1
         batch = new_batch()
-        ticket = Ticket(request, batch, Problem(batch, request.query, "", request.messages), loop)
+        ticket = Ticket(
+            request, batch, Problem(request.problem_id(batch), request.query, "", request.messages), loop
+        )
         config = request.config
         pipeline = Pipeline(config, self.explorer, self.synthesizer if config.synthesize else None)
         on_text = (lambda piece: ticket.post("text", piece)) if request.stream and config.synthesize else None

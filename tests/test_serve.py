@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import openai
@@ -33,10 +34,11 @@ from engine.ports import free_port
 from programs import cli
 from programs.chat_api import ApiError, ChatRequest
 from programs.core.config import RunConfig, SamplingConfig
+from programs.core.records import UNANIMOUS
 from programs.engine_handle import EngineHandle
-from programs.http_server import http_server, listen
+from programs.http_server import HEADER_TIMEOUT_S, http_server, listen
 from programs.profile import PAPER
-from programs.serve import API_KEY_ENV, Service, build_app, main, parse_args, server_key
+from programs.serve import API_KEY_ENV, Service, answer_text, build_app, main, parse_args, server_key
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-test"
@@ -588,3 +590,147 @@ def test_serving_every_network_without_a_key_is_warned_about(capsys, monkeypatch
         assert main(["--host", "0.0.0.0", "--port", str(busy.getsockname()[1])]) == 2
     out = capsys.readouterr().out
     assert "warning: 0.0.0.0 is not this machine alone and no API key is set" in out
+
+
+# What evaluation harnesses send (docs/serving.md#evaluation-harnesses), through the `openai` client.
+# lm-eval 0.4.13 `local-chat-completions` on its AIME tasks: the prompt as the task writes it, temperature 0,
+# its fixed seed, the task's stop strings (the first four), and `max_gen_toks` as max_tokens (the task's 32768
+# is over the CPU pair's context, so a user passes --gen_kwargs max_gen_toks=...). It reads only
+# `message.content`, and scores the string after its last \boxed.
+LM_EVAL = {"temperature": 0, "seed": 1234, "max_tokens": 160,
+           "stop": ["Question:", "</s>", "<|im_end|>", "<|eot_id|>"]}  # fmt: skip
+LM_EVAL_PROMPT = f"Question: {QUESTION}\nAnswer:"
+
+
+def last_boxed(text: str) -> str | None:
+    """What lm-eval's AIME scoring compares: the text inside the last \\boxed{...}."""
+    found = BOXED.findall(text or "")
+    return found[-1] if found else None
+
+
+def test_lm_evals_aime_request_is_answered_in_content_alone(served):
+    reply = served.client().chat.completions.create(
+        model="a2r", messages=[{"role": "user", "content": LM_EVAL_PROMPT}], **LM_EVAL
+    )
+    content = reply.choices[0].message.content
+    assert last_boxed(content), content  # the answer is in content, not only in reasoning_content
+    assert "<think>" not in content and "</think>" not in content and "Question:" not in content
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_seed_gives_the_same_request_the_same_seeds_each_time_it_is_sent():
+    body = {"model": "a2r", "messages": [{"role": "user", "content": LM_EVAL_PROMPT}], **LM_EVAL}
+    first, again = (ChatRequest.parse(body, CONFIG) for _ in range(2))
+    other = ChatRequest.parse({**body, "messages": USER}, CONFIG)
+    unseeded = ChatRequest.parse({**body, "seed": None}, CONFIG)
+
+    def seeds(request: ChatRequest, batch: str) -> list[int]:
+        return [request.config.path_seed(request.problem_id(batch), i) for i in range(request.config.n + 1)]
+
+    assert seeds(first, "b1") == seeds(again, "b2")  # every path's seed and the synthesizer's
+    assert seeds(first, "b1") != seeds(other, "b1")  # another question, other seeds
+    assert seeds(unseeded, "b1") != seeds(unseeded, "b2")  # no seed: a run of its own each time
+    assert len(set(seeds(first, "b1"))) == CONFIG.n + 1  # the paths still differ from each other
+
+
+@pytest.mark.parametrize(
+    ("synthesis", "content"),
+    [
+        (SimpleNamespace(text="<think>0, 2, 5</think>\n\\boxed{025}", finish_reason="stop"), "\\boxed{025}"),
+        (SimpleNamespace(text="", answer="025", finish_reason=UNANIMOUS), "\\boxed{025}"),
+    ],
+)
+def test_a_boxed_answer_is_returned_as_the_model_wrote_it_leading_zeros_included(synthesis, content):
+    # lm-eval compares strings, so its AIME score counts "025" against a gold "25" as wrong, as it does for any
+    # server of the same model: the reply stays the model's text, and scores stay comparable (docs/serving.md).
+    text, _ = answer_text(SimpleNamespace(synthesizer=synthesis), "a2r")  # type: ignore[arg-type]
+    assert text.endswith(content) and last_boxed(text) == "025"
+
+
+def test_inspects_epochs_of_one_question_are_each_answered(served):
+    # inspect-ai runs a sample's epochs as separate, concurrent requests with the same messages and no seed.
+    def epoch(_: int):
+        return served.client().chat.completions.create(
+            model="a2r", messages=[{"role": "user", "content": QUESTION}], max_tokens=160
+        )
+
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(epoch, range(3)))
+    assert len({r.id for r in replies}) == 3
+    for reply in replies:
+        assert last_boxed(reply.choices[0].message.content) and reply.usage.completion_tokens > 0
+
+
+def test_evalscopes_openai_api_request_is_answered(served):
+    reply = served.client().chat.completions.create(
+        model="a2r",
+        messages=[
+            {"role": "system", "content": "You are a careful solver."},
+            {"role": "user", "content": QUESTION},
+        ],  # fmt: skip
+        max_tokens=160,
+        temperature=0.0,
+        top_p=1.0,
+        n=1,
+        stream=False,  # fmt: skip
+    )
+    assert last_boxed(reply.choices[0].message.content) and reply.usage.total_tokens > 0
+
+
+def sse_events(reply: requests.Response) -> list[str]:
+    """The `data:` payloads of an SSE stream, checked as a strict reader takes them: every other line is a
+    comment (`:`) or blank."""
+    events = []
+    for line in reply.iter_lines(decode_unicode=True):
+        if line.startswith("data: "):
+            events.append(line.removeprefix("data: "))
+        else:
+            assert line == "" or line.startswith(":"), line
+    return events
+
+
+def test_a_perf_burst_of_concurrent_streams_all_finish_with_usage(served):
+    # evalscope perf: a burst of streamed requests at once, each timed to its first and last chunk and counted
+    # by the usage chunk.
+    body = {**GOOD, "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 160}
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    def one(_: int) -> list[str]:
+        url = f"{served.url}/v1/chat/completions"
+        with requests.post(url, json=body, headers=headers, stream=True, timeout=300) as reply:
+            assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream")
+            return sse_events(reply)
+
+    with ThreadPoolExecutor(6) as pool:
+        streams = list(pool.map(one, range(6)))
+    for events in streams:
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    assert served.service.active == 0
+
+
+def test_a_request_held_past_every_server_timeout_with_nothing_sent_still_answers(served, cpu_engine):
+    # A harness waits on one non-streamed request for as long as a problem takes, and neither side sends a
+    # byte meanwhile. The server's only timeouts are the request head's (before a request arrives) and uvicorn's
+    # keep-alive (between requests); the request is held past both by the paused engine, then answers.
+    hold = max(HEADER_TIMEOUT_S, http_server(FastAPI()).config.timeout_keep_alive) + 2
+    engine, key = cpu_engine.explorer.base_url, cpu_engine.explorer.api_key
+    pool = ThreadPoolExecutor(1)
+    post(engine, "/pause_generation", {"mode": "in_place"}, timeout=30, key=key)
+    try:
+        start = time.monotonic()
+        pending = pool.submit(
+            served.client().chat.completions.create,
+            model="a2r",
+            messages=[{"role": "user", "content": LM_EVAL_PROMPT}],
+            **LM_EVAL,  # fmt: skip
+        )
+        time.sleep(hold)
+        held = not pending.done()  # neither answered nor cut while the engine held it
+    finally:
+        post(engine, "/continue_generation", {}, timeout=30, key=key)
+    reply = pending.result(timeout=300)  # raises if the server cut it
+    pool.shutdown()
+    assert held and time.monotonic() - start > hold
+    assert last_boxed(reply.choices[0].message.content)

@@ -218,7 +218,7 @@ def synthesize_all(
         def call(condition: Condition) -> tuple[Condition, SynthesisRecord]:
             seed = config.path_seed(f"{parts.problem.id}/{condition.name}", 0)
             texts = [r.text for r in condition.references]
-            return condition, run_synthesizer(synthesizer, parts.problem.problem, texts, config, seed)
+            return condition, run_synthesizer(synthesizer, parts.problem.problem, texts, config, seed=seed)
 
         return [lambda c=c: call(c) for c in conditions]
 

@@ -90,7 +90,9 @@ def test_a_stop_ends_decoding_on_the_engine_and_keeps_what_the_paths_wrote(cpu_e
     handle = EngineHandle.attach(cpu_engine.explorer)
     prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3?")
     backend = OnePathMayEnd(handle.url, explorer_load, others=5, api_key=handle.key)
-    paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(6)), StopPolicy.parse("first:1"))
+    paths = run_explorer(
+        backend, prompt, SamplingConfig(BUDGET), list(range(6)), policy=StopPolicy.parse("first:1")
+    )
     assert explorer_load.settled(SNAPSHOT_S) == 0
     assert paths[0].kept and paths[0].stopped_by is None and paths[0].finish_reason == "stop"
     for path in paths[1:]:
@@ -134,7 +136,9 @@ def test_a_path_stopped_before_its_request_was_sent_is_never_sent(cpu_engine, ex
     handle = EngineHandle.attach(cpu_engine.explorer)
     prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3?")
     backend = LateSender(handle.url, handle.key)
-    paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(4)), StopPolicy.parse("first:1"))
+    paths = run_explorer(
+        backend, prompt, SamplingConfig(BUDGET), list(range(4)), policy=StopPolicy.parse("first:1")
+    )
     assert paths[0].kept and paths[0].completion_tokens > 0
     for path in paths[1:]:  # the engine prefilled and decoded nothing for them
         assert path.stopped_by == "first:1" and path.finish_reason == "abort"

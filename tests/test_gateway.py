@@ -129,7 +129,9 @@ def test_a_first_2_stop_through_the_gateway_leaves_no_worker_running_the_problem
     handle = EngineHandle.attach(EngineSpec(str(workers[0][0].model), device="cpu", url=gateway))
     prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3?")
     backend = TwoPathsMayEnd(gateway, loads, others=4)
-    paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(6)), StopPolicy.parse("first:2"))
+    paths = run_explorer(
+        backend, prompt, SamplingConfig(BUDGET), list(range(6)), policy=StopPolicy.parse("first:2")
+    )
     deadline = time.monotonic() + A_FEW_S
     while any(loads.running()) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -224,7 +224,9 @@ def test_a_stopped_chunked_path_sends_no_further_chunk_or_probe(cpu_engine, expl
     backend = Recording(handle.url, api_key=handle.key)
     prompt = chat_prompt(handle.tokenizer, "What is (3 + 4) * 2 - 5?")
     policy = StopPolicy.parse("agree:2,probe=8")
-    paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(6)), policy, chunking=probing(8))
+    paths = run_explorer(
+        backend, prompt, SamplingConfig(BUDGET), list(range(6)), policy=policy, chunking=probing(8)
+    )
     assert explorer_load.settled(SNAPSHOT_S) == 0
     stopped = [i for i, p in enumerate(paths) if p.stopped_by]
     assert stopped  # two of six paths agree on a probe long before the rest end

@@ -241,7 +241,7 @@ def test_explorer_paths_disagree_and_differ_several_fold_in_length(stages):
 def syntheses(stage: EngineHandle, problems: list[Problem], references) -> list[str | None]:
     """The synthesizer's answer to each problem, given `references(problem)` as its answer parts."""
     return [
-        extract_answer(run_synthesizer(stage, p.problem, references(p), CONFIG, seed).text)
+        extract_answer(run_synthesizer(stage, p.problem, references(p), CONFIG, seed=seed).text)
         for seed, p in enumerate(problems)
     ]
 

@@ -6,7 +6,7 @@
 
 With no GPU it runs on the CPU with the project's offline pair, a small explorer and a larger synthesizer on
 two engines pinned to their own cores (`--one-model`: the explorer alone), on the arithmetic chains they
-were trained on (programs/offline/task.py) unless `--dataset` names another. Results go to
+were trained on (programs/offline/chain.py) unless `--dataset` names another. Results go to
 `OUTPUT/records.jsonl`, one line per problem as soon as it is done; rerunning the same command resumes.
 """
 

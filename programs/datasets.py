@@ -22,8 +22,8 @@ from typing import Any
 from programs.core.jsonl import JsonlError, read_jsonl
 from programs.core.records import Problem
 from programs.offline import chain
+from programs.shipped_data import DATA_DIR
 
-DATA_DIR = Path(__file__).parent / "data"
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 HUB_PREFIX = "hf:"
 HUB_DEFAULT_SPLIT = "test"

@@ -53,7 +53,6 @@ from rich.progress import (
 from programs.core import prompts
 from programs.core.jsonl import read_jsonl
 from programs.core.quiet import foreign_output_to
-from programs.datasets import DATA_DIR
 from programs.offline import chain, training
 from programs.offline.training import (
     EXPLORER_RECIPE,
@@ -63,6 +62,7 @@ from programs.offline.training import (
     numerics_set,
     train,
 )
+from programs.shipped_data import DATA_DIR
 
 if TYPE_CHECKING:  # heavy imports are deferred until a model is actually built
     from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config

@@ -12,13 +12,16 @@ output, log-probabilities, penalties) is refused with a 400 rather than silently
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from programs.core import records
 from programs.core.config import RunConfig
-from programs.core.prompts import THINK_END, THINK_START
+from programs.core.grading import is_equivalent
+from programs.core.prompts import THINK_END, THINK_START, split_thinking
 from programs.core.records import UNANIMOUS, ProblemRecord
 from programs.core.stopping import STOP_FORMS
 
@@ -278,29 +281,29 @@ class ThinkSplitter:
 
 
 def usage(record: ProblemRecord) -> dict[str, Any]:
-    """OpenAI's usage over every engine call of the request, with the per-stage breakdown."""
-    paths, synthesis = record.paths, record.synthesizer
-    if synthesis is not None and synthesis.finish_reason == UNANIMOUS:
-        synthesis = None
+    """OpenAI's usage over every engine call of the request, with the per-stage breakdown (a unanimous
+    answer's skipped synthesis counts nothing), added up by `records.usage` as every other figure is."""
+    used = records.usage([record])
     explorer = {
-        "paths": len(paths),
-        "prompt_tokens": sum(p.prompt_tokens for p in paths),
-        "completion_tokens": sum(p.completion_tokens for p in paths),
-        "cached_tokens": sum(p.cached_tokens for p in paths),
-        "probe_tokens": sum(p.probe_tokens for p in paths),  # asking running paths for their answers
+        "paths": used.paths,
+        "prompt_tokens": used.explorer_prompt_tokens,
+        "completion_tokens": used.explorer_completion_tokens,
+        "cached_tokens": used.explorer_cached_tokens,
+        "probe_tokens": used.explorer_probe_tokens,  # asking running paths for their answers
     }
     synthesizer = {
-        "prompt_tokens": synthesis.prompt_tokens if synthesis else 0,
-        "completion_tokens": synthesis.completion_tokens if synthesis else 0,
-        "cached_tokens": synthesis.cached_tokens if synthesis else 0,
+        "prompt_tokens": used.synthesizer_prompt_tokens,
+        "completion_tokens": used.synthesizer_completion_tokens,
+        "cached_tokens": used.synthesizer_cached_tokens,
     }
-    prompt = explorer["prompt_tokens"] + synthesizer["prompt_tokens"]
-    completion = explorer["completion_tokens"] + synthesizer["completion_tokens"]
+    prompt = used.explorer_prompt_tokens + used.synthesizer_prompt_tokens
     return {
         "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": explorer["cached_tokens"] + synthesizer["cached_tokens"]},
+        "completion_tokens": used.output_tokens,
+        "total_tokens": prompt + used.output_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": used.explorer_cached_tokens + used.synthesizer_cached_tokens
+        },
         "a2r": {"explorer": explorer, "synthesizer": synthesizer},
     }
 
@@ -311,3 +314,68 @@ def references(record: ProblemRecord) -> dict[str, Any]:
               "kept": p.kept, "stopped_by": p.stopped_by, "probes": p.probes, "wave": p.wave,
               "forced_answer": p.forced_answer} for p in record.paths]  # fmt: skip
     return {"paths": paths, "self_consistency": record.self_consistency["answer"]}
+
+
+def answer_text(record: ProblemRecord, model: str) -> tuple[str, str | None]:
+    """The reply the client gets and the engine's finish reason: the synthesis, or (self-consistency) the
+    first kept path that gave the voted answer."""
+    synthesis = record.synthesizer
+    if model == "a2r" and synthesis is not None:
+        if synthesis.finish_reason == UNANIMOUS:
+            return f"\\boxed{{{synthesis.answer}}}", "stop"
+        return synthesis.text, synthesis.finish_reason
+    vote = record.self_consistency["answer"]
+    kept = [p for p in record.paths if p.kept]
+    chosen = next(
+        (p for p in kept if vote is not None and p.answer and is_equivalent(vote, p.answer)), kept[0]
+    )
+    return chosen.text, chosen.finish_reason
+
+
+def finish_reason(engine_reason: str | None) -> str:
+    """OpenAI's finish reason for the engine's: a reply cut at its budget is `length`, any other end `stop`."""
+    return "length" if engine_reason == "length" else "stop"
+
+
+def completion(request: ChatRequest, response_id: str, record: ProblemRecord) -> dict[str, Any]:
+    """The whole (non-streamed) response to `request`, its thinking apart in `reasoning_content`."""
+    text, reason = answer_text(record, request.model)
+    reasoning, content = split_thinking(text)
+    message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
+    body = {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": request.created,
+        "model": request.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(reason)}],
+        "usage": usage(record),
+    }
+    if request.return_references:
+        body["a2r"] = references(record)
+    return body
+
+
+def chunk(
+    request: ChatRequest,
+    response_id: str,
+    delta: dict[str, Any] | None,
+    finish: str | None = None,
+    **extra: Any,
+) -> str:
+    """One SSE chunk of the response to `request`; `delta` None gives the chunk with no choices that carries
+    usage."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    body = {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": request.created,
+        "model": request.model,
+        "choices": choices,
+        **extra,
+    }
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def deltas(reasoning: str, content: str) -> list[dict[str, str]]:
+    """The stream deltas for new thinking and new content, the empty ones left out."""
+    return [d for d in ({"reasoning_content": reasoning}, {"content": content}) if next(iter(d.values()))]

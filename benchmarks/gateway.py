@@ -190,14 +190,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(DatasetError, ValueError):
         problems = load_problems(args.dataset, args.limit)
         model = args.explorer_model or str(offline_models().explorer)
         sampling = SamplingConfig(args.explorer_max_tokens)
         config = RunConfig(args.n, sampling, sampling, model, model, synthesize=False, stop=args.stop)
-    except (DatasetError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
     args.output.mkdir(parents=True, exist_ok=True)
     cores = sorted(os.sched_getaffinity(0))
     try:

@@ -152,14 +152,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(DatasetError, ValueError):
         profile, device = cli.profile_for(args)
         dataset = args.dataset or profile.datasets[0]
         problems = load_problems(dataset, args.limit)
         engines, config = cli.plan_run(args, profile, device)
-    except (DatasetError, ValueError) as exc:
-        cli.print_error(exc)
-        return 2
     args.output.mkdir(parents=True, exist_ok=True)
     try:
         with serve(engines, args.output / "logs") as running:

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(DatasetError, RecordsError, ValueError):
         profile, device = cli.profile_for(args)
         dataset = args.dataset or profile.datasets[0]
         problems = load_problems(dataset, args.limit)
@@ -196,9 +196,6 @@ def run(args: argparse.Namespace) -> int:
         }
         for records in files.values():
             records.check_problems((p.id, p) for p in problems)
-    except (DatasetError, RecordsError, ValueError) as exc:
-        cli.print_error(exc)
-        return 2
     todo = {name: [p for p in problems if p.id not in records] for name, records in files.items()}
     walls: dict[str, float] = {}
     fresh: dict[str, list[ProblemRecord]] = {name: [] for name in configs}

@@ -308,7 +308,7 @@ def share_cell(row: dict[str, Any], key: str) -> str:
 def run(args: argparse.Namespace) -> int:
     problems: list[ProblemParts] = []
     explorations: RecordFile | None = None
-    try:
+    with cli.refusing(DatasetError, RecordsError, ReferencesError, EngineError, ValueError):
         if args.explorations:  # first: the file is cheap to check, and starting engines is not
             problems = chosen(read_parts(args.explorations), args.limit, str(args.explorations))
         engines, config, source = plan(args)
@@ -316,9 +316,6 @@ def run(args: argparse.Namespace) -> int:
         records = RecordFile(output, probe_config(config, args.n, source), console, name="references.jsonl")
         if not args.explorations:
             explorations = RecordFile(output, config.to_dict(), console, name="explorations.jsonl")
-    except (DatasetError, RecordsError, ReferencesError, EngineError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
     roles = f"synthesizer {config.synthesizer_model}"
     if explorations is not None:
         roles += f", explorer {config.explorer_model} ({config.n} paths per problem)"
@@ -332,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
                 problems = chosen(found, args.limit, str(explorations.path))
             synthesize_all(problems, args.n, config, synthesizer, records)
     except (DatasetError, ReferencesError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        cli.print_error(exc)
         return 2
     except (KeyboardInterrupt, RuntimeError, ValueError) as exc:  # RuntimeError: an engine (EngineError)
         return cli.stopped(exc, f"finished explorations and syntheses are kept in {output}")

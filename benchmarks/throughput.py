@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(DatasetError, OSError, ValueError):
         profile, device = cli.profile_for(args)
         args.dataset = args.dataset or profile.throughput_dataset
         pool = load_problems(args.dataset)
@@ -442,9 +442,6 @@ def run(args: argparse.Namespace) -> int:
         todo = points(args, engines, profile)
         output = args.output or cli.default_output(args.dataset, args.n, kind="throughput")
         output.mkdir(parents=True, exist_ok=True)
-    except (DatasetError, OSError, ValueError) as exc:
-        cli.print_error(exc)
-        return 2
     folder = {p.name: output if args.sweep is None else output / p.name for p in todo}
     results = {p.name: r for p in todo if (r := saved(p, folder[p.name])) is not None}
     if results:

@@ -424,7 +424,7 @@ def server_key(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(ValueError):
         key = server_key(args)
         if key is None and args.host not in LOCAL_HOSTS:
             console.print(
@@ -433,19 +433,13 @@ def run(args: argparse.Namespace) -> int:
                 "in front (docs/serving.md)"
             )
         sock = listen(args.host, args.http_port)
-    except ValueError as exc:
-        cli.print_error(exc)
-        return 2
     with sock:
         return serve_on(sock, args, key)
 
 
 def serve_on(sock: socket.socket, args: argparse.Namespace, key: str | None) -> int:
-    try:
+    with cli.refusing(ValueError):
         engines, config = cli.plan_run(args, *cli.profile_for(args))
-    except ValueError as exc:
-        cli.print_error(exc)
-        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logs = args.output / "logs"
     try:

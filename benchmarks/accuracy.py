@@ -168,9 +168,16 @@ class Protocol:
         def synthesized(trial: Trial, result: tuple[int, SynthesisRecord], seconds: float) -> None:
             n, synthesis = result
             synthesis = graded(synthesis, trial.problem.answer, trial.id)
-            line = {"id": trial.synthesis_id(n), "dataset": trial.dataset, "problem_id": trial.problem.id,
-                    "run": trial.run, "n": n, "config": self.config, "synthesizer": synthesis.to_json(),
-                    "timings": {"synthesize_s": seconds}}  # fmt: skip
+            line = {
+                "id": trial.synthesis_id(n),
+                "dataset": trial.dataset,
+                "problem_id": trial.problem.id,
+                "run": trial.run,
+                "n": n,
+                "config": self.config,
+                "synthesizer": synthesis.to_json(),
+                "timings": {"synthesize_s": seconds},
+            }
             records.syntheses.append(line)
             on_record()
 

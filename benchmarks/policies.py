@@ -128,8 +128,18 @@ def replay_on_baseline(
 def table(rows: dict[str, dict[str, Any]], n: int) -> Table:
     full = rows.get("full", {}).get("explorer_tokens_per_problem")
     out = Table(title=f"adaptive exploration, N={n}, {next(iter(rows.values()))['problems']} problems")
-    for column in ("policy", "explorer tok/problem", "saved %", "Pass@1", f"Cons@{n}", f"A2R@{n}",
-                   "answer p50 / p95 (s)", "explorer tok/s", "replay: saved %", f"replay: Cons@{n}"):  # fmt: skip
+    for column in (
+        "policy",
+        "explorer tok/problem",
+        "saved %",
+        "Pass@1",
+        f"Cons@{n}",
+        f"A2R@{n}",
+        "answer p50 / p95 (s)",
+        "explorer tok/s",
+        "replay: saved %",
+        f"replay: Cons@{n}",
+    ):
         out.add_column(column, justify="left" if column == "policy" else "right")
     for name, row in rows.items():
         tokens, acc = row["explorer_tokens_per_problem"], row["accuracy"] or {}

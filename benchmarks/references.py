@@ -59,8 +59,14 @@ from programs.synthesizer import run_synthesizer
 
 # The shared run flags this probe has no use for: it never stops paths early, always synthesizes, and
 # always shuffles its references (seeded).
-NOT_HERE = ("synthesize", "shuffle_references", "stop", "keep_confident", "online_confidence",
-            "skip_synthesis_if_unanimous")  # fmt: skip
+NOT_HERE = (
+    "synthesize",
+    "shuffle_references",
+    "stop",
+    "keep_confident",
+    "online_confidence",
+    "skip_synthesis_if_unanimous",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,9 +132,14 @@ def synthesizer_alone(args: argparse.Namespace, device: str) -> tuple[Profile, E
         offline = cli.build_offline_models(profile, args)
         model = str(offline.synthesizer) if offline else profile.synthesizer_model
     config = dataclass_from_args(
-        EngineConfig, args, device=device, explorer_model=model, explorer_url=args.synthesizer_url,
-        synthesizer_model=None, synthesizer_url=None,
-    )  # fmt: skip
+        EngineConfig,
+        args,
+        device=device,
+        explorer_model=model,
+        explorer_url=args.synthesizer_url,
+        synthesizer_model=None,
+        synthesizer_url=None,
+    )
     return profile, cli.plan_here(config, device)
 
 

@@ -56,8 +56,13 @@ def measure(spec: EngineSpec, log_dir: Path, sampling: SamplingConfig, n: int) -
         handle = EngineHandle.attach(spec)
         plain, tokens = explore_seconds(handle, sampling, n, streamed=False)
         streamed, streamed_tokens = explore_seconds(handle, sampling, n, streamed=True)
-    return {"plain_s": plain, "streamed_s": streamed, "cost": streamed / plain, "tokens": tokens,
-            "streamed_tokens": streamed_tokens}  # fmt: skip
+    return {
+        "plain_s": plain,
+        "streamed_s": streamed,
+        "cost": streamed / plain,
+        "tokens": tokens,
+        "streamed_tokens": streamed_tokens,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for mode, flags in MODES.items():
         console.print(f"{mode}: {args.n} paths of {args.max_tokens} tokens, plain then streamed ...")
-        spec = EngineSpec(model, device="cpu", port=free_port(),
-                          extra_args=("--stream-interval", str(STREAM_INTERVAL), *flags))  # fmt: skip
+        spec = EngineSpec(
+            model,
+            device="cpu",
+            port=free_port(),
+            extra_args=("--stream-interval", str(STREAM_INTERVAL), *flags),
+        )
         results[mode] = measure(spec, args.output / "logs", sampling, args.n)
     table = Table(title=f"online confidence streaming, {args.n} paths x {args.max_tokens} tokens, CPU")
     for column in ("server streams", "not streamed (s)", "streamed (s)", "cost (streamed / not)"):
@@ -89,8 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(mode, f"{r['plain_s']:.1f}", f"{r['streamed_s']:.1f}", f"{r['cost']:.2f}x")
     show(table)
     args.output.mkdir(parents=True, exist_ok=True)
-    config = {"n": args.n, "max_tokens": args.max_tokens, "stream_interval": STREAM_INTERVAL, "model": model,
-              "sampling": asdict(sampling)}  # fmt: skip
+    config = {
+        "n": args.n,
+        "max_tokens": args.max_tokens,
+        "stream_interval": STREAM_INTERVAL,
+        "model": model,
+        "sampling": asdict(sampling),
+    }
     (args.output / "streaming.json").write_text(
         json.dumps({"config": config, "results": results}, indent=2) + "\n"
     )

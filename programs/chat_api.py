@@ -51,8 +51,17 @@ MAX_N = 64  # paths per request
 # A conversation longer than this many characters per token of the explorer's context cannot fit it (tokens
 # run 2-5 characters), and tokenizing costs ~250 MB per MB of text: refused (413) before it is tokenized.
 CHARS_PER_CONTEXT_TOKEN = 16
-A2R_KNOBS = ("n", "explorer_max_tokens", "explorer_temperature", "explorer_top_p", "stop", "keep_confident",
-             "online_confidence", "force_answer", "return_references")  # fmt: skip
+A2R_KNOBS = (
+    "n",
+    "explorer_max_tokens",
+    "explorer_temperature",
+    "explorer_top_p",
+    "stop",
+    "keep_confident",
+    "online_confidence",
+    "force_answer",
+    "return_references",
+)
 
 
 class ApiError(Exception):
@@ -64,8 +73,12 @@ class ApiError(Exception):
 
     @property
     def kind(self) -> str:
-        return {401: "authentication_error", 404: "not_found_error", 500: "server_error",
-                503: "service_unavailable"}.get(self.status, "invalid_request_error")  # fmt: skip
+        return {
+            401: "authentication_error",
+            404: "not_found_error",
+            500: "server_error",
+            503: "service_unavailable",
+        }.get(self.status, "invalid_request_error")
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
@@ -95,17 +108,28 @@ class ChatRequest:
         if not isinstance(model, str):
             raise ApiError(400, f"model must be a string, one of {', '.join(MODELS)}", "model")
         if model not in MODELS:
-            raise ApiError(404, f"model {model!r} does not exist; this server has {', '.join(MODELS)}", "model",
-                           "model_not_found")  # fmt: skip
+            raise ApiError(
+                404,
+                f"model {model!r} does not exist; this server has {', '.join(MODELS)}",
+                "model",
+                "model_not_found",
+            )
         refuse_unsupported(body)
         messages = read_messages(body.get("messages"))
         chars = sum(len(m["content"]) for m in messages)
         if max_chars is not None and chars > max_chars:
-            raise ApiError(413, f"the messages hold {chars} characters, more than the {max_chars} the context "
-                           "can take", "messages", "context_length_exceeded")  # fmt: skip
+            raise ApiError(
+                413,
+                f"the messages hold {chars} characters, more than the {max_chars} the context can take",
+                "messages",
+                "context_length_exceeded",
+            )
         if body.get("n") not in (None, 1) or isinstance(body.get("n"), bool):
-            raise ApiError(400, f"n must be 1, got {body['n']!r}: every request returns one choice (a2r.n sets "
-                           "the paths)", "n")  # fmt: skip
+            raise ApiError(
+                400,
+                f"n must be 1, got {body['n']!r}: every request returns one choice (a2r.n sets the paths)",
+                "n",
+            )
         knobs = body.get("a2r") or {}
         if not isinstance(knobs, dict) or set(knobs) - set(A2R_KNOBS):
             unknown = sorted(set(knobs) - set(A2R_KNOBS)) if isinstance(knobs, dict) else knobs
@@ -217,14 +241,21 @@ def configure(base: RunConfig, body: dict[str, Any], knobs: dict[str, Any], synt
 
     budget = number(body, "max_completion_tokens", int, 1, 1 << 20, "max_completion_tokens")
     budget = budget or number(body, "max_tokens", int, 1, 1 << 20, "max_tokens")
-    synthesizer = {"max_tokens": budget, "temperature": number(body, "temperature", float, 0, 2, "temperature"),
-                   "top_p": number(body, "top_p", float, 1e-6, 1, "top_p")}  # fmt: skip
-    explorer = {"max_tokens": number(knobs, "explorer_max_tokens", int, 1, 1 << 20, "a2r.explorer_max_tokens"),
-                "temperature": number(knobs, "explorer_temperature", float, 0, 2, "a2r.explorer_temperature"),
-                "top_p": number(knobs, "explorer_top_p", float, 1e-6, 1, "a2r.explorer_top_p")}  # fmt: skip
-    adaptive = {"keep_confident": number(knobs, "keep_confident", float, 0, 1, "a2r.keep_confident"),
-                "online_confidence": number(knobs, "online_confidence", float, 0, 1, "a2r.online_confidence"),
-                "force_answer": number(knobs, "force_answer", int, 1, 1 << 20, "a2r.force_answer")}  # fmt: skip
+    synthesizer = {
+        "max_tokens": budget,
+        "temperature": number(body, "temperature", float, 0, 2, "temperature"),
+        "top_p": number(body, "top_p", float, 1e-6, 1, "top_p"),
+    }
+    explorer = {
+        "max_tokens": number(knobs, "explorer_max_tokens", int, 1, 1 << 20, "a2r.explorer_max_tokens"),
+        "temperature": number(knobs, "explorer_temperature", float, 0, 2, "a2r.explorer_temperature"),
+        "top_p": number(knobs, "explorer_top_p", float, 1e-6, 1, "a2r.explorer_top_p"),
+    }
+    adaptive = {
+        "keep_confident": number(knobs, "keep_confident", float, 0, 1, "a2r.keep_confident"),
+        "online_confidence": number(knobs, "online_confidence", float, 0, 1, "a2r.online_confidence"),
+        "force_answer": number(knobs, "force_answer", int, 1, 1 << 20, "a2r.force_answer"),
+    }
     stop = knobs.get("stop")
     if stop is not None and not isinstance(stop, str):
         raise ApiError(400, f"a2r.stop must be a policy string: {STOP_FORMS}; got {stop!r}", "a2r.stop")
@@ -310,9 +341,19 @@ def usage(record: ProblemRecord) -> dict[str, Any]:
 
 def references(record: ProblemRecord) -> dict[str, Any]:
     """What `a2r.return_references` adds: each path's answer and the self-consistency answer."""
-    paths = [{"answer": p.answer, "answer_part": p.answer_part, "completion_tokens": p.completion_tokens,
-              "kept": p.kept, "stopped_by": p.stopped_by, "probes": p.probes, "wave": p.wave,
-              "forced_answer": p.forced_answer} for p in record.paths]  # fmt: skip
+    paths = [
+        {
+            "answer": p.answer,
+            "answer_part": p.answer_part,
+            "completion_tokens": p.completion_tokens,
+            "kept": p.kept,
+            "stopped_by": p.stopped_by,
+            "probes": p.probes,
+            "wave": p.wave,
+            "forced_answer": p.forced_answer,
+        }
+        for p in record.paths
+    ]
     return {"paths": paths, "self_consistency": record.self_consistency["answer"]}
 
 

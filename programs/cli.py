@@ -227,8 +227,11 @@ def plan_run(
 def server_args(engines: Engines) -> dict[str, list[str]]:
     """The SGLang flags beyond the plan's own each launched role's engine runs with (given, streaming,
     priority), for the run's configuration."""
-    return {role: list(spec.extra_args) for role in ROLES
-            if (spec := getattr(engines, role)).launched and spec.extra_args}  # fmt: skip
+    return {
+        role: list(spec.extra_args)
+        for role in ROLES
+        if (spec := getattr(engines, role)).launched and spec.extra_args
+    }
 
 
 def role_models(engines: Engines) -> dict[str, str]:

@@ -131,9 +131,13 @@ class Service:
         synthesizer budget leaves no room in the context (found before its paths are explored)."""
         budget, context = request.config.synthesizer.max_tokens, self.synthesizer.context_length
         if request.config.synthesize and budget >= context:
-            raise ApiError(400, f"max_tokens ({budget}) must be below the synthesizer's context ({context} tokens), "
-                           "which also holds the question and the paths' answers", "max_tokens",
-                           "context_length_exceeded")  # fmt: skip
+            raise ApiError(
+                400,
+                f"max_tokens ({budget}) must be below the synthesizer's context ({context} tokens), "
+                "which also holds the question and the paths' answers",
+                "max_tokens",
+                "context_length_exceeded",
+            )
         with self._lock:
             if self.active >= self.max_queue:
                 raise ApiError(503, f"the server holds {self.active} requests, its limit; retry shortly")
@@ -221,11 +225,17 @@ def log_request(ticket: Ticket, record: ProblemRecord | None, status: str) -> No
     stages = usage(record)["a2r"] if record else {}
     explorer, synthesizer = stages.get("explorer", {}), stages.get("synthesizer", {})
     logger.info(
-        "%s %s %s explorer %s+%s tok (%s paths) synthesizer %s+%s tok %.2fs", ticket.id, ticket.request.model,
-        status, explorer.get("prompt_tokens", 0), explorer.get("completion_tokens", 0), explorer.get("paths", 0),
-        synthesizer.get("prompt_tokens", 0), synthesizer.get("completion_tokens", 0),
+        "%s %s %s explorer %s+%s tok (%s paths) synthesizer %s+%s tok %.2fs",
+        ticket.id,
+        ticket.request.model,
+        status,
+        explorer.get("prompt_tokens", 0),
+        explorer.get("completion_tokens", 0),
+        explorer.get("paths", 0),
+        synthesizer.get("prompt_tokens", 0),
+        synthesizer.get("completion_tokens", 0),
         time.perf_counter() - ticket.started,
-    )  # fmt: skip
+    )
 
 
 async def wait(service: Service, ticket: Ticket, disconnected: Callable[[], Any]) -> ProblemRecord:
@@ -316,11 +326,22 @@ def build_app(service: Service, api_key: str | None = None, max_body_bytes: int 
     async def models(request: Request) -> dict[str, Any]:
         authorize(request)
         # Each model's context as SGLang's own server gives it: a2r's prompt also reaches the synthesizer.
-        context = {"a2r": min(service.explorer.context_length, service.synthesizer.context_length),
-                   "self-consistency": service.explorer.context_length}  # fmt: skip
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "a2r", "description": about,
-                 "max_model_len": context[name], "context_length": context[name]}
-                for name, about in MODELS.items()]  # fmt: skip
+        context = {
+            "a2r": min(service.explorer.context_length, service.synthesizer.context_length),
+            "self-consistency": service.explorer.context_length,
+        }
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "a2r",
+                "description": about,
+                "max_model_len": context[name],
+                "context_length": context[name],
+            }
+            for name, about in MODELS.items()
+        ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")

@@ -37,9 +37,18 @@ def grade(gold: str, answer: str | None, label: str = "") -> bool | None:
 
 
 ADAPTIVE_PATH_FIELDS = (
-    "confidence", "finished_s", "stopped_by", "stopped_s", "stopped_after", "kept",
-    "probe_tokens", "probes", "probed_s", "forced_answer", "wave",
-)  # fmt: skip
+    "confidence",
+    "finished_s",
+    "stopped_by",
+    "stopped_s",
+    "stopped_after",
+    "kept",
+    "probe_tokens",
+    "probes",
+    "probed_s",
+    "forced_answer",
+    "wave",
+)
 UNANIMOUS = "unanimous"  # a synthesis skipped because every kept path agreed
 
 

@@ -168,9 +168,16 @@ class Protocol:
         def synthesized(trial: Trial, result: tuple[int, SynthesisRecord], seconds: float) -> None:
             n, synthesis = result
             synthesis = graded(synthesis, trial.problem.answer, trial.id)
-            line = {"id": trial.synthesis_id(n), "dataset": trial.dataset, "problem_id": trial.problem.id,
-                    "run": trial.run, "n": n, "config": self.config, "synthesizer": synthesis.to_json(),
-                    "timings": {"synthesize_s": seconds}}  # fmt: skip
+            line = {
+                "id": trial.synthesis_id(n),
+                "dataset": trial.dataset,
+                "problem_id": trial.problem.id,
+                "run": trial.run,
+                "n": n,
+                "config": self.config,
+                "synthesizer": synthesis.to_json(),
+                "timings": {"synthesize_s": seconds},
+            }
             records.syntheses.append(line)
             on_record()
 
@@ -237,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(DatasetError, RecordsError, ValueError):
         profile, device = cli.profile_for(args)
         datasets = args.datasets or list(profile.datasets)
         problems = {name: load_problems(name, args.limit) for name in datasets}
@@ -248,9 +255,6 @@ def run(args: argparse.Namespace) -> int:
         explorations, syntheses = (RecordFile(args.output, config.to_dict(), console, name=n) for n in FILES)
         records = ProtocolRecords(problems, args.runs, args.ns, explorations, syntheses)
         explorations.check_problems((trial.id, trial.problem) for trial in records.trials())
-    except (DatasetError, RecordsError, ValueError) as exc:
-        cli.print_error(exc)
-        return 2
     explore, synth = records.missing()
     console.print(
         f"{sum(map(len, problems.values()))} problems x {args.runs} runs, N in {args.ns}: {explore} explorations "

@@ -127,8 +127,10 @@ def write_table(traces_dir: Path, output: Path, probe_tokens: int) -> int:
     plot(rows, output / PNG)
     chosen = tuning["chosen"]
     if chosen and (chosen["wave"], chosen["eps"]) != (SETTLED["wave"], SETTLED["eps"]):
-        console.print(f"[yellow]the tuning rule now picks wave={chosen['wave']}, eps={chosen['eps']}, "
-                      f"but settled's defaults are {SETTLED}[/]")  # fmt: skip
+        console.print(
+            f"[yellow]the tuning rule now picks wave={chosen['wave']}, eps={chosen['eps']}, "
+            f"but settled's defaults are {SETTLED}[/]"
+        )
     console.print(
         f"{len(rows)} replays in {time.perf_counter() - started:.0f} s: {output / STEM}.json, .md and "
         f"{output / PNG}",
@@ -182,8 +184,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         for r in here:
             low, high = r["cons_after_ci"]
             x = 100 - r["saved_percent"]
-            ax.errorbar(x, r["cons_after"], yerr=[[r["cons_after"] - low], [high - r["cons_after"]]],
-                        fmt="o", capsize=2, alpha=0.8)  # fmt: skip
+            ax.errorbar(
+                x,
+                r["cons_after"],
+                yerr=[[r["cons_after"] - low], [high - r["cons_after"]]],
+                fmt="o",
+                capsize=2,
+                alpha=0.8,
+            )
             ax.annotate(
                 r["policy"], (x, r["cons_after"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
             )

@@ -103,9 +103,10 @@ def explore(leg: str, url: str, problems: list[Problem], config: RunConfig, outp
     the records, the wall time and when the run began (perf_counter)."""
     handle = EngineHandle.attach(EngineSpec(config.explorer_model, device="cpu", url=url))
     records: list[ProblemRecord] = []
-    with (output / f"{leg}.jsonl").open("w") as sink, Progress(
-        *Progress.get_default_columns(), TimeElapsedColumn(), console=progress_console
-    ) as bar:  # fmt: skip
+    with (
+        (output / f"{leg}.jsonl").open("w") as sink,
+        Progress(*Progress.get_default_columns(), TimeElapsedColumn(), console=progress_console) as bar,
+    ):
         task = bar.add_task(leg, total=len(problems))
 
         def append(record: ProblemRecord) -> None:
@@ -122,8 +123,13 @@ def explore(leg: str, url: str, problems: list[Problem], config: RunConfig, outp
 def last_stop(run: dict[str, Any]) -> float | None:
     """When the run's last stop fired (perf_counter), from each path's record: its problem's exploration start
     plus the stop's offset (a few milliseconds early: the exploration starts after its prompt is built)."""
-    stops = [run["began"] + r.timings["explore_started_at"] + p.stopped_s
-             for r in run["records"] if not r.error for p in r.paths if p.stopped_s is not None]  # fmt: skip
+    stops = [
+        run["began"] + r.timings["explore_started_at"] + p.stopped_s
+        for r in run["records"]
+        if not r.error
+        for p in r.paths
+        if p.stopped_s is not None
+    ]
     return max(stops, default=None)
 
 
@@ -168,8 +174,16 @@ def table(figures: dict[str, Any]) -> Table:
     out = Table(
         title=f"explorer through the gateway: {figures['workers']} workers on cores {figures['cores']}"
     )
-    for column in ("problems", "workers served", "requests per worker", "cache hit", "running 5 s after stop",
-                   "tokens/s gateway", "tokens/s one worker", "ratio"):  # fmt: skip
+    for column in (
+        "problems",
+        "workers served",
+        "requests per worker",
+        "cache hit",
+        "running 5 s after stop",
+        "tokens/s gateway",
+        "tokens/s one worker",
+        "ratio",
+    ):
         out.add_column(column, justify="right")
     after = figures["running_after_stop"]
     out.add_row(
@@ -190,14 +204,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(DatasetError, ValueError):
         problems = load_problems(args.dataset, args.limit)
         model = args.explorer_model or str(offline_models().explorer)
         sampling = SamplingConfig(args.explorer_max_tokens)
         config = RunConfig(args.n, sampling, sampling, model, model, synthesize=False, stop=args.stop)
-    except (DatasetError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
     args.output.mkdir(parents=True, exist_ok=True)
     cores = sorted(os.sched_getaffinity(0))
     try:

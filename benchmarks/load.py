@@ -135,10 +135,15 @@ def table(result: dict[str, Any]) -> Table:
     out.add_column("")
     for mode in ("server", "pipeline"):
         out.add_column(mode, justify="right")
-    rows = [("requests / s", "requests_per_s", "{:.3f}"), ("latency p50 (s)", "latency_p50_s", "{:.2f}"),
-            ("latency p95 (s)", "latency_p95_s", "{:.2f}"), ("first token p50 (s)", "first_token_p50_s", "{:.2f}"),
-            ("explorer tok/s", "explorer_tokens_per_s", "{:,.0f}"),
-            ("synthesizer tok/s", "synthesizer_tokens_per_s", "{:,.0f}"), ("tokens / s", "tokens_per_s", "{:,.0f}")]  # fmt: skip
+    rows = [
+        ("requests / s", "requests_per_s", "{:.3f}"),
+        ("latency p50 (s)", "latency_p50_s", "{:.2f}"),
+        ("latency p95 (s)", "latency_p95_s", "{:.2f}"),
+        ("first token p50 (s)", "first_token_p50_s", "{:.2f}"),
+        ("explorer tok/s", "explorer_tokens_per_s", "{:,.0f}"),
+        ("synthesizer tok/s", "synthesizer_tokens_per_s", "{:,.0f}"),
+        ("tokens / s", "tokens_per_s", "{:,.0f}"),
+    ]
     for label, key, fmt in rows:
         out.add_row(
             label, *(fmt.format(result[m][key]) if key in result[m] else "-" for m in ("server", "pipeline"))
@@ -152,14 +157,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(DatasetError, ValueError):
         profile, device = cli.profile_for(args)
         dataset = args.dataset or profile.datasets[0]
         problems = load_problems(dataset, args.limit)
         engines, config = cli.plan_run(args, profile, device)
-    except (DatasetError, ValueError) as exc:
-        cli.print_error(exc)
-        return 2
     args.output.mkdir(parents=True, exist_ok=True)
     try:
         with serve(engines, args.output / "logs") as running:
@@ -173,9 +175,15 @@ def run(args: argparse.Namespace) -> int:
             pipeline = through_pipeline(Pipeline(config, explorer, synthesizer), problems, args.concurrency)
     except (KeyboardInterrupt, EngineError, RuntimeError) as exc:
         return cli.stopped(exc, "nothing written")
-    result = {"config": config.to_dict(), "dataset": dataset, "problems": len(problems),
-              "concurrency": args.concurrency, "server": server, "pipeline": pipeline,
-              "server_over_pipeline": server["tokens_per_s"] / pipeline["tokens_per_s"]}  # fmt: skip
+    result = {
+        "config": config.to_dict(),
+        "dataset": dataset,
+        "problems": len(problems),
+        "concurrency": args.concurrency,
+        "server": server,
+        "pipeline": pipeline,
+        "server_over_pipeline": server["tokens_per_s"] / pipeline["tokens_per_s"],
+    }
     (args.output / "load.json").write_text(json.dumps(result, indent=2) + "\n")
     cli.show(table(result))
     console.print(f"figures: {args.output / 'load.json'}")

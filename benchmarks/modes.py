@@ -81,8 +81,9 @@ def run_raw(
         outputs = outputs if isinstance(outputs, list) else [outputs]
         paths = [PathRecord.from_engine(out["text"], out["meta_info"], None) for out in outputs]
         clock = {"queued_at": started, "explore_started_at": started, "explored_at": finished}
-        return ProblemRecord(problem.id, problem.problem, problem.answer, {}, paths, {}, None,
-                             stage_timings(clock, finished))  # fmt: skip
+        return ProblemRecord(
+            problem.id, problem.problem, problem.answer, {}, paths, {}, None, stage_timings(clock, finished)
+        )
 
     with ThreadPoolExecutor(slots, "raw") as pool:
         return list(pool.map(solve, problems))

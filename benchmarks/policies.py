@@ -128,8 +128,18 @@ def replay_on_baseline(
 def table(rows: dict[str, dict[str, Any]], n: int) -> Table:
     full = rows.get("full", {}).get("explorer_tokens_per_problem")
     out = Table(title=f"adaptive exploration, N={n}, {next(iter(rows.values()))['problems']} problems")
-    for column in ("policy", "explorer tok/problem", "saved %", "Pass@1", f"Cons@{n}", f"A2R@{n}",
-                   "answer p50 / p95 (s)", "explorer tok/s", "replay: saved %", f"replay: Cons@{n}"):  # fmt: skip
+    for column in (
+        "policy",
+        "explorer tok/problem",
+        "saved %",
+        "Pass@1",
+        f"Cons@{n}",
+        f"A2R@{n}",
+        "answer p50 / p95 (s)",
+        "explorer tok/s",
+        "replay: saved %",
+        f"replay: Cons@{n}",
+    ):
         out.add_column(column, justify="left" if column == "policy" else "right")
     for name, row in rows.items():
         tokens, acc = row["explorer_tokens_per_problem"], row["accuracy"] or {}
@@ -181,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(DatasetError, RecordsError, ValueError):
         profile, device = cli.profile_for(args)
         dataset = args.dataset or profile.datasets[0]
         problems = load_problems(dataset, args.limit)
@@ -196,9 +206,6 @@ def run(args: argparse.Namespace) -> int:
         }
         for records in files.values():
             records.check_problems((p.id, p) for p in problems)
-    except (DatasetError, RecordsError, ValueError) as exc:
-        cli.print_error(exc)
-        return 2
     todo = {name: [p for p in problems if p.id not in records] for name, records in files.items()}
     walls: dict[str, float] = {}
     fresh: dict[str, list[ProblemRecord]] = {name: [] for name in configs}

@@ -100,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     first, fcfs = (results[name]["synthesis_median_s"] for name in SETTINGS)
     console.print(f"synthesis median, priority / first come first served: {first / fcfs:.2f}")
     args.output.mkdir(parents=True, exist_ok=True)
-    summary = {"config": {**run.to_dict(), "in_flight": args.in_flight, "problems": args.problems},
-               "results": results}  # fmt: skip
+    summary = {
+        "config": {**run.to_dict(), "in_flight": args.in_flight, "problems": args.problems},
+        "results": results,
+    }
     (args.output / "priority.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(f"results: {args.output / 'priority.json'}")
     return 0

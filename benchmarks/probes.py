@@ -165,13 +165,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(DatasetError, OSError, ValueError):
         engines, profile = cli.explorer_engines(args)
         problems = load_problems(args.dataset or profile.throughput_dataset, args.problems)
         args.output.mkdir(parents=True, exist_ok=True)
-    except (DatasetError, OSError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
     try:
         cli.log_frontend_warnings(args.output / "logs")
         with serve(engines, args.output / "logs") as running:

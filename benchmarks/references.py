@@ -59,8 +59,14 @@ from programs.synthesizer import run_synthesizer
 
 # The shared run flags this probe has no use for: it never stops paths early, always synthesizes, and
 # always shuffles its references (seeded).
-NOT_HERE = ("synthesize", "shuffle_references", "stop", "keep_confident", "online_confidence",
-            "skip_synthesis_if_unanimous")  # fmt: skip
+NOT_HERE = (
+    "synthesize",
+    "shuffle_references",
+    "stop",
+    "keep_confident",
+    "online_confidence",
+    "skip_synthesis_if_unanimous",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,9 +132,14 @@ def synthesizer_alone(args: argparse.Namespace, device: str) -> tuple[Profile, E
         offline = cli.build_offline_models(profile, args)
         model = str(offline.synthesizer) if offline else profile.synthesizer_model
     config = dataclass_from_args(
-        EngineConfig, args, device=device, explorer_model=model, explorer_url=args.synthesizer_url,
-        synthesizer_model=None, synthesizer_url=None,
-    )  # fmt: skip
+        EngineConfig,
+        args,
+        device=device,
+        explorer_model=model,
+        explorer_url=args.synthesizer_url,
+        synthesizer_model=None,
+        synthesizer_url=None,
+    )
     return profile, cli.plan_here(config, device)
 
 
@@ -218,7 +229,7 @@ def synthesize_all(
         def call(condition: Condition) -> tuple[Condition, SynthesisRecord]:
             seed = config.path_seed(f"{parts.problem.id}/{condition.name}", 0)
             texts = [r.text for r in condition.references]
-            return condition, run_synthesizer(synthesizer, parts.problem.problem, texts, config, seed)
+            return condition, run_synthesizer(synthesizer, parts.problem.problem, texts, config, seed=seed)
 
         return [lambda c=c: call(c) for c in conditions]
 
@@ -308,7 +319,7 @@ def share_cell(row: dict[str, Any], key: str) -> str:
 def run(args: argparse.Namespace) -> int:
     problems: list[ProblemParts] = []
     explorations: RecordFile | None = None
-    try:
+    with cli.refusing(DatasetError, RecordsError, ReferencesError, EngineError, ValueError):
         if args.explorations:  # first: the file is cheap to check, and starting engines is not
             problems = chosen(read_parts(args.explorations), args.limit, str(args.explorations))
         engines, config, source = plan(args)
@@ -316,9 +327,6 @@ def run(args: argparse.Namespace) -> int:
         records = RecordFile(output, probe_config(config, args.n, source), console, name="references.jsonl")
         if not args.explorations:
             explorations = RecordFile(output, config.to_dict(), console, name="explorations.jsonl")
-    except (DatasetError, RecordsError, ReferencesError, EngineError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
     roles = f"synthesizer {config.synthesizer_model}"
     if explorations is not None:
         roles += f", explorer {config.explorer_model} ({config.n} paths per problem)"
@@ -332,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
                 problems = chosen(found, args.limit, str(explorations.path))
             synthesize_all(problems, args.n, config, synthesizer, records)
     except (DatasetError, ReferencesError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        cli.print_error(exc)
         return 2
     except (KeyboardInterrupt, RuntimeError, ValueError) as exc:  # RuntimeError: an engine (EngineError)
         return cli.stopped(exc, f"finished explorations and syntheses are kept in {output}")

@@ -41,8 +41,15 @@ def swept(kind: str, result: dict[str, Any]) -> int:
 def sweep_table(kind: str, names: Sequence[str], results: dict[str, dict[str, Any]]) -> Table:
     label = "path tokens" if kind == "length" else "in flight"
     grid = Table(title=f"Throughput sweep over {label}: medians and [min-max] over rounds")
-    for column in (label, "problems", *(f"{m} tok/s" for m in MODE_LABELS.values()), "SC/raw", "A2R/SC",
-                   "A2R/raw", "A2R/two-phase p50 answer"):  # fmt: skip
+    for column in (
+        label,
+        "problems",
+        *(f"{m} tok/s" for m in MODE_LABELS.values()),
+        "SC/raw",
+        "A2R/SC",
+        "A2R/raw",
+        "A2R/two-phase p50 answer",
+    ):
         grid.add_column(column, justify="right")
     for name in names:
         result = results[name]

@@ -289,8 +289,10 @@ def measure_point(
             for mode in MODES:
                 for handle in {handle.url: handle for handle in handles}.values():
                     handle.flush_cache()
-                console.print(f"{point.name} round {index + 1}/{point.rounds}: {mode}, {len(problems)} problems, "
-                              f"{slots[0]} in flight ...")  # fmt: skip
+                console.print(
+                    f"{point.name} round {index + 1}/{point.rounds}: {mode}, {len(problems)} problems, "
+                    f"{slots[0]} in flight ..."
+                )
                 before = cpu()
                 records, wall_s = run_mode(mode, pipelines, problems, slots)
                 after = cpu()
@@ -401,8 +403,10 @@ def table(result: dict[str, Any]) -> Table:
     run, modes = result["config"]["run"], result["modes"]
     n, length = run["n"], "fixed length" if run["explorer"]["ignore_eos"] else "free length"
     models = " -> ".join(dict.fromkeys(Path(run[f"{role}_model"]).name for role in ROLES))
-    title = (f"Throughput, N={n}, {modes['sc']['problems']} problems, {length}, medians of "
-             f"{result['config']['rounds']} rounds")  # fmt: skip
+    title = (
+        f"Throughput, N={n}, {modes['sc']['problems']} problems, {length}, medians of "
+        f"{result['config']['rounds']} rounds"
+    )
     grid = Table(title=title, caption=models)
     grid.add_column("")
     for label in (f"SC@{n}", f"A2R@{n}", f"raw engine, n={n}", "two-phase A2R"):
@@ -434,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(DatasetError, OSError, ValueError):
         profile, device = cli.profile_for(args)
         args.dataset = args.dataset or profile.throughput_dataset
         pool = load_problems(args.dataset)
@@ -442,9 +446,6 @@ def run(args: argparse.Namespace) -> int:
         todo = points(args, engines, profile)
         output = args.output or cli.default_output(args.dataset, args.n, kind="throughput")
         output.mkdir(parents=True, exist_ok=True)
-    except (DatasetError, OSError, ValueError) as exc:
-        cli.print_error(exc)
-        return 2
     folder = {p.name: output if args.sweep is None else output / p.name for p in todo}
     results = {p.name: r for p in todo if (r := saved(p, folder[p.name])) is not None}
     if results:
@@ -485,9 +486,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def measure_all(
-    todo: list[Point], pool: list[Problem], engines: Engines, args: argparse.Namespace, device: str,
-    output: Path, folder: dict[str, Path], results: dict[str, dict[str, Any]],
-) -> None:  # fmt: skip
+    todo: list[Point],
+    pool: list[Problem],
+    engines: Engines,
+    args: argparse.Namespace,
+    device: str,
+    output: Path,
+    folder: dict[str, Path],
+    results: dict[str, dict[str, Any]],
+) -> None:
     """Start the engines once, measure every point in `todo` and its fixed costs, and write each point's
     throughput.json the moment it is done, so an interrupted sweep keeps what it finished."""
     cli.log_frontend_warnings(output / "logs")

@@ -146,8 +146,10 @@ def _path(row: Any, where: str) -> PathTrace:
     probes = row.get("probes") or []
     if not isinstance(probes, list) or not all(isinstance(p, list) and len(p) == 2 for p in probes):
         raise ScoreInputError(f"{where}: probes must be a list of [tokens, answer] pairs")
-    checked = [(tokens_field(t, where, f"probes[{j}] tokens"), _answer(a, where, f"probes[{j}] answer"))
-               for j, (t, a) in enumerate(probes)]  # fmt: skip
+    checked = [
+        (tokens_field(t, where, f"probes[{j}] tokens"), _answer(a, where, f"probes[{j}] answer"))
+        for j, (t, a) in enumerate(probes)
+    ]
     return PathTrace(tokens, _answer(row.get("answer"), where, "answer"), checked)
 
 

@@ -42,8 +42,11 @@ SYNTHESIS_PRIORITY = 1  # above explorations, which send none (SGLang ranks thos
 SKIP_IF_VAR = "skip_if"  # if set and true when the path is about to be sent, it is not sent (it was stopped)
 TRAIL_VAR = "token_trail"  # if set, a `TokenTrail`: the path's continuations are sent as its token ids
 # The reply of a path that was never sent, in the engine's own shape.
-NOT_SENT = {"finish_reason": {"type": "abort", "message": "stopped before it was sent"}, "prompt_tokens": 0,
-            "completion_tokens": 0}  # fmt: skip
+NOT_SENT = {
+    "finish_reason": {"type": "abort", "message": "stopped before it was sent"},
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+}
 RID_END = "."  # closes every request id: SGLang aborts by prefix, and no id ending here prefixes another
 # A top-k for requests that only prefill. Without one SGLang takes top-k as "all", and a batch holding such a
 # request samples every one of its requests by sorting the whole vocabulary instead of taking the top k;

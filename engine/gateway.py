@@ -101,10 +101,16 @@ def worker_specs(model: str, count: int, cores: list[int], **fields: object) -> 
     share = len(cores) // count
     ports = free_ports(count)
     return [
-        EngineSpec(model, device="cpu", port=port, extra_args=("--enable-metrics",),
-                   cpu_cores=tuple(cores[i * share : (i + 1) * share] if share else cores), **fields)  # type: ignore[arg-type]
+        EngineSpec(
+            model,
+            device="cpu",
+            port=port,
+            extra_args=("--enable-metrics",),
+            cpu_cores=tuple(cores[i * share : (i + 1) * share] if share else cores),
+            **fields,
+        )  # type: ignore[arg-type]
         for i, port in enumerate(ports)
-    ]  # fmt: skip
+    ]
 
 
 def wait_gateway(url: str, process: subprocess.Popen, log: Path, count: int, timeout: float) -> None:
@@ -119,8 +125,10 @@ def wait_gateway(url: str, process: subprocess.Popen, log: Path, count: int, tim
             if len(describe(url) or []) == count:
                 return
         time.sleep(0.3)
-    raise EngineError(f"the gateway did not list its {count} workers after {timeout:.0f} s; last lines of {log}:\n"
-                      f"{log_tail(log)}")  # fmt: skip
+    raise EngineError(
+        f"the gateway did not list its {count} workers after {timeout:.0f} s; last lines of {log}:\n"
+        f"{log_tail(log)}"
+    )
 
 
 @contextlib.contextmanager
@@ -154,8 +162,11 @@ def serve_gateway(
     with log.open("ab") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "engine.tether", str(os.getpid()), *argv],
-            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         url = f"http://{host}:{port}"
         wait_gateway(url, process, log, len(worker_urls), GATEWAY_READY_S)

@@ -171,8 +171,10 @@ def plan(
     )
     if same:
         if synthesizer_args:
-            raise ValueError("--synthesizer-server-args: one engine serves both roles; give its flags with "
-                             "--explorer-server-args")  # fmt: skip
+            raise ValueError(
+                "--synthesizer-server-args: one engine serves both roles; give its flags with "
+                "--explorer-server-args"
+            )
         if config.synthesis_priority and explorer.launched:
             explorer = replace(explorer, extra_args=(*explorer.extra_args, *PRIORITY_FLAGS))
         return Engines(explorer, explorer, layout="same-model")

@@ -6,7 +6,7 @@
 
 With no GPU it runs on the CPU with the project's offline pair, a small explorer and a larger synthesizer on
 two engines pinned to their own cores (`--one-model`: the explorer alone), on the arithmetic chains they
-were trained on (programs/offline/task.py) unless `--dataset` names another. Results go to
+were trained on (programs/offline/chain.py) unless `--dataset` names another. Results go to
 `OUTPUT/records.jsonl`, one line per problem as soon as it is done; rerunning the same command resumes.
 """
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(DatasetError, RecordsError, ValueError):
         profile, device = cli.profile_for(args)
         dataset = None if args.question else args.dataset or profile.datasets[0]
         problems = [question_problem(args.question)] if args.question else load_problems(dataset, args.limit)
@@ -76,9 +76,6 @@ def run(args: argparse.Namespace) -> int:
         output = args.output or cli.default_output(dataset, args.n, question=args.question)
         records = RecordFile(output, config.to_dict(), console)
         records.check_problems((p.id, p) for p in problems)
-    except (DatasetError, RecordsError, ValueError) as exc:
-        cli.print_error(exc)
-        return 2
     todo = [p for p in problems if p.id not in records or (args.retry_failed and records.failed(p.id))]
     console.print(
         escape(

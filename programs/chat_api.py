@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from programs.core import records
 from programs.core.config import RunConfig
-from programs.core.prompts import THINK_END, THINK_START
+from programs.core.grading import is_equivalent
+from programs.core.prompts import THINK_END, THINK_START, split_thinking
 from programs.core.records import UNANIMOUS, ProblemRecord
 from programs.core.stopping import STOP_FORMS
 
@@ -50,8 +52,17 @@ MAX_N = 64  # paths per request
 # A conversation longer than this many characters per token of the explorer's context cannot fit it (tokens
 # run 2-5 characters), and tokenizing costs ~250 MB per MB of text: refused (413) before it is tokenized.
 CHARS_PER_CONTEXT_TOKEN = 16
-A2R_KNOBS = ("n", "explorer_max_tokens", "explorer_temperature", "explorer_top_p", "stop", "keep_confident",
-             "online_confidence", "force_answer", "return_references")  # fmt: skip
+A2R_KNOBS = (
+    "n",
+    "explorer_max_tokens",
+    "explorer_temperature",
+    "explorer_top_p",
+    "stop",
+    "keep_confident",
+    "online_confidence",
+    "force_answer",
+    "return_references",
+)
 
 
 class ApiError(Exception):
@@ -63,8 +74,12 @@ class ApiError(Exception):
 
     @property
     def kind(self) -> str:
-        return {401: "authentication_error", 404: "not_found_error", 500: "server_error",
-                503: "service_unavailable"}.get(self.status, "invalid_request_error")  # fmt: skip
+        return {
+            401: "authentication_error",
+            404: "not_found_error",
+            500: "server_error",
+            503: "service_unavailable",
+        }.get(self.status, "invalid_request_error")
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
@@ -95,17 +110,28 @@ class ChatRequest:
         if not isinstance(model, str):
             raise ApiError(400, f"model must be a string, one of {', '.join(MODELS)}", "model")
         if model not in MODELS:
-            raise ApiError(404, f"model {model!r} does not exist; this server has {', '.join(MODELS)}", "model",
-                           "model_not_found")  # fmt: skip
+            raise ApiError(
+                404,
+                f"model {model!r} does not exist; this server has {', '.join(MODELS)}",
+                "model",
+                "model_not_found",
+            )
         refuse_unsupported(body)
         messages = read_messages(body.get("messages"))
         chars = sum(len(m["content"]) for m in messages)
         if max_chars is not None and chars > max_chars:
-            raise ApiError(413, f"the messages hold {chars} characters, more than the {max_chars} the context "
-                           "can take", "messages", "context_length_exceeded")  # fmt: skip
+            raise ApiError(
+                413,
+                f"the messages hold {chars} characters, more than the {max_chars} the context can take",
+                "messages",
+                "context_length_exceeded",
+            )
         if body.get("n") not in (None, 1) or isinstance(body.get("n"), bool):
-            raise ApiError(400, f"n must be 1, got {body['n']!r}: every request returns one choice (a2r.n sets "
-                           "the paths)", "n")  # fmt: skip
+            raise ApiError(
+                400,
+                f"n must be 1, got {body['n']!r}: every request returns one choice (a2r.n sets the paths)",
+                "n",
+            )
         knobs = body.get("a2r") or {}
         if not isinstance(knobs, dict) or set(knobs) - set(A2R_KNOBS):
             unknown = sorted(set(knobs) - set(A2R_KNOBS)) if isinstance(knobs, dict) else knobs
@@ -227,14 +253,21 @@ def configure(base: RunConfig, body: dict[str, Any], knobs: dict[str, Any], synt
 
     budget = number(body, "max_completion_tokens", int, 1, 1 << 20, "max_completion_tokens")
     budget = budget or number(body, "max_tokens", int, 1, 1 << 20, "max_tokens")
-    synthesizer = {"max_tokens": budget, "temperature": number(body, "temperature", float, 0, 2, "temperature"),
-                   "top_p": number(body, "top_p", float, 1e-6, 1, "top_p")}  # fmt: skip
-    explorer = {"max_tokens": number(knobs, "explorer_max_tokens", int, 1, 1 << 20, "a2r.explorer_max_tokens"),
-                "temperature": number(knobs, "explorer_temperature", float, 0, 2, "a2r.explorer_temperature"),
-                "top_p": number(knobs, "explorer_top_p", float, 1e-6, 1, "a2r.explorer_top_p")}  # fmt: skip
-    adaptive = {"keep_confident": number(knobs, "keep_confident", float, 0, 1, "a2r.keep_confident"),
-                "online_confidence": number(knobs, "online_confidence", float, 0, 1, "a2r.online_confidence"),
-                "force_answer": number(knobs, "force_answer", int, 1, 1 << 20, "a2r.force_answer")}  # fmt: skip
+    synthesizer = {
+        "max_tokens": budget,
+        "temperature": number(body, "temperature", float, 0, 2, "temperature"),
+        "top_p": number(body, "top_p", float, 1e-6, 1, "top_p"),
+    }
+    explorer = {
+        "max_tokens": number(knobs, "explorer_max_tokens", int, 1, 1 << 20, "a2r.explorer_max_tokens"),
+        "temperature": number(knobs, "explorer_temperature", float, 0, 2, "a2r.explorer_temperature"),
+        "top_p": number(knobs, "explorer_top_p", float, 1e-6, 1, "a2r.explorer_top_p"),
+    }
+    adaptive = {
+        "keep_confident": number(knobs, "keep_confident", float, 0, 1, "a2r.keep_confident"),
+        "online_confidence": number(knobs, "online_confidence", float, 0, 1, "a2r.online_confidence"),
+        "force_answer": number(knobs, "force_answer", int, 1, 1 << 20, "a2r.force_answer"),
+    }
     stop = knobs.get("stop")
     if stop is not None and not isinstance(stop, str):
         raise ApiError(400, f"a2r.stop must be a policy string: {STOP_FORMS}; got {stop!r}", "a2r.stop")
@@ -291,36 +324,111 @@ class ThinkSplitter:
 
 
 def usage(record: ProblemRecord) -> dict[str, Any]:
-    """OpenAI's usage over every engine call of the request, with the per-stage breakdown."""
-    paths, synthesis = record.paths, record.synthesizer
-    if synthesis is not None and synthesis.finish_reason == UNANIMOUS:
-        synthesis = None
+    """OpenAI's usage over every engine call of the request, with the per-stage breakdown (a unanimous
+    answer's skipped synthesis counts nothing), added up by `records.usage` as every other figure is."""
+    used = records.usage([record])
     explorer = {
-        "paths": len(paths),
-        "prompt_tokens": sum(p.prompt_tokens for p in paths),
-        "completion_tokens": sum(p.completion_tokens for p in paths),
-        "cached_tokens": sum(p.cached_tokens for p in paths),
-        "probe_tokens": sum(p.probe_tokens for p in paths),  # asking running paths for their answers
+        "paths": used.paths,
+        "prompt_tokens": used.explorer_prompt_tokens,
+        "completion_tokens": used.explorer_completion_tokens,
+        "cached_tokens": used.explorer_cached_tokens,
+        "probe_tokens": used.explorer_probe_tokens,  # asking running paths for their answers
     }
     synthesizer = {
-        "prompt_tokens": synthesis.prompt_tokens if synthesis else 0,
-        "completion_tokens": synthesis.completion_tokens if synthesis else 0,
-        "cached_tokens": synthesis.cached_tokens if synthesis else 0,
+        "prompt_tokens": used.synthesizer_prompt_tokens,
+        "completion_tokens": used.synthesizer_completion_tokens,
+        "cached_tokens": used.synthesizer_cached_tokens,
     }
-    prompt = explorer["prompt_tokens"] + synthesizer["prompt_tokens"]
-    completion = explorer["completion_tokens"] + synthesizer["completion_tokens"]
+    prompt = used.explorer_prompt_tokens + used.synthesizer_prompt_tokens
     return {
         "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": explorer["cached_tokens"] + synthesizer["cached_tokens"]},
+        "completion_tokens": used.output_tokens,
+        "total_tokens": prompt + used.output_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": used.explorer_cached_tokens + used.synthesizer_cached_tokens
+        },
         "a2r": {"explorer": explorer, "synthesizer": synthesizer},
     }
 
 
 def references(record: ProblemRecord) -> dict[str, Any]:
     """What `a2r.return_references` adds: each path's answer and the self-consistency answer."""
-    paths = [{"answer": p.answer, "answer_part": p.answer_part, "completion_tokens": p.completion_tokens,
-              "kept": p.kept, "stopped_by": p.stopped_by, "probes": p.probes, "wave": p.wave,
-              "forced_answer": p.forced_answer} for p in record.paths]  # fmt: skip
+    paths = [
+        {
+            "answer": p.answer,
+            "answer_part": p.answer_part,
+            "completion_tokens": p.completion_tokens,
+            "kept": p.kept,
+            "stopped_by": p.stopped_by,
+            "probes": p.probes,
+            "wave": p.wave,
+            "forced_answer": p.forced_answer,
+        }
+        for p in record.paths
+    ]
     return {"paths": paths, "self_consistency": record.self_consistency["answer"]}
+
+
+def answer_text(record: ProblemRecord, model: str) -> tuple[str, str | None]:
+    """The reply the client gets and the engine's finish reason: the synthesis, or (self-consistency) the
+    first kept path that gave the voted answer."""
+    synthesis = record.synthesizer
+    if model == "a2r" and synthesis is not None:
+        if synthesis.finish_reason == UNANIMOUS:
+            return f"\\boxed{{{synthesis.answer}}}", "stop"
+        return synthesis.text, synthesis.finish_reason
+    vote = record.self_consistency["answer"]
+    kept = [p for p in record.paths if p.kept]
+    chosen = next(
+        (p for p in kept if vote is not None and p.answer and is_equivalent(vote, p.answer)), kept[0]
+    )
+    return chosen.text, chosen.finish_reason
+
+
+def finish_reason(engine_reason: str | None) -> str:
+    """OpenAI's finish reason for the engine's: a reply cut at its budget is `length`, any other end `stop`."""
+    return "length" if engine_reason == "length" else "stop"
+
+
+def completion(request: ChatRequest, response_id: str, record: ProblemRecord) -> dict[str, Any]:
+    """The whole (non-streamed) response to `request`, its thinking apart in `reasoning_content`."""
+    text, reason = answer_text(record, request.model)
+    reasoning, content = split_thinking(text)
+    message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
+    body = {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": request.created,
+        "model": request.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(reason)}],
+        "usage": usage(record),
+    }
+    if request.return_references:
+        body["a2r"] = references(record)
+    return body
+
+
+def chunk(
+    request: ChatRequest,
+    response_id: str,
+    delta: dict[str, Any] | None,
+    finish: str | None = None,
+    **extra: Any,
+) -> str:
+    """One SSE chunk of the response to `request`; `delta` None gives the chunk with no choices that carries
+    usage."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    body = {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": request.created,
+        "model": request.model,
+        "choices": choices,
+        **extra,
+    }
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def deltas(reasoning: str, content: str) -> list[dict[str, str]]:
+    """The stream deltas for new thinking and new content, the empty ones left out."""
+    return [d for d in ({"reasoning_content": reasoning}, {"content": content}) if next(iter(d.values()))]

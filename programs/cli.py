@@ -2,7 +2,8 @@
 signal handling and output that stays whole in a pipe.
 
 Each entry point has one shape, `main(argv) -> parse_args(argv) -> run(args)`, run through `run_main`: a
-polite kill (SIGTERM) takes the Ctrl-C path, so engines stop and finished records stay.
+polite kill (SIGTERM) takes the Ctrl-C path, so engines stop and finished records stay, and a run its opening
+checks refuse (`refusing`) ends in one error line and exit status 2.
 """
 
 from __future__ import annotations
@@ -226,8 +227,11 @@ def plan_run(
 def server_args(engines: Engines) -> dict[str, list[str]]:
     """The SGLang flags beyond the plan's own each launched role's engine runs with (given, streaming,
     priority), for the run's configuration."""
-    return {role: list(spec.extra_args) for role in ROLES
-            if (spec := getattr(engines, role)).launched and spec.extra_args}  # fmt: skip
+    return {
+        role: list(spec.extra_args)
+        for role in ROLES
+        if (spec := getattr(engines, role)).launched and spec.extra_args
+    }
 
 
 def role_models(engines: Engines) -> dict[str, str]:
@@ -291,10 +295,29 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class Refused(Exception):
+    """A run refused before it starts anything (its arguments, data or records will not do)."""
+
+
+@contextlib.contextmanager
+def refusing(*errors: type[Exception]) -> Iterator[None]:
+    """Around the checks that open an entry point's `run`: any of `errors` refuses the run, which `run_main`
+    answers with the error's one line and exit status 2 (so every entry point refuses alike)."""
+    try:
+        yield
+    except errors as exc:
+        raise Refused(str(exc)) from exc
+
+
 def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run an entry point's `run(args)` with SIGTERM handled as Ctrl-C; its exit status."""
+    """Run an entry point's `run(args)` with SIGTERM handled as Ctrl-C; its exit status (2 for a run
+    `refusing` refused, after its one line)."""
     with sigterm_as_ctrl_c():
-        return run(args)
+        try:
+            return run(args)
+        except Refused as exc:
+            print_error(exc)
+            return 2
 
 
 def stopped(exc: BaseException, kept: str) -> int:

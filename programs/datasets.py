@@ -3,7 +3,7 @@
     load_problems("aime24")                           # shipped, see programs/data/SOURCES.md
     load_problems("mine.jsonl", limit=10)             # a local .jsonl / .json / .parquet file
     load_problems("hf:HuggingFaceH4/MATH-500:test")   # hf:REPO[:SPLIT] or hf:REPO:CONFIG:SPLIT (needs network)
-    load_problems("chain:7:500")                      # generated arithmetic (also `synthetic`), programs/offline/task.py
+    load_problems("chain:7:500")                      # generated arithmetic (also `synthetic`), programs/offline/chain.py
 
 Sources name their fields differently (problem / question / Question, answer / Answer, id / unique_id); they
 are mapped here once so nothing downstream has to know. A problem is text; an answer is text or a finite
@@ -21,9 +21,9 @@ from typing import Any
 
 from programs.core.jsonl import JsonlError, read_jsonl
 from programs.core.records import Problem
-from programs.offline import task as synthetic
+from programs.offline import chain
+from programs.shipped_data import DATA_DIR
 
-DATA_DIR = Path(__file__).parent / "data"
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 HUB_PREFIX = "hf:"
 HUB_DEFAULT_SPLIT = "test"
@@ -44,7 +44,7 @@ class DatasetError(ValueError):
 def shipped_names() -> list[str]:
     """The problem sets shipped with the project: the files in programs/data/, and the generated arithmetic
     sets (`chain:SEED:COUNT` for another draw)."""
-    return sorted([*(path.stem for path in DATA_DIR.glob("*.jsonl")), *synthetic.SETS])
+    return sorted([*(path.stem for path in DATA_DIR.glob("*.jsonl")), *chain.SETS])
 
 
 def load_problems(spec: str, limit: int | None = None) -> list[Problem]:
@@ -78,10 +78,10 @@ def _read_rows(spec: str) -> list[Located]:
     if spec.startswith(HUB_PREFIX):
         return _read_hub(spec[len(HUB_PREFIX) :])
     try:
-        generated = synthetic.parse_spec(spec)
+        generated = chain.parse_spec(spec)
         if generated is not None:
             seed, count, name = generated
-            rows = synthetic.problem_rows(seed, count, name)
+            rows = chain.problem_rows(seed, count, name)
             return [(f"{spec} row {index}", row) for index, row in enumerate(rows)]
     except ValueError as err:
         raise DatasetError(str(err)) from err

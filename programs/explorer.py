@@ -266,6 +266,7 @@ def run_explorer(
     prompt: str,
     sampling: SamplingConfig,
     seeds: list[int],
+    *,
     policy: StopPolicy | None = None,
     confidence: bool = False,
     online: OnlineStop | None = None,

@@ -66,11 +66,11 @@ class Pipeline:
                 prompt,
                 cfg.explorer,
                 seeds,
-                cfg.stop_policy,
-                confident,
-                cfg.online_stop,
-                batch,
-                chunking,
+                policy=cfg.stop_policy,
+                confidence=confident,
+                online=cfg.online_stop,
+                batch=batch,
+                chunking=chunking,
             )
         except RuntimeError as exc:
             raise backend.lost(exc) from exc
@@ -104,7 +104,9 @@ class Pipeline:
         parts = [paths[i].answer_part for i in kept]
         rid = synthesis_id(batch) if batch else None
         try:
-            record = run_synthesizer(self.synthesizer, problem.problem, parts, cfg, seed, rid, on_text, stop)
+            record = run_synthesizer(
+                self.synthesizer, problem.problem, parts, cfg, seed=seed, rid=rid, on_text=on_text, stop=stop
+            )
         except RuntimeError as exc:
             raise self.synthesizer.backend.lost(exc) from exc
         return replace(record, reference_order=[kept[j] for j in record.reference_order])

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from programs.core.config import PROBE_PREFIX
-from programs.offline.task import ANSWER_PART
-from programs.offline.task import NAME as CHAIN
+from programs.offline import chain
 
 
 @dataclass(frozen=True)
@@ -52,14 +51,14 @@ OFFLINE = Profile(
     name="offline",
     explorer_model=None,
     synthesizer_model=None,
-    datasets=(CHAIN,),
+    datasets=(chain.NAME,),
     explorer_max_tokens=512,
     synthesizer_max_tokens=160,
     throughput_scale=0.01,
-    throughput_dataset=f"{CHAIN}:0:2000",
+    throughput_dataset=f"{chain.NAME}:0:2000",
     throughput_in_flight=8,
     throughput_seconds=20.0,
-    probe_prefix=ANSWER_PART[: ANSWER_PART.index("{value}")],  # the answer part it was trained to write
+    probe_prefix=chain.ANSWER_PART.partition("{value}")[0],  # the answer part it was trained to write
 )
 
 PROFILES = {profile.name: profile for profile in (PAPER, OFFLINE)}

@@ -42,12 +42,16 @@ from programs.chat_api import (
     ApiError,
     ChatRequest,
     ThinkSplitter,
+    answer_text,
+    chunk,
+    completion,
+    deltas,
+    finish_reason,
     references,
     usage,
 )
 from programs.cli import console
 from programs.core.config import RunConfig
-from programs.core.grading import is_equivalent
 from programs.core.prompts import split_thinking
 from programs.core.records import UNANIMOUS, Problem, ProblemRecord
 from programs.engine_handle import EngineHandle, UnservableProblem
@@ -127,9 +131,13 @@ class Service:
         synthesizer budget leaves no room in the context (found before its paths are explored)."""
         budget, context = request.config.synthesizer.max_tokens, self.synthesizer.context_length
         if request.config.synthesize and budget >= context:
-            raise ApiError(400, f"max_tokens ({budget}) must be below the synthesizer's context ({context} tokens), "
-                           "which also holds the question and the paths' answers", "max_tokens",
-                           "context_length_exceeded")  # fmt: skip
+            raise ApiError(
+                400,
+                f"max_tokens ({budget}) must be below the synthesizer's context ({context} tokens), "
+                "which also holds the question and the paths' answers",
+                "max_tokens",
+                "context_length_exceeded",
+            )
         with self._lock:
             if self.active >= self.max_queue:
                 raise ApiError(503, f"the server holds {self.active} requests, its limit; retry shortly")
@@ -215,64 +223,21 @@ class Service:
         return True
 
 
-def answer_text(record: ProblemRecord, model: str) -> tuple[str, str | None]:
-    """The reply the client gets and the engine's finish reason: the synthesis, or (self-consistency) the
-    first kept path that gave the voted answer."""
-    synthesis = record.synthesizer
-    if model == "a2r" and synthesis is not None:
-        if synthesis.finish_reason == UNANIMOUS:
-            return f"\\boxed{{{synthesis.answer}}}", "stop"
-        return synthesis.text, synthesis.finish_reason
-    vote = record.self_consistency["answer"]
-    kept = [p for p in record.paths if p.kept]
-    chosen = next(
-        (p for p in kept if vote is not None and p.answer and is_equivalent(vote, p.answer)), kept[0]
-    )
-    return chosen.text, chosen.finish_reason
-
-
-def finish_reason(engine_reason: str | None) -> str:
-    return "length" if engine_reason == "length" else "stop"
-
-
-def completion(ticket: Ticket, record: ProblemRecord) -> dict[str, Any]:
-    text, reason = answer_text(record, ticket.request.model)
-    reasoning, content = split_thinking(text)
-    message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
-    body = {
-        "id": ticket.id,
-        "object": "chat.completion",
-        "created": ticket.request.created,
-        "model": ticket.request.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(reason)}],
-        "usage": usage(record),
-    }
-    if ticket.request.return_references:
-        body["a2r"] = references(record)
-    return body
-
-
-def chunk(ticket: Ticket, delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
-    """One SSE chunk; `delta` None gives the chunk with no choices that carries usage."""
-    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
-    body = {"id": ticket.id, "object": "chat.completion.chunk", "created": ticket.request.created,
-            "model": ticket.request.model, "choices": choices, **extra}  # fmt: skip
-    return f"data: {json.dumps(body)}\n\n"
-
-
-def deltas(reasoning: str, content: str) -> list[dict[str, str]]:
-    return [d for d in ({"reasoning_content": reasoning}, {"content": content}) if next(iter(d.values()))]
-
-
 def log_request(ticket: Ticket, record: ProblemRecord | None, status: str) -> None:
     stages = usage(record)["a2r"] if record else {}
     explorer, synthesizer = stages.get("explorer", {}), stages.get("synthesizer", {})
     logger.info(
-        "%s %s %s explorer %s+%s tok (%s paths) synthesizer %s+%s tok %.2fs", ticket.id, ticket.request.model,
-        status, explorer.get("prompt_tokens", 0), explorer.get("completion_tokens", 0), explorer.get("paths", 0),
-        synthesizer.get("prompt_tokens", 0), synthesizer.get("completion_tokens", 0),
+        "%s %s %s explorer %s+%s tok (%s paths) synthesizer %s+%s tok %.2fs",
+        ticket.id,
+        ticket.request.model,
+        status,
+        explorer.get("prompt_tokens", 0),
+        explorer.get("completion_tokens", 0),
+        explorer.get("paths", 0),
+        synthesizer.get("prompt_tokens", 0),
+        synthesizer.get("completion_tokens", 0),
         time.perf_counter() - ticket.started,
-    )  # fmt: skip
+    )
 
 
 async def wait(service: Service, ticket: Ticket, disconnected: Callable[[], Any]) -> ProblemRecord:
@@ -295,7 +260,7 @@ async def stream(service: Service, ticket: Ticket) -> AsyncIterator[str]:
     (thinking in `reasoning_content`, then `content`), the finish, usage if asked, and `[DONE]`."""
     done, record = False, None
     try:
-        yield chunk(ticket, {"role": "assistant"})
+        yield chunk(ticket.request, ticket.id, {"role": "assistant"})
         splitter = ThinkSplitter()
         while not done:
             try:
@@ -305,7 +270,7 @@ async def stream(service: Service, ticket: Ticket) -> AsyncIterator[str]:
                 continue
             if kind == "text":
                 for delta in deltas(*splitter.feed(payload[0])):
-                    yield chunk(ticket, delta)
+                    yield chunk(ticket.request, ticket.id, delta)
             elif kind == "failed":
                 done = True
                 yield f"data: {json.dumps(service.failure(payload[0]).body())}\n\n"
@@ -317,11 +282,11 @@ async def stream(service: Service, ticket: Ticket) -> AsyncIterator[str]:
                 else:
                     rest = split_thinking(text)
                 for delta in deltas(*rest):
-                    yield chunk(ticket, delta)
+                    yield chunk(ticket.request, ticket.id, delta)
                 extra = {"a2r": references(record)} if ticket.request.return_references else {}
-                yield chunk(ticket, {}, finish_reason(reason), **extra)
+                yield chunk(ticket.request, ticket.id, {}, finish_reason(reason), **extra)
                 if ticket.request.include_usage:
-                    yield chunk(ticket, None, usage=usage(record))
+                    yield chunk(ticket.request, ticket.id, None, usage=usage(record))
         yield "data: [DONE]\n\n"
     finally:
         if not done:  # the client went away mid-stream
@@ -363,11 +328,22 @@ def build_app(service: Service, api_key: str | None = None, max_body_bytes: int 
     async def models(request: Request) -> dict[str, Any]:
         authorize(request)
         # Each model's context as SGLang's own server gives it: a2r's prompt also reaches the synthesizer.
-        context = {"a2r": min(service.explorer.context_length, service.synthesizer.context_length),
-                   "self-consistency": service.explorer.context_length}  # fmt: skip
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "a2r", "description": about,
-                 "max_model_len": context[name], "context_length": context[name]}
-                for name, about in MODELS.items()]  # fmt: skip
+        context = {
+            "a2r": min(service.explorer.context_length, service.synthesizer.context_length),
+            "self-consistency": service.explorer.context_length,
+        }
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "a2r",
+                "description": about,
+                "max_model_len": context[name],
+                "context_length": context[name],
+            }
+            for name, about in MODELS.items()
+        ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
@@ -394,7 +370,7 @@ def build_app(service: Service, api_key: str | None = None, max_body_bytes: int 
             return JSONResponse(gone.body(), status_code=CLIENT_LEFT)
         finally:
             log_request(ticket, record, status)
-        return completion(ticket, record)
+        return completion(chat, ticket.id, record)
 
     return app
 
@@ -471,7 +447,7 @@ def server_key(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(ValueError):
         key = server_key(args)
         if key is None and args.host not in LOCAL_HOSTS:
             console.print(
@@ -480,19 +456,13 @@ def run(args: argparse.Namespace) -> int:
                 "in front (docs/serving.md)"
             )
         sock = listen(args.host, args.http_port)
-    except ValueError as exc:
-        cli.print_error(exc)
-        return 2
     with sock:
         return serve_on(sock, args, key)
 
 
 def serve_on(sock: socket.socket, args: argparse.Namespace, key: str | None) -> int:
-    try:
+    with cli.refusing(ValueError):
         engines, config = cli.plan_run(args, *cli.profile_for(args))
-    except ValueError as exc:
-        cli.print_error(exc)
-        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logs = args.output / "logs"
     try:

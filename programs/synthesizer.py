@@ -100,6 +100,7 @@ def run_synthesizer(
     query: str,
     answer_parts: list[str],
     config: RunConfig,
+    *,
     seed: int,
     rid: str | None = None,
     on_text: Callable[[str], None] | None = None,

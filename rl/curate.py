@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with cli.refusing(DatasetError, RecordsError, ValueError):
         rule = dataclass_from_args(KeepRule, args)
         problems = load_problems(args.dataset, args.limit)
         engines, profile = cli.explorer_engines(args)
@@ -189,9 +189,6 @@ def run(args: argparse.Namespace) -> int:
         )
         records = RecordFile(args.output, config.to_dict(), console, name=RECORDS)
         records.check_problems((p.id, p) for p in problems)
-    except (DatasetError, RecordsError, ValueError) as exc:
-        cli.print_error(exc)
-        return 2
     todo = [p for p in problems if p.id not in records]
     console.print(
         f"{len(problems)} queries, {len(problems) - len(todo)} already in {records.path}; "

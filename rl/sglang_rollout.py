@@ -257,8 +257,14 @@ class SGLangRollout:
             raise NotImplementedError(
                 "--vllm.sync_with_ray is not supported with SGLang rollouts; leave it off"
             )
-        body = dict(master_address=master_address, master_port=master_port, rank_offset=rank_offset,
-                    world_size=world_size, group_name=group_name, backend=backend)  # fmt: skip
+        body = dict(
+            master_address=master_address,
+            master_port=master_port,
+            rank_offset=rank_offset,
+            world_size=world_size,
+            group_name=group_name,
+            backend=backend,
+        )
         await self._control("/init_weights_update_group", body)
         self.group = group_name
 

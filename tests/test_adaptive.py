@@ -90,7 +90,9 @@ def test_a_stop_ends_decoding_on_the_engine_and_keeps_what_the_paths_wrote(cpu_e
     handle = EngineHandle.attach(cpu_engine.explorer)
     prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3?")
     backend = OnePathMayEnd(handle.url, explorer_load, others=5, api_key=handle.key)
-    paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(6)), StopPolicy.parse("first:1"))
+    paths = run_explorer(
+        backend, prompt, SamplingConfig(BUDGET), list(range(6)), policy=StopPolicy.parse("first:1")
+    )
     assert explorer_load.settled(SNAPSHOT_S) == 0
     assert paths[0].kept and paths[0].stopped_by is None and paths[0].finish_reason == "stop"
     for path in paths[1:]:
@@ -105,8 +107,11 @@ def test_a_path_whose_request_reaches_the_engine_after_its_abort_is_stopped_all_
     with watch.resending_aborts(every_s=0.2):
         watch.on_reply(0)("<think>x</think> \\boxed{3}", {"completion_tokens": 5})
         assert 1 in watch.stopped  # and its abort is sent, to an engine that has not seen the request yet
-        body = {"text": "<think>\n", "rid": watch.rids[1],
-                "sampling_params": {"max_new_tokens": BUDGET, "ignore_eos": True}}  # fmt: skip
+        body = {
+            "text": "<think>\n",
+            "rid": watch.rids[1],
+            "sampling_params": {"max_new_tokens": BUDGET, "ignore_eos": True},
+        }
         meta = json.loads(post(endpoint.base_url, "/generate", body, key=endpoint.api_key))["meta_info"]
         watch.on_reply(1)("", meta)
     assert meta["finish_reason"]["type"] == "abort" and meta["completion_tokens"] < BUDGET
@@ -134,7 +139,9 @@ def test_a_path_stopped_before_its_request_was_sent_is_never_sent(cpu_engine, ex
     handle = EngineHandle.attach(cpu_engine.explorer)
     prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3?")
     backend = LateSender(handle.url, handle.key)
-    paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(4)), StopPolicy.parse("first:1"))
+    paths = run_explorer(
+        backend, prompt, SamplingConfig(BUDGET), list(range(4)), policy=StopPolicy.parse("first:1")
+    )
     assert paths[0].kept and paths[0].completion_tokens > 0
     for path in paths[1:]:  # the engine prefilled and decoded nothing for them
         assert path.stopped_by == "first:1" and path.finish_reason == "abort"
@@ -216,8 +223,10 @@ def write_records(path: Path, problems: list[tuple[str, list[tuple[str | None, i
     """A records file of full-length runs: per problem its gold and (answer, tokens, confidence) per path."""
     lines = []
     for i, (gold, paths) in enumerate(problems):
-        rows = [{"answer": a, "completion_tokens": t, "confidence": c, "answer_part": "", "text": ""}
-                for a, t, c in paths]  # fmt: skip
+        rows = [
+            {"answer": a, "completion_tokens": t, "confidence": c, "answer_part": "", "text": ""}
+            for a, t, c in paths
+        ]
         lines.append({"id": f"p{i}", "problem": "?", "gold": gold, "paths": rows, "synthesizer": None})
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
@@ -229,10 +238,13 @@ def replay_json(capsys, *argv: str) -> dict:
 
 
 def test_replay_reports_savings_and_the_vote_before_and_after(tmp_path, capsys):
-    records = write_records(tmp_path / "r.jsonl", [
-        ("3", [("3", 10, 1.0), ("3", 20, 1.0), ("4", 30, 1.0), ("3", 40, 1.0)]),  # first:2 stops at 20
-        ("5", [("5", 50, 2.0), ("6", 10, 1.0), ("6", 20, 3.0), ("5", 60, 2.0)]),  # the vote flips to 6
-    ])  # fmt: skip
+    records = write_records(
+        tmp_path / "r.jsonl",
+        [
+            ("3", [("3", 10, 1.0), ("3", 20, 1.0), ("4", 30, 1.0), ("3", 40, 1.0)]),  # first:2 stops at 20
+            ("5", [("5", 50, 2.0), ("6", 10, 1.0), ("6", 20, 3.0), ("5", 60, 2.0)]),  # the vote flips to 6
+        ],
+    )
     result = replay_json(capsys, str(records), "--stop", "first:2")
     assert result["explorer_tokens_full"] == 100 + 140
     assert result["explorer_tokens_kept"] == (10 + 20 + 20 + 20) + (20 + 10 + 20 + 20)

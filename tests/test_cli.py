@@ -50,8 +50,16 @@ def test_run_writes_complete_records_then_resumes(cpu_engine, tmp_path):
         # Every path reuses the forked prompt: the engine recomputes only its last token.
         assert all(p["cached_tokens"] >= p["prompt_tokens"] - 1 for p in record["paths"]), record["paths"]
         for path in record["paths"]:
-            assert {"text", "answer_part", "answer", "correct", "prompt_tokens", "completion_tokens",
-                    "cached_tokens", "finish_reason"} <= set(path)  # fmt: skip
+            assert {
+                "text",
+                "answer_part",
+                "answer",
+                "correct",
+                "prompt_tokens",
+                "completion_tokens",
+                "cached_tokens",
+                "finish_reason",
+            } <= set(path)
         assert set(record["self_consistency"]) == {"answer", "correct"}
         assert {"prompt", "text", "answer", "correct", "prompt_tokens", "completion_tokens"} <= set(
             record["synthesizer"]

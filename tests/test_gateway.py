@@ -54,8 +54,13 @@ def test_workers_get_their_own_cores_where_there_are_enough_and_count_their_requ
 
 
 def test_a_worker_entry_gives_its_model_and_the_context_it_enforces():
-    entry = {"id": "w1", "url": "http://a:1", "model_id": "m", "models": [{"id": "m", "context_length": 4096}],
-             "labels": {"max_model_len": "2048"}}  # fmt: skip
+    entry = {
+        "id": "w1",
+        "url": "http://a:1",
+        "model_id": "m",
+        "models": [{"id": "m", "context_length": 4096}],
+        "labels": {"max_model_len": "2048"},
+    }
     assert worker(entry) == Worker("http://a:1", "m", 2048, "w1")
 
 
@@ -91,8 +96,13 @@ def test_a2r_through_the_gateway_is_served_by_both_workers_and_keeps_the_prefix_
 ):
     urls = [w.base_url for w in workers[0]]
     before = [counted(url) for url in urls]
-    done = subprocess.run(a2r("--explorer-url", gateway, "--n", "4", "--limit", "6", "--output", str(tmp_path)),
-                          cwd=REPO, capture_output=True, text=True, timeout=400)  # fmt: skip
+    done = subprocess.run(
+        a2r("--explorer-url", gateway, "--n", "4", "--limit", "6", "--output", str(tmp_path)),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     served = [counted(url) - b for url, b in zip(urls, before, strict=True)]
     assert all(count > 0 for count in served), served
@@ -129,7 +139,9 @@ def test_a_first_2_stop_through_the_gateway_leaves_no_worker_running_the_problem
     handle = EngineHandle.attach(EngineSpec(str(workers[0][0].model), device="cpu", url=gateway))
     prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3?")
     backend = TwoPathsMayEnd(gateway, loads, others=4)
-    paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(6)), StopPolicy.parse("first:2"))
+    paths = run_explorer(
+        backend, prompt, SamplingConfig(BUDGET), list(range(6)), policy=StopPolicy.parse("first:2")
+    )
     deadline = time.monotonic() + A_FEW_S
     while any(loads.running()) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -158,10 +170,16 @@ def test_a_client_that_leaves_the_server_has_its_paths_aborted_on_every_worker(w
         models = requests.get(f"{url}/v1/models", timeout=30).json()["data"]
         context = check_workers(gateway, describe(gateway))[0].context_length
         assert {(m["id"], m["max_model_len"], m["context_length"]) for m in models} == {
-            ("a2r", context, context), ("self-consistency", context, context)}  # fmt: skip
+            ("a2r", context, context),
+            ("self-consistency", context, context),
+        }
         # 24 paths at temperature 2 rarely stop on their own: left alone they would decode for a minute or more.
-        body = {"model": "a2r", "messages": [{"role": "user", "content": "What is 2 + 3?"}], "stream": True,
-                "a2r": {"n": 24, "explorer_max_tokens": 3000, "explorer_temperature": 2.0}}  # fmt: skip
+        body = {
+            "model": "a2r",
+            "messages": [{"role": "user", "content": "What is 2 + 3?"}],
+            "stream": True,
+            "a2r": {"n": 24, "explorer_max_tokens": 3000, "explorer_temperature": 2.0},
+        }
         with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=60) as reply:
             assert next(reply.iter_lines()).startswith(b"data: ")
             deadline = time.monotonic() + 60
@@ -182,8 +200,13 @@ def test_what_is_no_gateway_or_a_gateway_without_workers_is_refused_in_one_line(
     with pytest.raises(EngineError, match=r"^\S+ is not an smg gateway"):
         GatewayEndpoint(workers[0][0].base_url).abort(request_ids(1)[0])
     with serve_gateway([], tmp_path) as empty:
-        done = subprocess.run(a2r("--explorer-url", empty, "--limit", "1", "--output", str(tmp_path / "run")),
-                              cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            a2r("--explorer-url", empty, "--limit", "1", "--output", str(tmp_path / "run")),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert done.returncode != 0
     assert f"error: the gateway at {empty} has no workers" in done.stdout
 

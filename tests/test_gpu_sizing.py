@@ -27,12 +27,31 @@ from engine.spec import EngineError
 
 # The real config.json values (Qwen/Qwen3-*), as the hub serves them.
 QWEN3 = {"num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936}
-QWEN3_4B = {**QWEN3, "num_hidden_layers": 36, "hidden_size": 2560, "intermediate_size": 9728,
-            "tie_word_embeddings": True, "torch_dtype": "bfloat16"}  # fmt: skip
-QWEN3_8B = {**QWEN3, "num_hidden_layers": 36, "hidden_size": 4096, "intermediate_size": 12288,
-            "tie_word_embeddings": False, "torch_dtype": "bfloat16"}  # fmt: skip
-QWEN3_06B = {**QWEN3, "num_attention_heads": 16, "num_hidden_layers": 28, "hidden_size": 1024,
-             "intermediate_size": 3072, "tie_word_embeddings": True, "torch_dtype": "bfloat16"}  # fmt: skip
+QWEN3_4B = {
+    **QWEN3,
+    "num_hidden_layers": 36,
+    "hidden_size": 2560,
+    "intermediate_size": 9728,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+}
+QWEN3_8B = {
+    **QWEN3,
+    "num_hidden_layers": 36,
+    "hidden_size": 4096,
+    "intermediate_size": 12288,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+QWEN3_06B = {
+    **QWEN3,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 28,
+    "hidden_size": 1024,
+    "intermediate_size": 3072,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+}
 Q4 = ModelShape.from_config("Qwen/Qwen3-4B", QWEN3_4B)
 Q8 = ModelShape.from_config("Qwen/Qwen3-8B", QWEN3_8B)
 Q06 = ModelShape.from_config("Qwen/Qwen3-0.6B", QWEN3_06B)

@@ -33,8 +33,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def meta(prompt: int, cached: int, completion: int, finish: str = "length") -> dict:
-    return {"prompt_tokens": prompt, "cached_tokens": cached, "completion_tokens": completion,
-            "finish_reason": {"type": finish}}  # fmt: skip
+    return {
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "completion_tokens": completion,
+        "finish_reason": {"type": finish},
+    }
 
 
 def test_a_chunked_path_counts_every_token_the_engine_computed_beyond_the_path_itself():
@@ -53,8 +57,9 @@ def test_a_chunked_path_counts_every_token_the_engine_computed_beyond_the_path_i
 
 def test_a_stopped_path_votes_its_last_probe_that_read_an_answer():
     base = PathRecord.from_engine("<think>x", meta(9, 8, 40, "abort"), 0)
-    stopped = PathRecord(**{**base.__dict__, "kept": False, "stopped_by": "settled",
-                            "probes": [(16, "5"), (32, None)]})  # fmt: skip
+    stopped = PathRecord(
+        **{**base.__dict__, "kept": False, "stopped_by": "settled", "probes": [(16, "5"), (32, None)]}
+    )
     assert stopped.vote == "5"
     filtered = PathRecord(**{**stopped.__dict__, "stopped_by": None})  # dropped by the confidence filter
     assert filtered.vote is None
@@ -64,8 +69,16 @@ def test_a_stopped_path_votes_its_last_probe_that_read_an_answer():
 
 def test_probe_fields_round_trip_and_old_records_read_as_unprobed():
     path = PathRecord.from_engine("<think>x</think> \\boxed{3}", meta(9, 8, 12, "stop"), 1)
-    probed = PathRecord(**{**path.__dict__, "probe_tokens": 14, "probes": [(8, "3")], "probed_s": [0.5],
-                           "forced_answer": True, "wave": 1})  # fmt: skip
+    probed = PathRecord(
+        **{
+            **path.__dict__,
+            "probe_tokens": 14,
+            "probes": [(8, "3")],
+            "probed_s": [0.5],
+            "forced_answer": True,
+            "wave": 1,
+        }
+    )
     data = probed.to_json()
     assert data["probes"] == [(8, "3")] and data["wave"] == 1 and data["forced_answer"] is True
     assert set(path.to_json()).isdisjoint({"probe_tokens", "probes", "probed_s", "forced_answer", "wave"})
@@ -240,13 +253,18 @@ def test_a_stopped_chunked_path_sends_no_further_chunk_or_probe(cpu_engine, expl
     backend = Recording(handle.url, api_key=handle.key)
     prompt = chat_prompt(handle.tokenizer, "What is (3 + 4) * 2 - 5?")
     policy = StopPolicy.parse("agree:2,probe=8")
-    paths = run_explorer(backend, prompt, SamplingConfig(BUDGET), list(range(6)), policy, chunking=probing(8))
+    paths = run_explorer(
+        backend, prompt, SamplingConfig(BUDGET), list(range(6)), policy=policy, chunking=probing(8)
+    )
     assert explorer_load.settled(SNAPSHOT_S) == 0
     stopped = [i for i, p in enumerate(paths) if p.stopped_by]
     assert stopped  # two of six paths agree on a probe long before the rest end
     for i in stopped:
-        first_abort = next(k for k, (kind, rid, _) in enumerate(backend.log) if kind == "abort" and
-                           str(rid).endswith(f"-p{i}."))  # fmt: skip
+        first_abort = next(
+            k
+            for k, (kind, rid, _) in enumerate(backend.log)
+            if kind == "abort" and str(rid).endswith(f"-p{i}.")
+        )
         later = [entry for entry in backend.log[first_abort:] if entry[0] == "send" and entry[1] == i]
         assert not later, (i, backend.log)
         assert len(paths[i].probes) == len(paths[i].probed_s)

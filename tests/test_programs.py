@@ -65,8 +65,8 @@ def test_synthesizer_prompt_is_the_papers_template_word_for_word(stage):
 def test_shuffled_references_follow_a_seeded_order(stage):
     parts = [f"answer {i} \\boxed{{{i}}}" for i in range(6)]
     shuffled = replace(CONFIG, shuffle_references=True)
-    first = run_synthesizer(stage, "q", parts, shuffled, 3)
-    again = run_synthesizer(stage, "q", parts, shuffled, 3)
+    first = run_synthesizer(stage, "q", parts, shuffled, seed=3)
+    again = run_synthesizer(stage, "q", parts, shuffled, seed=3)
     assert first.reference_order == again.reference_order != list(range(6))
     tagged = [f"<reference{pos}>answer {i} " for pos, i in enumerate(first.reference_order, start=1)]
     assert all(t in first.prompt for t in tagged)

@@ -60,8 +60,13 @@ def path(answer: str | None, prompt: int = 10, cached: int = 9, completion: int 
 
 def test_a_path_stopped_while_still_queued_is_recorded_with_what_the_engine_reported():
     # The reply SGLang sent for a path a stop policy aborted before it was scheduled (seen on a loaded CPU).
-    meta = {"id": "a2r-bf3e0277a2c04b6b-p1.", "finish_reason": {"type": "abort", "message": "Abort in waiting queue"},
-            "weight_version": "default", "e2e_latency": 0.0227, "completion_tokens": 0}  # fmt: skip
+    meta = {
+        "id": "a2r-bf3e0277a2c04b6b-p1.",
+        "finish_reason": {"type": "abort", "message": "Abort in waiting queue"},
+        "weight_version": "default",
+        "e2e_latency": 0.0227,
+        "completion_tokens": 0,
+    }
     queued = PathRecord.from_engine("", meta, seed=1)
     assert (queued.prompt_tokens, queued.cached_tokens, queued.completion_tokens) == (0, 0, 0)
     assert (queued.finish_reason, queued.answer, queued.text) == ("abort", None, "")
@@ -71,7 +76,9 @@ def test_a_path_stopped_while_still_queued_is_recorded_with_what_the_engine_repo
 
 def test_build_grades_every_answer_and_takes_the_vote():
     paths = [path("4"), path("5"), path("4"), path(None)]
-    synthesis = SynthesisRecord.from_engine("p", "<think>a</think> \\boxed{5}", {"prompt_tokens": 30, "completion_tokens": 7}, [0, 1], [])  # fmt: skip
+    synthesis = SynthesisRecord.from_engine(
+        "p", "<think>a</think> \\boxed{5}", {"prompt_tokens": 30, "completion_tokens": 7}, [0, 1], []
+    )
     record = ProblemRecord.build(Problem("x", "2 + 2?", "4"), {}, paths, synthesis, {"total_s": 1.0})
     assert [p.correct for p in record.paths] == [True, False, True, False]
     assert record.paths[3].answer is None and record.paths[3].answer_part_fallback
@@ -82,11 +89,23 @@ def test_build_grades_every_answer_and_takes_the_vote():
 
 
 def test_usage_adds_up_the_engines_counts():
-    first = ProblemRecord.build(Problem("a", "?", "1"), {}, [path("1", 10, 9, 5), path("2", 10, 10, 7)], None,
-                                {"explore_s": 2.0, "synthesize_s": 0.0, "total_s": 2.5})  # fmt: skip
-    synthesis = SynthesisRecord.from_engine("p", "\\boxed{1}", {"prompt_tokens": 40, "completion_tokens": 11}, [0], [2])  # fmt: skip
-    second = ProblemRecord.build(Problem("b", "?", "1"), {}, [path("1", 20, 0, 3)], synthesis,
-                                 {"explore_s": 1.0, "synthesize_s": 4.0, "total_s": 5.0})  # fmt: skip
+    first = ProblemRecord.build(
+        Problem("a", "?", "1"),
+        {},
+        [path("1", 10, 9, 5), path("2", 10, 10, 7)],
+        None,
+        {"explore_s": 2.0, "synthesize_s": 0.0, "total_s": 2.5},
+    )
+    synthesis = SynthesisRecord.from_engine(
+        "p", "\\boxed{1}", {"prompt_tokens": 40, "completion_tokens": 11}, [0], [2]
+    )
+    second = ProblemRecord.build(
+        Problem("b", "?", "1"),
+        {},
+        [path("1", 20, 0, 3)],
+        synthesis,
+        {"explore_s": 1.0, "synthesize_s": 4.0, "total_s": 5.0},
+    )
     used = usage([first, second])
     assert (used.problems, used.paths, used.syntheses) == (2, 3, 1)
     assert (used.explorer_prompt_tokens, used.explorer_cached_tokens) == (40, 19)

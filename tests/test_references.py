@@ -38,9 +38,15 @@ def part(value: int, right: bool, source: str) -> Reference:
 # Gold 5: two right parts; wrong ones give 6 twice, 4 once, 7 once.
 PARTS = ProblemParts(
     Problem("p", "What is 2 + 3?", "5"),
-    [part(5, True, "r#0"), part(6, False, "r#1"), part(4, False, "r#2"), part(5, True, "r#3"),
-     part(6, False, "r#4"), part(7, False, "r#5")],
-)  # fmt: skip
+    [
+        part(5, True, "r#0"),
+        part(6, False, "r#1"),
+        part(4, False, "r#2"),
+        part(5, True, "r#3"),
+        part(6, False, "r#4"),
+        part(7, False, "r#5"),
+    ],
+)
 
 
 def test_each_condition_holds_the_parts_it_names():
@@ -57,8 +63,12 @@ def test_each_condition_holds_the_parts_it_names():
     minority = [a for a in answers["right_majority"] if a != "5"]
     assert len(answers["right_majority"]) == 4 and len(minority) == 1 and minority[0] in {"4", "6", "7"}
     assert {name: c.majority for name, c in built.items()} == {
-        "all_right": "5", "agreeing_wrong": "6", "wrong_majority": "6", "right_majority": "5", "solo": None,
-    }  # fmt: skip
+        "all_right": "5",
+        "agreeing_wrong": "6",
+        "wrong_majority": "6",
+        "right_majority": "5",
+        "solo": None,
+    }
     for condition in built.values():  # a reference's text, box and grade agree with its answer
         assert all(
             extract_boxed(r.text) == r.answer and r.right == (r.answer == "5") for r in condition.references
@@ -151,10 +161,15 @@ def test_verdict_thresholds_sit_where_they_say():
 
 def test_summary_has_the_shape_json_promises():
     lines = [
-        {"condition": name, "right": i % 2 == 0, "copied": None if name == "solo" else i % 3 == 0,
-         "references": [{"rewritten_from": "4" if name == "agreeing_wrong" else None, "reused": False}]}
-        for name in CONDITIONS for i in range(6)
-    ]  # fmt: skip
+        {
+            "condition": name,
+            "right": i % 2 == 0,
+            "copied": None if name == "solo" else i % 3 == 0,
+            "references": [{"rewritten_from": "4" if name == "agreeing_wrong" else None, "reused": False}],
+        }
+        for name in CONDITIONS
+        for i in range(6)
+    ]
     summary = summarize(lines, {"synthesizer_model": "s"})
     assert list(summary["conditions"]) == list(CONDITIONS)
     for name, row in summary["conditions"].items():
@@ -171,13 +186,31 @@ def test_summary_has_the_shape_json_promises():
 def record(rid: str, answers: list[str | None], gold: str = "5", **labels) -> dict:
     """A problem record as A2R runs and the accuracy protocol write them (the keys `from_json` reads)."""
     paths = [
-        {"text": f"x</think>{a}", "answer_part": f"\\boxed{{{a}}}" if a else "no box", "answer_part_fallback": False,
-         "prompt_tokens": 1, "completion_tokens": 1, "cached_tokens": 0, "finish_reason": "stop", "seed": 0,
-         "answer": a, "correct": a == gold if a else False}
+        {
+            "text": f"x</think>{a}",
+            "answer_part": f"\\boxed{{{a}}}" if a else "no box",
+            "answer_part_fallback": False,
+            "prompt_tokens": 1,
+            "completion_tokens": 1,
+            "cached_tokens": 0,
+            "finish_reason": "stop",
+            "seed": 0,
+            "answer": a,
+            "correct": a == gold if a else False,
+        }
         for a in answers
-    ]  # fmt: skip
-    return {"id": rid, "problem": f"problem {labels.get('problem_id', rid)}", "gold": gold, "config": {},
-            "paths": paths, "self_consistency": {}, "synthesizer": None, "timings": {}, **labels}  # fmt: skip
+    ]
+    return {
+        "id": rid,
+        "problem": f"problem {labels.get('problem_id', rid)}",
+        "gold": gold,
+        "config": {},
+        "paths": paths,
+        "self_consistency": {},
+        "synthesizer": None,
+        "timings": {},
+        **labels,
+    }
 
 
 def write(path: Path, rows: list[dict]) -> Path:
@@ -301,8 +334,16 @@ def test_the_probe_end_to_end_on_the_offline_pair(cpu_pair, tmp_path):
         for position, index in enumerate(synthesis["reference_order"], start=1):
             assert f"<reference{position}>{refs[index]['text']}</reference{position}>" in synthesis["prompt"]
         rights = sorted(r["right"] for r in refs)
-        assert rights == {"all_right": [True] * 3, "agreeing_wrong": [False] * 3, "wrong_majority": [False, False, True],
-                          "right_majority": [False, True, True], "solo": []}[line["condition"]]  # fmt: skip
+        assert (
+            rights
+            == {
+                "all_right": [True] * 3,
+                "agreeing_wrong": [False] * 3,
+                "wrong_majority": [False, False, True],
+                "right_majority": [False, True, True],
+                "solo": [],
+            }[line["condition"]]
+        )
         assert line["right"] == (synthesis["answer"] == line["gold"])
 
     # The same explorations, read back by a second probe of the synthesizer alone; then a resume after losing

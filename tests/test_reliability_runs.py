@@ -141,9 +141,17 @@ def test_a_signal_ends_the_run_in_seconds_with_130_one_line_and_no_engine(tmp_pa
 def test_a_second_writer_of_a_run_folder_is_refused_until_the_first_dies(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from programs.core.jsonl import "
-         "lock_run_folder; lock_run_folder(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)",
-         str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from programs.core.jsonl import "
+            "lock_run_folder; lock_run_folder(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)",
+            str(run),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RecordsError, match=f"another run \\(process {holder.pid}\\)"):
@@ -216,8 +224,17 @@ def test_tethered_engine_pid_is_the_server(tmp_path):
     """The tether execs the server in place, so the process we hold is the one that binds the port."""
     marker = tmp_path / "pid"
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine.tether", str(os.getpid()), sys.executable, "-c",
-         f"import os; open({str(marker)!r}, 'w').write(str(os.getpid()))"], cwd=REPO)  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "engine.tether",
+            str(os.getpid()),
+            sys.executable,
+            "-c",
+            f"import os; open({str(marker)!r}, 'w').write(str(os.getpid()))",
+        ],
+        cwd=REPO,
+    )
     assert process.wait(timeout=60) == 0
     assert int(marker.read_text()) == process.pid
 

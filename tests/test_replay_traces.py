@@ -46,10 +46,15 @@ def branch(tokens: int, final: str, probes: list[str], every: int = 10) -> list:
 def write_store(path: Path, problems: list[tuple[str, list[list]]], every: int = 10) -> Path:
     """A trace store of (gold, branches) problems, gzip'd when the name ends in .gz."""
     data = [
-        {"question": "?", "gold_answer": gold, "probe_freq": every, "each_branch": branches,
-         "final_answers_trace": [b[2] for b in branches]}
+        {
+            "question": "?",
+            "gold_answer": gold,
+            "probe_freq": every,
+            "each_branch": branches,
+            "final_answers_trace": [b[2] for b in branches],
+        }
         for gold, branches in problems
-    ]  # fmt: skip
+    ]
     raw = json.dumps(data).encode()
     path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
     return path
@@ -121,17 +126,37 @@ def test_the_policy_reads_every_observation_when_the_caller_passes_another_list(
     assert not policy.settled([Seen(2, 10, "1", True)], 4)  # another list: read from its start
 
 
-@pytest.mark.parametrize("spec", ["settled:3", "posterior:1.5", "agree:3,wave=0", "first:2,eps=0.1",
-                                  "majority,stable=x", "agree:2,stable=0", "agree:2,wave=4,wave=4",
-                                  "posterior:nan", "majority:"])  # fmt: skip
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "settled:3",
+        "posterior:1.5",
+        "agree:3,wave=0",
+        "first:2,eps=0.1",
+        "majority,stable=x",
+        "agree:2,stable=0",
+        "agree:2,wave=4,wave=4",
+        "posterior:nan",
+        "majority:",
+    ],
+)
 def test_a_policy_that_does_not_parse_names_the_accepted_forms(spec):
     with pytest.raises(ValueError, match="use majority, agree:K") as error:
         StopPolicy.parse(spec)
     assert repr(spec) in str(error.value) and STOP_FORMS in str(error.value)
 
 
-@pytest.mark.parametrize("spec", ["posterior", "posterior:0.1,probe=500,stable=3", "agree:3,wave=4",
-                                  "settled", "settled:wave=8,eps=0.1", "majority:probe=1000"])  # fmt: skip
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "posterior",
+        "posterior:0.1,probe=500,stable=3",
+        "agree:3,wave=4",
+        "settled",
+        "settled:wave=8,eps=0.1",
+        "majority:probe=1000",
+    ],
+)
 def test_policies_round_trip(spec):
     assert str(StopPolicy.parse(spec)) == spec
 
@@ -182,8 +207,12 @@ def test_an_observed_order_replays_only_what_has_neither_waves_nor_probes():
 
 def two_problems(tmp_path: Path, name: str = "store.json.gz") -> Path:
     """Two problems of 4 paths: in the first the paths agree early, in the second the vote is a tie."""
-    agree = [branch(40, "7", ["7", "7", "7"]), branch(30, "7", ["ERR", "7"]),
-             branch(100, "7", ["3"] * 9), branch(20, "8", ["8"])]  # fmt: skip
+    agree = [
+        branch(40, "7", ["7", "7", "7"]),
+        branch(30, "7", ["ERR", "7"]),
+        branch(100, "7", ["3"] * 9),
+        branch(20, "8", ["8"]),
+    ]
     tie = [branch(40, "9", []), branch(10, "5", []), branch(20, "5", []), branch(30, "9", [])]
     return write_store(tmp_path / name, [("7", agree), ("5", tie)])
 
@@ -225,8 +254,12 @@ def test_waves_and_time_to_answer_are_reported(tmp_path, capsys):
 
 
 def test_equivalent_finals_are_one_answer_and_integer_probes_join_their_class():
-    trace = Trace("t", "1/2", [PathTrace(9, "1/2", [(5, "3")]), PathTrace(9, "0.5", [(5, "003")]),
-                               PathTrace(9, "3", [(5, "1/2")])], [None] * 3)  # fmt: skip
+    trace = Trace(
+        "t",
+        "1/2",
+        [PathTrace(9, "1/2", [(5, "3")]), PathTrace(9, "0.5", [(5, "003")]), PathTrace(9, "3", [(5, "1/2")])],
+        [None] * 3,
+    )
     grouped = trace.grouped()
     assert grouped.answers == ["1/2", "1/2", "3"]
     assert [p.probes for p in grouped.paths] == [[(5, "3")], [(5, "3")], [(5, "1/2")]]
@@ -259,12 +292,14 @@ def test_a_bad_path_length_names_the_file_problem_and_field(tmp_path, capsys, to
 
 @pytest.mark.parametrize(
     ("problem", "names"),
-    [({"gold_answer": "7", "probe_freq": 10}, "no 'each_branch'"),
-     ({"gold_answer": "7", "probe_freq": 10, "each_branch": [[["7"], 30]]}, "each_branch[0] is not"),
-     ({"gold_answer": "7", "probe_freq": 10, "each_branch": [[[3], 30, "7"]]}, "probe_answers[0]"),
-     ({"gold_answer": None, "probe_freq": 10, "each_branch": [[[], 30, "7"]]}, "gold_answer"),
-     ({"gold_answer": "7", "probe_freq": 0, "each_branch": [[[], 30, "7"]]}, "probe_freq")],
-)  # fmt: skip
+    [
+        ({"gold_answer": "7", "probe_freq": 10}, "no 'each_branch'"),
+        ({"gold_answer": "7", "probe_freq": 10, "each_branch": [[["7"], 30]]}, "each_branch[0] is not"),
+        ({"gold_answer": "7", "probe_freq": 10, "each_branch": [[[3], 30, "7"]]}, "probe_answers[0]"),
+        ({"gold_answer": None, "probe_freq": 10, "each_branch": [[[], 30, "7"]]}, "gold_answer"),
+        ({"gold_answer": "7", "probe_freq": 0, "each_branch": [[[], 30, "7"]]}, "probe_freq"),
+    ],
+)
 def test_a_store_of_another_shape_is_refused_naming_the_field(tmp_path, capsys, problem, names):
     store = tmp_path / "bad.json"
     store.write_text(json.dumps([problem]))
@@ -295,12 +330,14 @@ def record(tokens: object = 10, paths: object = None) -> dict:
 
 @pytest.mark.parametrize(
     ("row", "names"),
-    [(record(paths="abc"), "'paths' must be a non-empty list"),
-     (record(tokens="12"), "paths[0]: completion_tokens must be a whole number"),
-     (record(tokens=-5), "completion_tokens must be a whole number of tokens from 0"),
-     (record(tokens=10**30), "completion_tokens must be a whole number of tokens from 0"),
-     (record(paths=[{"answer": 3, "completion_tokens": 4}]), "paths[0]: answer must be a string")],
-)  # fmt: skip
+    [
+        (record(paths="abc"), "'paths' must be a non-empty list"),
+        (record(tokens="12"), "paths[0]: completion_tokens must be a whole number"),
+        (record(tokens=-5), "completion_tokens must be a whole number of tokens from 0"),
+        (record(tokens=10**30), "completion_tokens must be a whole number of tokens from 0"),
+        (record(paths=[{"answer": 3, "completion_tokens": 4}]), "paths[0]: answer must be a string"),
+    ],
+)
 def test_bad_records_are_refused_naming_the_line_and_key(tmp_path, capsys, row, names):
     records = write_records(tmp_path / "r.jsonl", [record(), row])
     err = refused(capsys, str(records), "--stop", "majority")
@@ -383,8 +420,15 @@ def test_the_commands_of_the_docs_run_as_typed(tmp_path):
 
 
 def grid_row(wave: int, saved: float, change: float, time: float) -> dict:
-    return {"wave": wave, "eps": 0.1, **{f"{k}@{n}": v for n in (16, 64)
-            for k, v in (("saved", saved), ("cons_change", change), ("time", time))}}  # fmt: skip
+    return {
+        "wave": wave,
+        "eps": 0.1,
+        **{
+            f"{k}@{n}": v
+            for n in (16, 64)
+            for k, v in (("saved", saved), ("cons_change", change), ("time", time))
+        },
+    }
 
 
 def test_tuning_keeps_cons_within_a_point_then_takes_the_soonest_of_the_most_saving():

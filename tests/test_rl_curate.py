@@ -17,14 +17,31 @@ from rl.curate import RECORDS, KeepRule, curate, curated_record, main
 def path(answer: str | None, correct: bool | None, fallback: bool = False, seed: int = 0) -> dict:
     """A pipeline path record as `programs.pipeline.path_record` makes it."""
     part = f"so \\boxed{{{answer}}}" if answer else "no idea"
-    return {"text": "<think>long trace</think>" + part, "answer_part": part, "answer_part_fallback": fallback,
-            "prompt_tokens": 10, "completion_tokens": 20, "cached_tokens": 9, "finish_reason": "stop",
-            "seed": seed, "answer": answer, "correct": correct}  # fmt: skip
+    return {
+        "text": "<think>long trace</think>" + part,
+        "answer_part": part,
+        "answer_part_fallback": fallback,
+        "prompt_tokens": 10,
+        "completion_tokens": 20,
+        "cached_tokens": 9,
+        "finish_reason": "stop",
+        "seed": seed,
+        "answer": answer,
+        "correct": correct,
+    }
 
 
 def problem_record(paths: list[dict]) -> dict:
-    return {"id": "q1", "problem": "What is 2+2?", "gold": "4", "config": {"n": len(paths)}, "paths": paths,
-            "self_consistency": {}, "synthesizer": None, "timings": {"explore_s": 1.0}}  # fmt: skip
+    return {
+        "id": "q1",
+        "problem": "What is 2+2?",
+        "gold": "4",
+        "config": {"n": len(paths)},
+        "paths": paths,
+        "self_consistency": {},
+        "synthesizer": None,
+        "timings": {"explore_s": 1.0},
+    }
 
 
 @pytest.mark.parametrize(
@@ -75,8 +92,15 @@ def test_curation_on_the_engine_keeps_mixed_queries_and_resumes(cpu_engine, tmp_
     """The trained tiny model on its own task: its paths disagree on some problems, so some are kept."""
     explorer = EngineHandle.attach(cpu_engine.explorer)
     sampling = SamplingConfig(max_tokens=64)
-    config = RunConfig(n=8, explorer=sampling, synthesizer=sampling, explorer_model="tiny",
-                       synthesizer_model="tiny", synthesize=False, extra={"keep": {}})  # fmt: skip
+    config = RunConfig(
+        n=8,
+        explorer=sampling,
+        synthesizer=sampling,
+        explorer_model="tiny",
+        synthesizer_model="tiny",
+        synthesize=False,
+        extra={"keep": {}},
+    )
     problems = load_problems("synthetic", limit=8)
     records = RecordFile(tmp_path, config.to_dict(), name=RECORDS)
     curate(problems[:5], config, explorer, records, KeepRule())
@@ -95,8 +119,10 @@ def test_curation_on_the_engine_keeps_mixed_queries_and_resumes(cpu_engine, tmp_
         assert record["gold"] == problem.answer and record["sampled"] == 8
         assert len(record["candidates"]) + sum(record["invalid"].values()) == 8
         assert all(c["correct"] == (c["answer"] == problem.answer) for c in record["candidates"])
-        assert all("\\boxed{" in c["answer_part"] and "</think>" not in c["answer_part"]
-                   for c in record["candidates"])  # fmt: skip
+        assert all(
+            "\\boxed{" in c["answer_part"] and "</think>" not in c["answer_part"]
+            for c in record["candidates"]
+        )
         correct = [c["correct"] for c in record["candidates"]]
         assert record["kept"] == (any(correct) and not all(correct))
     assert any(r["kept"] for r in curated.values()), [

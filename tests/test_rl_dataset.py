@@ -18,12 +18,25 @@ from rl.dataset import build_rows, draw_references, main, query_rows
 def curated(query_id: str, answers: list[str], gold: str = "4", part_words: int = 3) -> dict:
     """A curated line made by `rl.curate` itself from explorer path records with these boxed answers."""
     paths = [
-        {"answer_part": f"{' '.join(['step'] * part_words)} {i} \\boxed{{{a}}}", "answer_part_fallback": False,
-         "completion_tokens": 9, "finish_reason": "stop", "seed": i, "answer": a, "correct": a == gold}
+        {
+            "answer_part": f"{' '.join(['step'] * part_words)} {i} \\boxed{{{a}}}",
+            "answer_part_fallback": False,
+            "completion_tokens": 9,
+            "finish_reason": "stop",
+            "seed": i,
+            "answer": a,
+            "correct": a == gold,
+        }
         for i, a in enumerate(answers)
-    ]  # fmt: skip
-    problem = {"id": query_id, "problem": f"Question {query_id}?", "gold": gold, "config": {}, "paths": paths,
-               "timings": {}}  # fmt: skip
+    ]
+    problem = {
+        "id": query_id,
+        "problem": f"Question {query_id}?",
+        "gold": gold,
+        "config": {},
+        "paths": paths,
+        "timings": {},
+    }
     return curated_record(problem, KeepRule(), thinking=True)
 
 

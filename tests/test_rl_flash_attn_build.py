@@ -46,10 +46,23 @@ def test_every_cxx17_flag_becomes_cxx20_and_a_setup_without_one_is_refused():
 def test_the_command_prepares_the_patched_source_and_prints_the_install_it_runs(tmp_path):
     fake_sdist(tmp_path)
     done = subprocess.run(
-        [sys.executable, "-m", "rl.flash_attn_build", "--work", str(tmp_path), "--no-install",
-         "--archs", "80;90", "--jobs", "2"],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "rl.flash_attn_build",
+            "--work",
+            str(tmp_path),
+            "--no-install",
+            "--archs",
+            "80;90",
+            "--jobs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     source = tmp_path / f"flash_attn-{preflight.FLASH_ATTN_VERSION}"
     setup = (source / "setup.py").read_text()
     assert "-std=c++17" not in setup and 'nvcc_flags = ["-O3", "-std=c++20"' in setup
@@ -74,8 +87,12 @@ def test_torch_headers_refuse_the_releases_standard_and_take_the_patched_one(tmp
     source = tmp_path / "flash_api.cpp"
     source.write_text("#include <torch/nn/functional.h>\n")  # what flash-attn's flash_api.cpp includes
     includes = [f"-I{d}" for d in torch.utils.cpp_extension.include_paths()]
-    done = subprocess.run(["g++", standard, "-E", *includes, str(source), "-o", os.devnull],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        ["g++", standard, "-E", *includes, str(source), "-o", os.devnull],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert (done.returncode == 0) == compiles, done.stderr[-500:]
     if not compiles:
         assert "C++20 or later compatible compiler is required" in done.stderr

@@ -125,9 +125,17 @@ def test_sample_seeds_are_distinct_per_sample_and_reproducible():
     assert len(set(group)) == 8  # the collapse under deterministic inference was one seed (42) for all
     assert group == [sample_seed(42, "What is 2 + 2?", i) for i in range(8)]
     other_process = subprocess.run(  # not Python's hash(), which is salted per process
-        [sys.executable, "-c", "from rl.sglang_rollout import sample_seed; print(sample_seed(42, 'What is 2 + 2?', 0))"],
-        cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "123"}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "from rl.sglang_rollout import sample_seed; print(sample_seed(42, 'What is 2 + 2?', 0))",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert other_process.stdout.strip() == str(group[0]), other_process.stderr[-2000:]
     assert sample_seed(43, "What is 2 + 2?", 0) != group[0] != sample_seed(42, "What is 2 + 3?", 0)
     assert all(0 <= seed < 2**63 for seed in group)  # SGLang refuses seeds outside int64
@@ -271,8 +279,23 @@ def test_ipc_payload_is_what_sglang_will_unpickle():
     from sglang.srt.utils.common import SafeUnpickler
 
     rebuild = torch.multiprocessing.reductions.rebuild_cuda_tensor
-    args = (torch.Tensor, torch.Size([4, 2]), (2, 1), 0, torch.storage.UntypedStorage, torch.bfloat16, 3,
-            b"handle", 16, 0, False, b"ref", 0, b"event", True)  # fmt: skip
+    args = (
+        torch.Tensor,
+        torch.Size([4, 2]),
+        (2, 1),
+        0,
+        torch.storage.UntypedStorage,
+        torch.bfloat16,
+        3,
+        b"handle",
+        16,
+        0,
+        False,
+        b"ref",
+        0,
+        b"event",
+        True,
+    )
     found = []
 
     class Recorder(pickle.Unpickler):
@@ -292,9 +315,10 @@ def test_ipc_payload_is_what_sglang_will_unpickle():
 def test_factory_matches_openrlhfs_and_the_standin_serves_its_imports():
     source = Path(importlib.util.find_spec("openrlhf").origin).parent / "trainer" / "ray" / "vllm_engine.py"
     (upstream,) = [
-        node for node in ast.parse(source.read_text()).body
+        node
+        for node in ast.parse(source.read_text()).body
         if isinstance(node, ast.FunctionDef) and node.name == "create_vllm_engines"
-    ]  # fmt: skip
+    ]
     names = [a.arg for a in upstream.args.args]
     assert list(inspect.signature(sglang_rollout.create_sglang_engines).parameters) == names
 

@@ -193,7 +193,7 @@ GOOD = {"model": "a2r", "messages": [{"role": "user", "content": QUESTION}]}
             },
             400,
             "messages[1]",
-        ),  # fmt: skip
+        ),
         (
             {**GOOD, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
             400,
@@ -367,8 +367,11 @@ def test_a_conversation_longer_than_the_context_can_hold_is_a_413_before_tokeniz
 
 
 def test_the_character_cap_counts_the_whole_conversation():
-    messages = [{"role": "user", "content": "a" * 60}, {"role": "assistant", "content": "b" * 30},
-                {"role": "user", "content": "c" * 20}]  # fmt: skip
+    messages = [
+        {"role": "user", "content": "a" * 60},
+        {"role": "assistant", "content": "b" * 30},
+        {"role": "user", "content": "c" * 20},
+    ]
     body = {"model": "a2r", "messages": messages}
     assert ChatRequest.parse(body, CONFIG, max_chars=110).query == "c" * 20
     with pytest.raises(ApiError) as refused:
@@ -422,7 +425,7 @@ USER = [{"role": "user", "content": QUESTION}]
                 ]
             },
             "messages[1]",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_a_body_the_server_cannot_honour_is_a_400_naming_the_param(extra, param):
@@ -483,8 +486,12 @@ def test_a_client_that_leaves_is_logged_as_cancelled(served, cpu_engine, caplog)
         post(engine, "/pause_generation", {"mode": "in_place"}, timeout=30, key=key)
         try:
             with pytest.raises(requests.Timeout):
-                requests.post(f"{served.url}/v1/chat/completions", json=GOOD, timeout=2,
-                              headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+                requests.post(
+                    f"{served.url}/v1/chat/completions",
+                    json=GOOD,
+                    timeout=2,
+                    headers={"Authorization": f"Bearer {KEY}"},
+                )
         finally:
             post(engine, "/continue_generation", {}, timeout=30, key=key)
         deadline = time.monotonic() + 60  # the server notices within a second; the line is its last act

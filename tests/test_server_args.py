@@ -39,8 +39,12 @@ def test_sglangs_parser_takes_real_flags_and_refuses_others_naming_them():
 
 
 def test_each_roles_flags_reach_its_own_engine():
-    config = EngineConfig(explorer_model="e", synthesizer_model="s", explorer_server_args=FP8_KV,
-                          synthesizer_server_args="--log-level-http warning")  # fmt: skip
+    config = EngineConfig(
+        explorer_model="e",
+        synthesizer_model="s",
+        explorer_server_args=FP8_KV,
+        synthesizer_server_args="--log-level-http warning",
+    )
     engines = plan(config, device="cpu", cpu_count=2)
     explorer, synthesizer = (launch_command(spec) for spec in (engines.explorer, engines.synthesizer))
     assert explorer[-3:] == ["--kv-cache-dtype", "fp8_e4m3", "--enable-priority-scheduling"]
@@ -73,10 +77,20 @@ def test_the_runs_configuration_records_what_each_engine_was_given(tmp_path, mon
 
 def test_a_wrong_flag_stops_the_command_before_any_engine_starts(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "programs.a2r", "--question", "1 + 1?", "--output", str(tmp_path / "run"),
-         "--explorer-server-args=--no-such-sglang-flag"],  # a lone flag as a value needs the = form
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "programs.a2r",
+            "--question",
+            "1 + 1?",
+            "--output",
+            str(tmp_path / "run"),
+            "--explorer-server-args=--no-such-sglang-flag",
+        ],  # a lone flag as a value needs the = form
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0
     assert (
         "--explorer-server-args: SGLang's server does not know --no-such-sglang-flag"
@@ -115,6 +129,9 @@ def test_every_knob_docs_gpu_md_shows_parses_with_sglangs_parser():
 def test_the_async_command_rl_md_shows_prints_its_flags():
     done = subprocess.run(
         [sys.executable, "rl/train.py", "--async-rollout", "--no-colocate", "--dry-run"],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert "--train.async_enable" in done.stdout and "--vllm.enable_sleep" not in done.stdout

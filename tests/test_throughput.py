@@ -140,8 +140,10 @@ def test_every_mode_does_the_same_work_in_every_round(fixed_run):
             == sc["output_tokens"] + PROBLEMS * SYNTHESIZER_TOKENS
         )
     # The same chat-templated prompts: the engine counted the same prompt tokens for every problem.
-    prompts = {m: {r["id"]: r["paths"][0]["prompt_tokens"] for r in read_jsonl(fixed_run / f"{m}.jsonl")}
-               for m in ("sc", "raw")}  # fmt: skip
+    prompts = {
+        m: {r["id"]: r["paths"][0]["prompt_tokens"] for r in read_jsonl(fixed_run / f"{m}.jsonl")}
+        for m in ("sc", "raw")
+    }
     assert prompts["raw"] == prompts["sc"]
 
 

@@ -171,5 +171,9 @@ class RunConfig:
 
 
 ADAPTIVE_FIELDS = (
-    "stop", "keep_confident", "online_confidence", "force_answer", "skip_synthesis_if_unanimous",
-)  # fmt: skip
+    "stop",
+    "keep_confident",
+    "online_confidence",
+    "force_answer",
+    "skip_synthesis_if_unanimous",
+)

@@ -37,9 +37,18 @@ def grade(gold: str, answer: str | None, label: str = "") -> bool | None:
 
 
 ADAPTIVE_PATH_FIELDS = (
-    "confidence", "finished_s", "stopped_by", "stopped_s", "stopped_after", "kept",
-    "probe_tokens", "probes", "probed_s", "forced_answer", "wave",
-)  # fmt: skip
+    "confidence",
+    "finished_s",
+    "stopped_by",
+    "stopped_s",
+    "stopped_after",
+    "kept",
+    "probe_tokens",
+    "probes",
+    "probed_s",
+    "forced_answer",
+    "wave",
+)
 UNANIMOUS = "unanimous"  # a synthesis skipped because every kept path agreed
 
 
@@ -271,6 +280,7 @@ class Usage:
     explorer_completion_tokens: int
     explorer_probe_tokens: int  # what asking running paths for their answers cost (PathRecord.probe_tokens)
     synthesizer_prompt_tokens: int
+    synthesizer_cached_tokens: int
     synthesizer_completion_tokens: int
     answer_part_fallbacks: int  # paths that never closed their thought
     trimmed_prompts: int  # syntheses whose references were cut to fit the context
@@ -305,6 +315,7 @@ def usage(records: Sequence[ProblemRecord]) -> Usage:
         explorer_completion_tokens=sum(p.completion_tokens for p in paths),
         explorer_probe_tokens=sum(p.probe_tokens for p in paths),
         synthesizer_prompt_tokens=sum(s.prompt_tokens for s in syntheses),
+        synthesizer_cached_tokens=sum(s.cached_tokens for s in syntheses),
         synthesizer_completion_tokens=sum(s.completion_tokens for s in syntheses),
         answer_part_fallbacks=sum(bool(p.answer_part_fallback) for p in paths),
         trimmed_prompts=sum(bool(s.trimmed_references) for s in syntheses),

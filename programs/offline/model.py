@@ -1,12 +1,12 @@
 """The project's offline models: a small explorer and a larger synthesizer of the Qwen3 architecture, with
-their own tokenizer, trained here on a synthetic arithmetic task in the A2R format, seeded and cached on disk.
+their own tokenizer, trained here on the `chain` arithmetic task in the A2R format, seeded and cached on disk.
 
 No weights can be downloaded on the CPU machines, so the CPU default and the tests serve these instead, as the
 asymmetric pair A2R is built for:
 - explorer: 2 layers, hidden 128, 4 query / 2 KV heads; it learns both roles;
 - synthesizer: the trained explorer grown to 4 layers (`grow`: the new layers start as identities), then
   trained on synthesizer turns alone, to re-derive the answer whatever its references say.
-Both share a byte-level BPE tokenizer learned from the project's own math text and the synthetic task, and a
+Both share a byte-level BPE tokenizer learned from the project's own math text and the chain task, and a
 Qwen3-style ChatML chat template with the `enable_thinking` switch. The first build trains both (about four
 minutes on two idle cores, with a progress bar), so their answers mean something: the explorer's paths
 disagree and differ in length, and the synthesizer re-derives its answer instead of taking their vote (it
@@ -53,9 +53,7 @@ from rich.progress import (
 from programs.core import prompts
 from programs.core.jsonl import read_jsonl
 from programs.core.quiet import foreign_output_to
-from programs.datasets import DATA_DIR
-from programs.offline import task as synthetic
-from programs.offline import training
+from programs.offline import chain, training
 from programs.offline.training import (
     EXPLORER_RECIPE,
     NUMERICS,
@@ -64,6 +62,7 @@ from programs.offline.training import (
     numerics_set,
     train,
 )
+from programs.shipped_data import DATA_DIR
 
 if TYPE_CHECKING:  # heavy imports are deferred until a model is actually built
     from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config
@@ -71,7 +70,7 @@ if TYPE_CHECKING:  # heavy imports are deferred until a model is actually built
 CORPUS_DIR = DATA_DIR  # the tokenizer also learns the words of the shipped problem sets
 CORPUS_FIELDS = ("problem", "question", "solution", "answer")  # text fields of the shipped datasets
 CACHE_ENV = "A2R_CACHE"
-TOKENIZER_TURNS = 2000  # synthetic turns the tokenizer also learns from
+TOKENIZER_TURNS = 2000  # chain-task turns the tokenizer also learns from
 PROGRESS_EVERY_S = 30.0  # piped, a build says where it is this often
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -128,10 +127,10 @@ def corpus_texts(files: list[Path]) -> Iterator[str]:
                     yield value
 
 
-def synthetic_texts() -> Iterator[str]:
-    """Both sides of a fixed sample of synthetic turns, so the task's words and numbers get tokens of their own
+def chain_texts() -> Iterator[str]:
+    """Both sides of a fixed sample of chain-task turns, so the task's words and numbers get tokens of their own
     (the same sample for every seed and recipe: one tokenizer for all)."""
-    for turn in synthetic.training_turns(0, TOKENIZER_TURNS):
+    for turn in chain.training_turns(0, TOKENIZER_TURNS):
         yield turn.user
         yield turn.assistant
 
@@ -307,9 +306,7 @@ def _build(out_dir: Path, seed: int, corpus_dir: Path, trained: bool, terminal: 
     staging.chmod(0o755)  # mkdtemp makes it private; the models are meant to be shared like any cache entry
     staged = OfflineModels.inside(staging)
     try:
-        tokenizer = build_tokenizer(
-            itertools.chain(corpus_texts(corpus_files(corpus_dir)), synthetic_texts())
-        )
+        tokenizer = build_tokenizer(itertools.chain(corpus_texts(corpus_files(corpus_dir)), chain_texts()))
         steps = EXPLORER_RECIPE.steps + SYNTHESIZER_RECIPE.steps if trained else 0
         with BuildProgress(terminal, steps) as progress:
             if trained:
@@ -433,9 +430,9 @@ def log_progress(message: str) -> None:
 
 def build_key(seed: int, trained: bool = True, corpus_dir: Path = CORPUS_DIR) -> str:
     """Names a build by everything that shapes it: the sources of this builder, of the training recipes, of the
-    synthetic task and of the prompt rendering, the corpus, library versions, trained or not, and the seed."""
+    chain task and of the prompt rendering, the corpus, library versions, trained or not, and the seed."""
     digest = hashlib.sha256()
-    for source in (__file__, training.__file__, synthetic.__file__, prompts.__file__):
+    for source in (__file__, training.__file__, chain.__file__, prompts.__file__):
         digest.update(Path(source).read_bytes())
     for path in corpus_files(corpus_dir):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())

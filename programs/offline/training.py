@@ -1,4 +1,4 @@
-"""How the offline models learn the synthetic task: the recipes, length-bucketed batches of turns with the loss
+"""How the offline models learn the chain task: the recipes, length-bucketed batches of turns with the loss
 on replies alone, and a seeded AdamW loop on the CPU."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from programs.offline import task as synthetic
+from programs.offline import chain
 
 if TYPE_CHECKING:  # heavy imports are deferred until a model is actually trained
     import torch
@@ -40,16 +40,16 @@ def numerics_set() -> bool:
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    """How a model learns the synthetic task; all of it is part of the models' cache key."""
+    """How a model learns the chain task; all of it is part of the models' cache key."""
 
     steps: int = 2500
-    short_steps: int = 1000  # the first steps see only short chains (`synthetic.SHORT`); 0: none
+    short_steps: int = 1000  # the first steps see only short chains (`chain.SHORT`); 0: none
     batch_tokens: int = 1024  # per step, padding included: turns of similar length are batched together
     learning_rate: float = 5e-3  # AdamW peak, after a linear warm-up, then cosine down to a tenth
     warmup_steps: int = 20
     weight_decay: float = 0.1  # on matrices only; strong decay makes the sums generalise within budget
     length_pool: int = 512  # turns sorted by length at a time, so batches waste little on padding
-    task: synthetic.Task = field(default_factory=synthetic.Task)
+    task: chain.Task = field(default_factory=chain.Task)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_tokens < 1 or self.length_pool < 1 or self.warmup_steps < 0:
@@ -70,14 +70,14 @@ SYNTHESIZER_RECIPE = TrainRecipe(
     steps=800,
     short_steps=0,
     learning_rate=2e-3,
-    task=synthetic.Task(synthesizer_share=1.0, mixes=("all right", *synthetic.MIXES)),
+    task=chain.Task(synthesizer_share=1.0, mixes=("all right", *chain.MIXES)),
 )
 
 
-def encode_turn(tokenizer: PreTrainedTokenizerFast, turn: synthetic.Turn) -> tuple[list[int], int]:
+def encode_turn(tokenizer: PreTrainedTokenizerFast, turn: chain.Turn) -> tuple[list[int], int]:
     """Token ids of prompt + reply, as the engine sees them (the prompt encoded alone, the reply after it),
     and where the reply starts."""
-    prompt, reply = synthetic.render(tokenizer, turn)
+    prompt, reply = chain.render(tokenizer, turn)
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
     return prompt_ids + tokenizer.encode(reply, add_special_tokens=False), len(prompt_ids)
 
@@ -86,7 +86,7 @@ def batches(
     tokenizer: PreTrainedTokenizerFast,
     seed: int,
     recipe: TrainRecipe,
-    shape: synthetic.Shape = synthetic.TRAINING,
+    shape: chain.Shape = chain.TRAINING,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Endless (input ids, labels, attention mask) batches of turns of `shape`, about `batch_tokens` tokens each.
 
@@ -94,7 +94,7 @@ def batches(
     """
     import torch
 
-    turns = synthetic.training_turns(seed, sys.maxsize, recipe.task, shape)
+    turns = chain.training_turns(seed, sys.maxsize, recipe.task, shape)
     order = random.Random(f"tiny-model/batches/{seed}")
     while True:
         pool = sorted(
@@ -136,7 +136,7 @@ def curriculum(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """`recipe.steps` batches: `short_steps` of short chains, then the rest of every length."""
     return itertools.chain(
-        itertools.islice(batches(tokenizer, seed, recipe, synthetic.SHORT), recipe.short_steps),
+        itertools.islice(batches(tokenizer, seed, recipe, chain.SHORT), recipe.short_steps),
         itertools.islice(batches(tokenizer, seed, recipe), recipe.steps - recipe.short_steps),
     )
 
@@ -148,7 +148,7 @@ def train(
     recipe: TrainRecipe = EXPLORER_RECIPE,
     on_step: Callable[[], None] = lambda: None,
 ) -> tuple[PreTrainedModel, list[float]]:
-    """Train on synthetic turns: causal-LM loss on the replies, AdamW, fixed steps, in float32 on
+    """Train on chain-task turns: causal-LM loss on the replies, AdamW, fixed steps, in float32 on
     `NUMERICS_THREADS` threads, calling `on_step` after each step.
 
     The same seed, recipe and numerics (`NUMERICS`, set before torch loads) give the same weights. Returns the

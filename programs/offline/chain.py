@@ -60,8 +60,9 @@ class Shape:
             )
 
 
-SETS = {"chain": Shape(3, 8), "synthetic": Shape(2, 3)}  # the benchmark sets, by name
-NAME = "chain"  # the offline profile's default set
+NAME = "chain"  # the task's main set, as users type it (`--dataset chain`): the offline profile's default
+# The benchmark sets, by name: `synthetic` is the short one.
+SETS = {NAME: Shape(3, 8), "synthetic": Shape(2, 3)}
 TRAINING = Shape(2, 8)  # covers every set
 SHORT = Shape(2, 4)  # what the explorer learns first: copying operands takes hold on short chains
 

@@ -1,6 +1,7 @@
-"""The synthetic arithmetic task: its generator (seeded, correct, in the A2R format, with paths of varied length
-and synthesizer turns that never reward a vote), and what the offline pair trained on it does on real CPU
-engines: the explorer's paths disagree and differ in length, and the synthesizer does not copy a wrong majority.
+"""The `chain` arithmetic task (programs/offline/chain.py): its generator (seeded, correct, in the A2R format,
+with paths of varied length and synthesizer turns that never reward a vote), and what the offline pair trained
+on it does on real CPU engines: the explorer's paths disagree and differ in length, and the synthesizer does
+not copy a wrong majority.
 Whether it reads its references at all is measured by `benchmarks.references` (tests/test_references.py)."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from programs.core.records import Problem
 from programs.datasets import DatasetError, load_problems
 from programs.engine_handle import EngineHandle
 from programs.explorer import run_explorer
-from programs.offline import task as synthetic
+from programs.offline import chain
 from programs.offline.model import offline_models
 from programs.synthesizer import run_synthesizer
 
@@ -51,34 +52,34 @@ def operand_count(expression: str) -> int:
 
 def passes(thinking: str) -> list[list[str]]:
     """The thinking's passes over the chain (split at `Re-check:`), each a list of its lines."""
-    return [chunk.strip("\n").splitlines() for chunk in thinking.split(f"{synthetic.RECHECK}\n")]
+    return [chunk.strip("\n").splitlines() for chunk in thinking.split(f"{chain.RECHECK}\n")]
 
 
 def test_problems_are_seeded_distinct_correct_and_in_range():
     for name, operands in (("chain", set(range(3, 9))), ("synthetic", {2, 3})):
-        rows = synthetic.problem_rows(3, 200, name)
-        assert rows == synthetic.problem_rows(3, 200, name) != synthetic.problem_rows(4, 200, name)
+        rows = chain.problem_rows(3, 200, name)
+        assert rows == chain.problem_rows(3, 200, name) != chain.problem_rows(4, 200, name)
         assert len({r["problem"] for r in rows}) == len({r["id"] for r in rows}) == 200
         for row in rows:
             value = value_of(expression_of(row["problem"]))
-            assert row["answer"] == str(value) and 0 <= value <= synthetic.Task().max_value
+            assert row["answer"] == str(value) and 0 <= value <= chain.Task().max_value
         assert {operand_count(expression_of(r["problem"])) for r in rows} == operands
-    chain = [expression_of(r["problem"]) for r in synthetic.problem_rows(0, 200)]
-    assert 0.2 < sum("(" in e for e in chain) / len(chain) < 0.8  # parentheses, not everywhere
+    expressions = [expression_of(r["problem"]) for r in chain.problem_rows(0, 200)]
+    assert 0.2 < sum("(" in e for e in expressions) / len(expressions) < 0.8  # parentheses, not everywhere
 
 
 def test_benchmark_problems_never_appear_in_training():
-    benchmark = {r["problem"] for name in synthetic.SETS for r in synthetic.problem_rows(0, 300, name)}
-    assert all(synthetic.held_out(expression_of(p)) for p in benchmark)
-    trained = {expression_of(turn.user) for turn in synthetic.training_turns(0, 3000)}
+    benchmark = {r["problem"] for name in chain.SETS for r in chain.problem_rows(0, 300, name)}
+    assert all(chain.held_out(expression_of(p)) for p in benchmark)
+    trained = {expression_of(turn.user) for turn in chain.training_turns(0, 3000)}
     assert len(trained) > 1000 and not {f"What is {e}?" for e in trained} & benchmark
 
 
 def test_loader_knows_the_generated_sets():
-    assert load_problems("chain") == [Problem(**row) for row in synthetic.problem_rows()]
-    assert len(load_problems("chain")) == synthetic.DEFAULT_COUNT
+    assert load_problems("chain") == [Problem(**row) for row in chain.problem_rows()]
+    assert len(load_problems("chain")) == chain.DEFAULT_COUNT
     assert load_problems("synthetic:5:12") == [
-        Problem(**row) for row in synthetic.problem_rows(5, 12, "synthetic")
+        Problem(**row) for row in chain.problem_rows(5, 12, "synthetic")
     ]
     with pytest.raises(DatasetError, match="expected chain or chain:SEED:COUNT"):
         load_problems("chain:five")
@@ -86,10 +87,10 @@ def test_loader_knows_the_generated_sets():
         load_problems("synthetic:1:0")
 
 
-def explorer_turns(seed: int, count: int, task: synthetic.Task | None = None) -> list[synthetic.Turn]:
+def explorer_turns(seed: int, count: int, task: chain.Task | None = None) -> list[chain.Turn]:
     return [
         t
-        for t in synthetic.training_turns(seed, count, task or synthetic.Task())
+        for t in chain.training_turns(seed, count, task or chain.Task())
         if not t.user.startswith("Instruction")
     ]
 
@@ -125,13 +126,13 @@ def test_explorer_turns_work_one_step_per_line_with_checks_and_rechecks():
 
 def test_paths_of_one_problem_differ_several_fold_in_length():
     """One problem's thinking drawn many times, as an explorer samples its paths."""
-    rng, steps = random.Random(0), synthetic.evaluate("(3 + 4) * 2 - 5 + 1")
-    sizes = [len(synthetic.explorer_thinking(rng, steps, synthetic.Task())) for _ in range(50)]
+    rng, steps = random.Random(0), chain.evaluate("(3 + 4) * 2 - 5 + 1")
+    sizes = [len(chain.explorer_thinking(rng, steps, chain.Task())) for _ in range(50)]
     assert max(sizes) >= 4 * min(sizes)
 
 
 def test_slips_are_off_by_one_and_carried_through_to_the_answer():
-    task = synthetic.Task(slip_rate=0.5)
+    task = chain.Task(slip_rate=0.5)
     turns = explorer_turns(2, 1500, task)
     wrong = 0
     for turn in turns:
@@ -149,7 +150,7 @@ def reference_answers(user: str) -> list[int]:
 
 
 def test_synthesizer_turns_cover_every_mix_and_always_target_the_right_derivation():
-    turns = [t for t in synthetic.training_turns(1, 3000) if t.user.startswith("Instruction")]
+    turns = [t for t in chain.training_turns(1, 3000) if t.user.startswith("Instruction")]
     assert len(turns) > 500
     mixes = Counter()
     for turn in turns:
@@ -158,7 +159,7 @@ def test_synthesizer_turns_cover_every_mix_and_always_target_the_right_derivatio
         match = REPLY.fullmatch(turn.assistant)
         assert match and int(match["value"]) == value, turn.assistant
         assert [STEP.fullmatch(line)[0] for line in match["thinking"].splitlines()] == [
-            str(s) for s in synthetic.evaluate(expression)
+            str(s) for s in chain.evaluate(expression)
         ]  # one clean pass: no checks, no re-checks
         right = answers.count(value)
         top, top_count = Counter(answers).most_common(1)[0]
@@ -170,7 +171,7 @@ def test_synthesizer_turns_cover_every_mix_and_always_target_the_right_derivatio
             mixes["disagree"] += 1
         elif right == len(answers) and len(answers) > 1:
             mixes["all right"] += 1
-        assert 1 <= len(answers) <= synthetic.Task().max_references
+        assert 1 <= len(answers) <= chain.Task().max_references
     assert (
         min(mixes[m] for m in ("none right", "wrong majority", "disagree", "all right")) > len(turns) // 30
     ), mixes
@@ -182,8 +183,8 @@ def tokenizer():
 
 
 def test_rendered_turns_are_the_served_prompt_then_the_reply(tokenizer):
-    for turn in synthetic.training_turns(0, 20):
-        prompt, reply = synthetic.render(tokenizer, turn)
+    for turn in chain.training_turns(0, 20):
+        prompt, reply = chain.render(tokenizer, turn)
         assert prompt == chat_prompt(tokenizer, turn.user)
         assert reply == turn.assistant + "<|im_end|>"
         whole = [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.assistant}]
@@ -192,15 +193,15 @@ def test_rendered_turns_are_the_served_prompt_then_the_reply(tokenizer):
 
 def test_task_rejects_bad_knobs():
     with pytest.raises(ValueError, match="slip_rate must be in"):
-        synthetic.Task(slip_rate=1.5)
+        chain.Task(slip_rate=1.5)
     with pytest.raises(ValueError, match="max_operand <= max_value"):
-        synthetic.Task(max_operand=10, max_value=5)
+        chain.Task(max_operand=10, max_value=5)
     with pytest.raises(ValueError, match="mixes must be drawn from"):
-        synthetic.Task(mixes=("most right",))
+        chain.Task(mixes=("most right",))
     with pytest.raises(ValueError, match="rechecks must be chances"):
-        synthetic.Task(rechecks=(0.5, 0.6))
+        chain.Task(rechecks=(0.5, 0.6))
     with pytest.raises(ValueError, match="min_operands <= max_operands"):
-        synthetic.Shape(5, 3)
+        chain.Shape(5, 3)
 
 
 # --- the trained pair on its two CPU engines (the session's `cpu_pair`) ---
@@ -241,20 +242,20 @@ def test_explorer_paths_disagree_and_differ_several_fold_in_length(stages):
 def syntheses(stage: EngineHandle, problems: list[Problem], references) -> list[str | None]:
     """The synthesizer's answer to each problem, given `references(problem)` as its answer parts."""
     return [
-        extract_answer(run_synthesizer(stage, p.problem, references(p), CONFIG, seed).text)
+        extract_answer(run_synthesizer(stage, p.problem, references(p), CONFIG, seed=seed).text)
         for seed, p in enumerate(problems)
     ]
 
 
-def right_steps(problem: Problem) -> list[synthetic.Step]:
-    return synthetic.evaluate(expression_of(problem.problem))
+def right_steps(problem: Problem) -> list[chain.Step]:
+    return chain.evaluate(expression_of(problem.problem))
 
 
-def wrong_steps(rng: random.Random, problem: Problem) -> list[synthetic.Step]:
+def wrong_steps(rng: random.Random, problem: Problem) -> list[chain.Step]:
     """A worked chain of `problem` with a slip that changes its answer."""
     while True:
-        steps = synthetic.slipped(rng, expression_of(problem.problem), synthetic.Task())
-        if str(synthetic.result(steps)) != problem.answer:
+        steps = chain.slipped(rng, expression_of(problem.problem), chain.Task())
+        if str(chain.result(steps)) != problem.answer:
             return steps
 
 
@@ -267,8 +268,8 @@ def test_the_synthesizer_is_no_majority_copier(stages):
 
     def references(problem: Problem) -> list[str]:
         wrong = wrong_steps(rng, problem)
-        majorities[problem.id] = str(synthetic.result(wrong))
-        parts = [synthetic.answer_part(wrong)] * 3 + [synthetic.answer_part(right_steps(problem))]
+        majorities[problem.id] = str(chain.result(wrong))
+        parts = [chain.answer_part(wrong)] * 3 + [chain.answer_part(right_steps(problem))]
         rng.shuffle(parts)
         return parts
 

@@ -3,8 +3,9 @@
 An item's syntheses start the moment its own exploration ends, while later items are still being explored;
 neither stage waits for the whole batch. The A2R pipeline (one synthesis per problem, or none), the accuracy
 protocol (one synthesis per N, some explorations already on disk) and the server (requests arriving one by
-one) all schedule their work here, so stage timings are taken in one place too. `run` drives a stream of
-items to the end; `explore` and `synthesize` take one item at a time, for callers that never see the end.
+one) all schedule their work here, so stage timings are taken in one place too. `submit` takes one item
+through both stages, for callers that never see the end (the server); `run` drives a stream of items to the
+end through `submit`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
-Explored = TypeVar("Explored")
-Synthesized = TypeVar("Synthesized")
+Exploration = TypeVar("Exploration")
+Synthesis = TypeVar("Synthesis")
 
 
 @dataclass
@@ -31,16 +32,54 @@ class Job(Generic[Item]):
     clock: dict[str, float]
     explored: Any = None
     results: list[Any] = field(default_factory=list)
-    left: int = 0  # syntheses still running
-    failed: bool = False  # an item error was reported for it
+    left: int = 0  # syntheses not yet reported
+    failed: bool = False  # an error was reported for it
 
 
-# What the stages report, from their worker threads, to the `notify` a caller gave. Every job ends with
-# exactly one of "finished" (all its syntheses done) or "dropped" (an error ended it):
-#   ("explored", job, seconds)     ("synthesized", job, index, result, seconds)
-#   ("failed", job, error, first)  first: the job's first error, from either stage
-#   ("finished", job, timings)     ("dropped", job)
-Event = tuple[Any, ...]
+# What `submit` reports to its caller's `notify`, from the worker threads. A job reports `Explored` before
+# any of its syntheses, and ends with exactly one `Finished` or `Dropped`, after all else it reports.
+
+
+@dataclass(frozen=True)
+class Explored:
+    job: Job
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Synthesized:
+    job: Job
+    index: int  # of the syntheses asked for
+    result: Any
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """An error in either stage. `first` marks the job's first, so a caller failing the item does it once
+    while the item's other syntheses run on; a later error still counts for a caller that stops on it."""
+
+    job: Job
+    error: Exception
+    first: bool
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Every synthesis succeeded (or none was asked for); `job.results` holds them in the order asked."""
+
+    job: Job
+    timings: dict[str, float]  # `stage_timings`
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """An error ended the job; its `Failed` came first."""
+
+    job: Job
+
+
+Event = Explored | Synthesized | Failed | Finished | Dropped
 Notify = Callable[[Event], None]
 
 
@@ -74,69 +113,75 @@ class TwoStageExecutor:
         for pool in (self._explore_pool, self._synthesize_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def explore(self, item: Item, explore: Callable[[Item], Explored], notify: Notify) -> Job[Item]:
-        """Queue `item`'s exploration (at most `explore_slots` run at once); `notify` hears how it ended."""
+    def submit(
+        self,
+        item: Item,
+        explore: Callable[[Item], Exploration],
+        syntheses: Callable[[Item, Exploration], Sequence[Callable[[], Synthesis]]],
+        notify: Notify,
+    ) -> Job[Item]:
+        """Queue `item`'s exploration (at most `explore_slots` run at once), then, the moment it ends, the
+        syntheses `syntheses(item, exploration)` asks for (at most `synthesize_slots` at once, all jobs
+        together). `notify` hears every step from the worker threads, so it must not block them."""
         job = Job(item, {"queued_at": self.now()})
 
-        def timed() -> None:
+        def explore_job() -> None:
             job.clock["explore_started_at"] = self.now()
             try:
                 job.explored = explore(item)
+                calls = syntheses(item, job.explored)
             except Exception as exc:  # noqa: BLE001  # the caller decides what an error means
                 job.failed = True
-                notify(("failed", job, exc, True))
-                notify(("dropped", job))
+                notify(Failed(job, exc, first=True))
+                notify(Dropped(job))
                 return
             job.clock["explored_at"] = self.now()
-            notify(("explored", job, job.clock["explored_at"] - job.clock["explore_started_at"]))
+            notify(Explored(job, job.clock["explored_at"] - job.clock["explore_started_at"]))
+            self._synthesize(job, calls, notify)
 
-        self._explore_pool.submit(timed)
+        self._explore_pool.submit(explore_job)
         return job
 
-    def synthesize(self, job: Job, calls: Sequence[Callable[[], Synthesized]], notify: Notify) -> None:
-        """Queue an explored job's syntheses; each is reported as it ends, then the job."""
+    def _synthesize(self, job: Job, calls: Sequence[Callable[[], Synthesis]], notify: Notify) -> None:
         job.results, job.left = [None] * len(calls), len(calls)
         if not calls:
-            notify(("finished", job, stage_timings(job.clock, self.now())))
+            notify(Finished(job, stage_timings(job.clock, self.now())))
 
-        def timed(index: int, call: Callable[[], Synthesized]) -> None:
+        def synthesize(index: int, call: Callable[[], Synthesis]) -> None:
             started = self.now()
             with self._lock:
                 job.clock.setdefault("synthesis_started_at", started)
             try:
-                result, error = call(), None
+                result = call()
             except Exception as exc:  # noqa: BLE001
-                result, error = None, exc
-            with self._lock:  # one thread at a time settles the job, so it ends exactly once
-                job.left -= 1
-                first, last = error is not None and not job.failed, job.left == 0
-                if error is None:
+                with self._lock:
+                    first, job.failed = not job.failed, True
+                notify(Failed(job, exc, first))
+            else:
+                with self._lock:
                     job.results[index] = result
                     job.clock["synthesized_at"] = max(self.now(), job.clock.get("synthesized_at", 0.0))
-                else:
-                    job.failed = True
-                failed = job.failed
-            if error is None:
-                notify(("synthesized", job, index, result, self.now() - started))
-            else:
-                notify(("failed", job, error, first))
+                notify(Synthesized(job, index, result, self.now() - started))
+            # Counted once reported, so the job's end follows every synthesis's own report; under the lock,
+            # so exactly one thread sees the count reach 0 and ends the job.
+            with self._lock:
+                job.left -= 1
+                last, failed = job.left == 0, job.failed
             if last:
-                notify(
-                    ("dropped", job) if failed else ("finished", job, stage_timings(job.clock, self.now()))
-                )
+                notify(Dropped(job) if failed else Finished(job, stage_timings(job.clock, self.now())))
 
         for index, call in enumerate(calls):
-            self._synthesize_pool.submit(timed, index, call)
+            self._synthesize_pool.submit(synthesize, index, call)
 
     def run(
         self,
         items: Iterable[Item],
-        explore: Callable[[Item], Explored],
-        syntheses: Callable[[Item, Explored], Sequence[Callable[[], Synthesized]]],
-        on_explored: Callable[[Item, Explored, float], None] | None = None,
-        on_synthesized: Callable[[Item, Synthesized, float], None] | None = None,
-        on_finished: Callable[[Item, Explored, list[Synthesized], dict[str, float]], None] | None = None,
-        on_failed: Callable[[Item, Explored | None, Exception], None] | None = None,
+        explore: Callable[[Item], Exploration],
+        syntheses: Callable[[Item, Exploration], Sequence[Callable[[], Synthesis]]],
+        on_explored: Callable[[Item, Exploration, float], None] | None = None,
+        on_synthesized: Callable[[Item, Synthesis, float], None] | None = None,
+        on_finished: Callable[[Item, Exploration, list[Synthesis], dict[str, float]], None] | None = None,
+        on_failed: Callable[[Item, Exploration | None, Exception], None] | None = None,
         item_errors: tuple[type[Exception], ...] = (),
     ) -> None:
         """Explore every item, then run the syntheses `syntheses(item, explored)` asks for, then close.
@@ -156,35 +201,33 @@ class TwoStageExecutor:
             nonlocal open_jobs
             item = next(pending, None)
             if item is not None:
-                self.explore(item, explore, events.put)
+                self.submit(item, explore, syntheses, events.put)
                 open_jobs += 1
 
         try:
             for _ in range(self.explore_slots):
                 explore_next()
             while open_jobs:
-                kind, job, *rest = events.get()
-                if kind == "failed":
-                    error, first = rest
-                    if not (isinstance(error, item_errors) and on_failed):
-                        raise error
-                    if "explored_at" not in job.clock:  # its exploration failed: the slot is free
+                match events.get():
+                    case Explored(job, seconds):
                         explore_next()
-                    if first:  # reported once; its other syntheses still run
-                        on_failed(job.item, job.explored, error)
-                elif kind == "explored":
-                    explore_next()
-                    if on_explored:
-                        on_explored(job.item, job.explored, rest[0])
-                    self.synthesize(job, syntheses(job.item, job.explored), events.put)
-                elif kind == "synthesized":
-                    if on_synthesized:
-                        on_synthesized(job.item, rest[1], rest[2])
-                elif kind == "finished":
-                    open_jobs -= 1
-                    if on_finished:
-                        on_finished(job.item, job.explored, job.results, rest[0])
-                else:  # dropped
-                    open_jobs -= 1
+                        if on_explored:
+                            on_explored(job.item, job.explored, seconds)
+                    case Synthesized(job, _, result, seconds):
+                        if on_synthesized:
+                            on_synthesized(job.item, result, seconds)
+                    case Failed(job, error, first):
+                        if not (isinstance(error, item_errors) and on_failed):
+                            raise error
+                        if "explored_at" not in job.clock:  # its exploration failed: the slot is free
+                            explore_next()
+                        if first:  # reported once; its other syntheses still run
+                            on_failed(job.item, job.explored, error)
+                    case Finished(job, timings):
+                        open_jobs -= 1
+                        if on_finished:
+                            on_finished(job.item, job.explored, job.results, timings)
+                    case Dropped():
+                        open_jobs -= 1
         finally:
             self.close()

@@ -55,7 +55,7 @@ from programs.core.config import RunConfig
 from programs.core.prompts import split_thinking
 from programs.core.records import UNANIMOUS, Problem, ProblemRecord
 from programs.engine_handle import EngineHandle, UnservableProblem
-from programs.executor import Event, Job, TwoStageExecutor
+from programs.executor import Dropped, Event, Failed, Finished, Job, TwoStageExecutor
 from programs.http_server import (
     DRAIN_S,
     HEADER_TIMEOUT_S,
@@ -155,26 +155,25 @@ class Service:
                 raise Cancelled
             return pipeline.explore(problem, batch=batch)
 
-        def synthesize(paths: Any) -> Any:
-            if ticket.cancelled.is_set():
-                raise Cancelled
-            return pipeline.synthesize(ticket.problem, paths, batch=batch, on_text=on_text, stop=request.stop)
+        def syntheses(problem: Problem, paths: Any) -> list[Callable[[], Any]]:
+            def synthesize() -> Any:
+                if ticket.cancelled.is_set():
+                    raise Cancelled
+                return pipeline.synthesize(problem, paths, batch=batch, on_text=on_text, stop=request.stop)
+
+            return [synthesize] if config.synthesize else []
 
         def notify(event: Event) -> None:
-            kind, job = event[0], event[1]
-            if kind == "explored":
-                ticket.post("explored")
-                calls = [lambda: synthesize(job.explored)] if config.synthesize else []
-                self.executor.synthesize(job, calls, notify)
-            elif kind == "failed":
-                ticket.post("failed", event[2])
-            elif kind == "finished":
-                ticket.post("done", self.record(ticket, job, event[2]))
-            if kind in ("finished", "dropped"):
+            match event:
+                case Failed(error=error):
+                    ticket.post("failed", error)
+                case Finished(job=job, timings=timings):
+                    ticket.post("done", self.record(ticket, job, timings))
+            if isinstance(event, Finished | Dropped):
                 with self._lock:
                     self.active -= 1
 
-        self.executor.explore(ticket.problem, explore, notify)
+        self.executor.submit(ticket.problem, explore, syntheses, notify)
         return ticket
 
     def record(self, ticket: Ticket, job: Job, timings: dict[str, float]) -> ProblemRecord:

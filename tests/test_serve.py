@@ -236,6 +236,9 @@ def test_a_client_that_leaves_mid_stream_has_its_engine_requests_aborted(served,
         # count asserted is the one waited for: a second reading could miss a request that was passing through.
         assert explorer_load.at_least(2, within_s=60) >= 2  # fork's prefix commit alone is one request
     assert explorer_load.settled(15) == 0  # the server notices the client left, then aborts
+    deadline = time.monotonic() + 15  # the request's slot is freed once its cancelled synthesis has unwound
+    while served.service.active and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert served.service.active == 0
 
 

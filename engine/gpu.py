@@ -20,6 +20,7 @@ PROBE = (
 )
 PROBE_TIMEOUT_S = 120.0
 BLACKWELL_MAJORS = (10, 12)  # where SGLang 0.5.23's deterministic mode falls back to flashinfer
+FA3_MAJORS = (8, 9)  # the only GPUs SGLang 0.5.23's fa3 backend starts on (attention_registry.py asserts it)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,21 @@ def deterministic_backend(backend: str | None, capability: tuple[int, int]) -> s
     if backend is not None:
         return backend
     return "flashinfer" if capability[0] in BLACKWELL_MAJORS else "fa3"
+
+
+def deterministic_refusal(backend: str | None, capability: tuple[int, int]) -> str | None:
+    """Why deterministic mode cannot start on this GPU, or None if it can: SGLang picks fa3 below Blackwell,
+    including on Turing (7.5, a T4) where fa3 does not run, and the engine would die on an assertion only
+    after loading the model. triton is deterministic and runs on every GPU SGLang supports."""
+    chosen = deterministic_backend(backend, capability)
+    if chosen != "fa3" or capability[0] in FA3_MAJORS:
+        return None
+    major, minor = capability
+    return (
+        f"deterministic inference on this GPU (compute capability {major}.{minor}) would run SGLang's fa3 "
+        f"attention, which needs compute capability 8.x or 9.x: give --attention-backend triton, or run "
+        f"without --deterministic"
+    )
 
 
 def radix_cache_lost(backend: str | None, capability: tuple[int, int]) -> str | None:

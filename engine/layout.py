@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 
-from engine.gpu import GpuInfo, radix_cache_lost
+from engine.gpu import GpuInfo, deterministic_refusal, radix_cache_lost
 from engine.ports import free_ports
 from engine.sizing import DEFAULT_SHARES, UnsizableModel, colocated_shares, read_shape
 from engine.spec import CPU_READY_TIMEOUT_S, PRIORITY_FLAGS, READY_TIMEOUT_S, EngineSpec, check_server_args
@@ -158,6 +158,9 @@ def plan(
         api_key=config.engine_key or os.environ.get(ENGINE_KEY_ENV) or None,
     )
     if config.deterministic and device == "cuda" and gpu is not None and config.explorer_url is None:
+        refusal = deterministic_refusal(config.attention_backend, gpu.capability)
+        if refusal is not None:
+            raise ValueError(refusal)
         warn_if_radix_cache_lost(config.attention_backend, gpu)
     explorer_args = check_server_args(config.explorer_server_args, "--explorer-server-args")
     synthesizer_args = check_server_args(config.synthesizer_server_args, "--synthesizer-server-args")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from engine.gpu import GpuInfo, deterministic_backend, probe_gpu, radix_cache_lost
+from engine.gpu import GpuInfo, deterministic_backend, deterministic_refusal, probe_gpu, radix_cache_lost
 from engine.layout import EngineConfig, plan
 from engine.sizing import (
     DEFAULT_SHARES,
@@ -275,6 +276,31 @@ def test_deterministic_planning_warns_once_when_fork_loses_its_prefix(capability
     if warned:
         assert "flashinfer attention" in lost[0] and "compute capability 10.0" in lost[0]
         assert "prefills the prompt again" in lost[0]
+
+
+@pytest.mark.parametrize(
+    ("capability", "backend", "refused"),
+    [
+        ((7, 5), None, True),  # T4: SGLang would pick fa3, which asserts SM 8.x or 9.x
+        ((7, 5), "triton", False),
+        ((10, 0), "fa3", True),
+        ((8, 6), None, False),
+        ((9, 0), None, False),
+        ((10, 0), None, False),  # flashinfer
+    ],
+)
+def test_deterministic_mode_is_refused_where_its_attention_backend_cannot_run(capability, backend, refused):
+    assert (deterministic_refusal(backend, capability) is not None) == refused
+
+
+def test_deterministic_planning_on_a_t4_is_refused_in_one_line_before_anything_starts():
+    config = EngineConfig(explorer_model="a/b", synthesizer_model="c/d", deterministic=True)
+    with pytest.raises(ValueError) as refused:
+        plan(config, device="cuda", gpus=2, gpu=gpu(15, (7, 5)))
+    message = str(refused.value)
+    assert "\n" not in message and "compute capability 7.5" in message and "fa3" in message
+    assert "--attention-backend triton" in message and "without --deterministic" in message
+    assert plan(replace(config, attention_backend="triton"), device="cuda", gpus=2, gpu=gpu(15, (7, 5)))
 
 
 def test_the_gpu_probe_reads_a_child_processs_answer(tmp_path):

@@ -18,9 +18,10 @@ through NVML (`rl.gpu_ids`) so the actor never opens a CUDA context of its own. 
 inside a weight-update session, which opens at a sync's first tensor and closes at its last (OpenRLHF flags
 the last one `empty_cache=True`), flushing the prefix cache so nothing computed with the old weights is reused.
 
-Every sample carries its own `sampling_seed` (`sample_seed`): with deterministic inference
+Every sample carries its own `sampling_seed` (`SampleSeeds`): with deterministic inference
 (`--train.full_determinism_enable`) SGLang otherwise seeds every request alike, the n samples of a prompt come
-out identical and every GRPO group has zero variance. Without it SGLang ignores the seed.
+out identical and every GRPO group has zero variance. Copies of one prompt in a batch get seeds of their own
+too. Without it SGLang ignores the seed.
 
 OpenRLHF's modules import `vllm` at top level; `rl.vllm_standin` provides the names they use and is
 installed here in the driver and in every Ray worker.
@@ -81,11 +82,35 @@ def sglang_sampling(params: Any) -> dict[str, Any]:
     return out
 
 
-def sample_seed(trainer_seed: int, prompt: str, index: int) -> int:
-    """The sampling seed of sample `index` of `prompt`: distinct across a group, the same on every engine and
-    rerun (no Python hash randomisation), and within SGLang's int64 range."""
-    key = f"{trainer_seed}\0{index}\0{prompt}".encode()
+def sample_seed(trainer_seed: int, engine: int, copy_index: int, prompt: str, index: int) -> int:
+    """The sampling seed of sample `index` of copy `copy_index` of `prompt` on rollout engine `engine`: the same
+    on every rerun (no Python hash randomisation) and within SGLang's int64 range."""
+    key = f"{trainer_seed}\0{engine}\0{copy_index}\0{index}\0{prompt}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 1
+
+
+class SampleSeeds:
+    """One rollout engine's per-sample seeds, batch by batch.
+
+    OpenRLHF sends a prompt's n samples in one call, and nothing says where in the batch the prompt stands. A
+    prompt the dataset repeats arrives twice; keyed on its text alone both copies would get the same n seeds
+    and so, under deterministic inference, the same samples. So a seed also keys on how many copies of the
+    prompt this engine has had in the batch, and on the engine (copies sent to two engines). The count
+    restarts at each weight sync, which ends a batch, so a rerun that dispatches alike gets the same seeds."""
+
+    def __init__(self, trainer_seed: int, engine: int) -> None:
+        self.trainer_seed = trainer_seed
+        self.engine = engine
+        self.copies: dict[str, int] = {}  # prompt -> copies seeded in this batch
+
+    def take(self, prompt: str, n: int) -> list[int]:
+        """Seeds for the n samples of the next copy of `prompt`."""
+        copy_index = self.copies.get(prompt, 0)
+        self.copies[prompt] = copy_index + 1
+        return [sample_seed(self.trainer_seed, self.engine, copy_index, prompt, i) for i in range(n)]
+
+    def new_batch(self) -> None:
+        self.copies.clear()
 
 
 def with_seed(params: Any, seed: int) -> Any:
@@ -141,11 +166,12 @@ class SGLangRollout:
         log_dir: str | None = None,
         ready_timeout: float = READY_TIMEOUT_S,
         trainer_seed: int = 0,
+        engine_index: int = 0,
         **engine: Any,
     ) -> None:
         env = server_gpu_env(os.environ, _ray_gpu_ids()) if engine.get("device", "cuda") == "cuda" else {}
         self.spec = rollout_spec(model, port=free_port(), env=env, **engine)
-        self.trainer_seed = trainer_seed
+        self.seeds = SampleSeeds(trainer_seed, engine_index)
         self._gpu_uuid: str | None = None  # the server's GPU, looked up on the first CUDA-IPC weight sync
         self.enable_sleep = bool(engine.get("enable_sleep"))
         self.executor = agent_executor(agent_func_path, remote_rm_url)
@@ -221,12 +247,8 @@ class SGLangRollout:
             prompt=prompt, label=label, max_length=max_length, hf_tokenizer=hf_tokenizer, images=images
         )
         runs = [
-            self.executor.execute(
-                sampling_params=with_seed(sampling_params, sample_seed(self.trainer_seed, prompt, i)),
-                llm_engine=self,
-                **kwargs,
-            )
-            for i in range(num_samples)
+            self.executor.execute(sampling_params=with_seed(sampling_params, seed), llm_engine=self, **kwargs)
+            for seed in self.seeds.take(prompt, num_samples)
         ]
         return await asyncio.gather(*runs)
 
@@ -249,6 +271,7 @@ class SGLangRollout:
         if last:  # OpenRLHF marks a sync's last tensor with empty_cache=True
             await self._control("/end_weight_update", {})
             self.in_update = False
+            self.seeds.new_batch()
 
     async def init_process_group(
         self, master_address, master_port, rank_offset, world_size, group_name, backend, use_ray
@@ -399,7 +422,8 @@ def create_sglang_engines(
             pretrain,
             agent_func_path=agent_func_path,
             remote_rm_url=remote_rm_url,
-            trainer_seed=seed,  # per-sample seeds: the same on every engine
+            trainer_seed=seed,  # per-sample seeds
+            engine_index=i,
             seed=seed + i,
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,

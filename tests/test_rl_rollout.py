@@ -30,9 +30,9 @@ from programs.core.grading import extract_answer, is_equivalent
 from programs.core.prompts import chat_prompt
 from rl import sglang_rollout, vllm_standin
 from rl.sglang_rollout import (
+    SampleSeeds,
     SGLangRollout,
     ipc_payload,
-    sample_seed,
     sglang_sampling,
     tags_to_wake,
     with_seed,
@@ -121,14 +121,14 @@ def test_generate_responses_runs_openrlhfs_executor_and_reward(rollout, tokenize
 
 
 def test_sample_seeds_are_distinct_per_sample_and_reproducible():
-    group = [sample_seed(42, "What is 2 + 2?", i) for i in range(8)]
+    group = SampleSeeds(42, engine=0).take("What is 2 + 2?", 8)
     assert len(set(group)) == 8  # the collapse under deterministic inference was one seed (42) for all
-    assert group == [sample_seed(42, "What is 2 + 2?", i) for i in range(8)]
+    assert group == SampleSeeds(42, engine=0).take("What is 2 + 2?", 8)
     other_process = subprocess.run(  # not Python's hash(), which is salted per process
         [
             sys.executable,
             "-c",
-            "from rl.sglang_rollout import sample_seed; print(sample_seed(42, 'What is 2 + 2?', 0))",
+            "from rl.sglang_rollout import sample_seed; print(sample_seed(42, 0, 0, 'What is 2 + 2?', 0))",
         ],
         cwd=ROOT,
         env={**os.environ, "PYTHONHASHSEED": "123"},
@@ -137,8 +137,23 @@ def test_sample_seeds_are_distinct_per_sample_and_reproducible():
         timeout=300,
     )
     assert other_process.stdout.strip() == str(group[0]), other_process.stderr[-2000:]
-    assert sample_seed(43, "What is 2 + 2?", 0) != group[0] != sample_seed(42, "What is 2 + 3?", 0)
+    assert SampleSeeds(43, engine=0).take("What is 2 + 2?", 1)[0] != group[0]
+    assert SampleSeeds(42, engine=0).take("What is 2 + 3?", 1)[0] != group[0]
     assert all(0 <= seed < 2**63 for seed in group)  # SGLang refuses seeds outside int64
+
+
+def test_copies_of_a_prompt_in_one_batch_get_seeds_of_their_own_and_a_rerun_the_same_ones():
+    def batch(seeds: SampleSeeds) -> list[list[int]]:
+        return [seeds.take(prompt, 4) for prompt in ("What is 2 + 2?", "What is 3 + 4?", "What is 2 + 2?")]
+
+    first = batch(SampleSeeds(42, engine=0))
+    assert len({seed for group in first for seed in group}) == 12  # the repeated prompt's copies differ
+    on_another_engine = SampleSeeds(42, engine=1).take("What is 2 + 2?", 4)
+    assert not set(on_another_engine) & set(first[0])  # a copy sent to a second engine differs too
+    seeds = SampleSeeds(42, engine=0)
+    assert batch(seeds) == first  # a rerun gets the same seeds
+    seeds.new_batch()  # a weight sync ends the batch
+    assert batch(seeds) == first
 
 
 def test_a_seed_reaches_sglangs_sampling_params_and_only_a_copy_carries_it():
@@ -174,8 +189,10 @@ def test_each_sample_of_a_prompt_is_sent_with_its_own_seed(rollout, tokenizer, l
         return sorted(sent)
 
     first = seeds_sent()
-    assert first == sorted(sample_seed(rollout.trainer_seed, prompt, i) for i in range(4))
-    assert len(set(first)) == 4 and seeds_sent() == first
+    assert first == sorted(SampleSeeds(rollout.seeds.trainer_seed, engine=0).take(prompt, 4))
+    assert len(set(first)) == 4 and seeds_sent() != first  # a second copy of the prompt in the batch
+    rollout.seeds.new_batch()
+    assert seeds_sent() == first
     assert params.seed is None  # the trainer's object is left as it was
 
 

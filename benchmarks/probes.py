@@ -98,7 +98,7 @@ def measure(
     explorer: EngineHandle, problems: list[Problem], args: argparse.Namespace, profile: Profile
 ) -> list[dict]:
     """The two modes in interleaved rounds; each round's figures per mode, each mode's paths in OUTPUT."""
-    probed = Chunking(probe_every=args.probe_every, probe_prefix=profile.probe_prefix)
+    probed = Chunking(probe_every=args.probe_every, form=profile.probe)
     chunkings = {"unprobed": Chunking(), "probed": probed}
     explore(explorer, problems[:1], args, chunkings["probed"])  # the engine's first batches, untimed
     rounds = []

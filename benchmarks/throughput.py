@@ -179,7 +179,7 @@ def points(args: argparse.Namespace, engines: Engines, profile: Profile) -> list
         config = RunConfig.from_args(
             args,
             budgets=budgets,
-            probe_prefix=profile.probe_prefix,
+            probe=profile.probe,
             ignore_eos=args.fixed_length,
             **cli.role_models(engines),
         )

@@ -2,7 +2,7 @@
 forced answer when it reaches its thinking budget still thinking.
 
 A probe is the path's text so far, then the end-of-thinking tag and the opening of the model's answer (the
-profile's `probe_prefix`), decoded for up to `PROBE_TOKENS` greedily; its answer is the box in what follows.
+profile's `ProbeForm`), decoded greedily until the answer is complete (at most `PROBE_TOKENS`).
 It is a copy of the path's stream (`path.copy()`), sent while the path decodes its next chunk. Both requests
 start with the path's tokens as they were decoded (`TokenTrail`: decoded text need not tokenize back to
 them), which SGLang's radix cache holds once the chunk before them has ended (a request's decoded KV enters
@@ -25,13 +25,13 @@ from typing import Any
 import sglang as sgl
 
 from engine.endpoint import ON_PROGRESS_VAR, ON_REPLY_VAR, RID_VAR, TRAIL_VAR, TokenTrail
-from programs.core.config import PROBE_PREFIX
-from programs.core.grading import extract_boxed
+from programs.core.config import BOXED_PROBE, ProbeForm
 from programs.core.prompts import THINK_END
 from programs.core.records import finish_reason
 
-# Greedy tokens a probe may decode: after Qwen3's `\\boxed{` an integer and its brace take 2 to 4; the offline
-# explorer restates the result first (`12, so the answer is \\boxed{12}.`, 11 tokens).
+# Greedy tokens a probe may decode. It stops as soon as its answer is complete (after Qwen3's `\\boxed{` an
+# integer and its brace take 2 to 4; after the offline explorer's `The result is `, `-37,` takes 3), so the
+# cap binds only a probe whose model writes no answer in its form.
 PROBE_TOKENS = 16
 CLOSE_THINKING = f"\n{THINK_END}\n\n"  # what closes a path's thought, for a probe or a forced answer
 
@@ -42,12 +42,12 @@ class Chunking:
 
     probe_every: int | None = None  # tokens between probes of its current answer; None: no probes
     force_answer: int | None = None  # answer budget of a path cut at its thinking budget; None: not forced
-    probe_prefix: str = PROBE_PREFIX  # what a probe writes after the end-of-thinking tag
+    form: ProbeForm = BOXED_PROBE  # how a probe asks for the answer, in the form the model writes it
 
     @property
     def probe(self) -> str:
         """What a probe appends to the path's text so far."""
-        return CLOSE_THINKING + self.probe_prefix
+        return CLOSE_THINKING + self.form.prefix
 
     def __post_init__(self) -> None:
         for name in ("probe_every", "force_answer"):
@@ -83,12 +83,12 @@ class Generated:
         self.finish = meta.get("finish_reason")
 
     def add_probe(
-        self, answer: str, meta: dict[str, Any], counted: Callable[[int, str | None], bool]
+        self, answer: str | None, meta: dict[str, Any], counted: Callable[[int, str | None], bool]
     ) -> None:
-        """A probe made after the tokens generated so far: its tokens, and the answer it stated (the box in
-        `answer`, the probe's prefix and what it decoded) if `counted` takes it."""
+        """A probe made after the tokens generated so far: its tokens, and the answer it stated if `counted`
+        takes it."""
         self.probe_tokens += uncached(meta) + meta["completion_tokens"]
-        probe = (self.completion_tokens, extract_boxed(answer))
+        probe = (self.completion_tokens, answer)
         if counted(*probe):
             self.probes.append(probe)
 
@@ -132,7 +132,7 @@ def generate(
             text, meta = reply(probe[0], "probe")
             probe.join()
             if finish_reason(meta) != "abort":  # else held back: the path was stopped
-                done.add_probe(chunking.probe_prefix + text, meta, on_probe)
+                done.add_probe(chunking.form.read(text), meta, on_probe)
             probe = None
         text, meta = reply(path, "chunk")
         done.add(text, meta)
@@ -148,16 +148,19 @@ def generate(
                 done.forced_answer = True
             return done
         if chunking.probe_every is not None and done.thinking:
-            probe = ask(path, chunking.probe)
+            probe = ask(path, chunking)
 
 
-def ask(path: Any, probe: str) -> Any:
-    """Send a probe of `path`'s current answer: a copy of its stream with `probe` appended, decoded greedily
-    under a request id the engine chooses, reporting to no hook. Join the copy once its reply is read."""
+def ask(path: Any, chunking: Chunking) -> Any:
+    """Send a probe of `path`'s current answer: a copy of its stream with the probe appended, decoded greedily
+    until its answer is complete, under a request id the engine chooses, reporting to no hook. Join the copy
+    once its reply is read."""
     copy = path.fork(1)
     for name in (RID_VAR, ON_REPLY_VAR, ON_PROGRESS_VAR):
         copy[0].set_var(name, None)
-    copy[0] += probe + sgl.gen("probe", max_tokens=PROBE_TOKENS, temperature=0)
+    copy[0] += chunking.probe + sgl.gen(
+        "probe", max_tokens=PROBE_TOKENS, temperature=0, stop_regex=chunking.form.answer
+    )
     return copy
 
 

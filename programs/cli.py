@@ -49,7 +49,7 @@ RUN_FLAGS_NOT_ON_THE_COMMAND_LINE = (
     "explorer_model",
     "synthesizer_model",
     "extra",
-    "probe_prefix",
+    "probe",
 )
 
 
@@ -216,7 +216,7 @@ def plan_run(
     config = RunConfig.from_args(
         args,
         budgets=fitted,
-        probe_prefix=profile.probe_prefix,
+        probe=profile.probe,
         **role_models(engines),
         extra=extra,
         **overrides,

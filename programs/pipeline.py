@@ -59,7 +59,7 @@ class Pipeline:
         seeds = [cfg.path_seed(problem.id, first_path + i) for i in range(cfg.n)]
         confident = cfg.keep_confident is not None
         backend = self.explorer.backend
-        chunking = Chunking(cfg.probe_every, cfg.force_answer, cfg.probe_prefix)
+        chunking = Chunking(cfg.probe_every, cfg.force_answer, cfg.probe)
         try:
             paths = run_explorer(
                 backend,

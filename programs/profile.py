@@ -6,9 +6,10 @@ throughput benchmark's scale), so no other module asks which device it is on to 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from programs.core.config import PROBE_PREFIX
+from programs.core.config import BOXED_PROBE, ProbeForm
 from programs.offline import chain
 
 
@@ -24,7 +25,7 @@ class Profile:
     throughput_dataset: str  # the problems the throughput benchmark serves
     throughput_in_flight: int | None  # its cap on problems explored at once (None: what the KV pool holds)
     throughput_seconds: float  # its least decoding time per mode, for steady state
-    probe_prefix: str  # what a probe writes after the end-of-thinking tag, so the model states its answer
+    probe: ProbeForm  # how a probe asks a running path for its answer, in the form its model writes it
 
 
 # A2R-Efficient (Qwen3-4B -> Qwen3-8B) on the paper's benchmarks. Its paths run 15.7k-20.5k tokens and its
@@ -40,7 +41,15 @@ PAPER = Profile(
     throughput_dataset="aime24",
     throughput_in_flight=None,
     throughput_seconds=60.0,
-    probe_prefix=PROBE_PREFIX,
+    probe=BOXED_PROBE,
+)
+
+# The offline explorer answers `The result is 12, so ...`. A probe opens that sentence; the model gives the
+# number and its comma, sometimes after restating the opening, or, mid-thought, goes on with its arithmetic
+# (` + 4 = 10`), which a first character that starts no number and no restatement shows.
+ANSWER_OPENING = chain.ANSWER_PART.partition("{value}")[0]
+OFFLINE_PROBE_ANSWER = (
+    rf"^\s{{0,8}}(?:{re.escape(ANSWER_OPENING)})?(?:(-?\d{{1,32}}),|[^\s\d{ANSWER_OPENING[0]}-])"
 )
 
 # The project's own pair (`programs.offline`) on the arithmetic chains it was trained on. Its paths run about
@@ -58,7 +67,7 @@ OFFLINE = Profile(
     throughput_dataset=f"{chain.NAME}:0:2000",
     throughput_in_flight=8,
     throughput_seconds=20.0,
-    probe_prefix=chain.ANSWER_PART.partition("{value}")[0],  # the answer part it was trained to write
+    probe=ProbeForm(ANSWER_OPENING, OFFLINE_PROBE_ANSWER),
 )
 
 PROFILES = {profile.name: profile for profile in (PAPER, OFFLINE)}

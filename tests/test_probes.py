@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -13,11 +14,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from sglang.srt.sampling.sampling_params import SamplingParams
 
 from benchmarks import probes
 from engine.endpoint import SEED_VAR, PathEndpoint, request_ids
-from programs.chunked import CLOSE_THINKING, Chunking, Generated, uncached
-from programs.core.config import RunConfig, SamplingConfig
+from programs.chunked import CLOSE_THINKING, PROBE_TOKENS, Chunking, Generated, uncached
+from programs.core.config import BOXED_PROBE, RunConfig, SamplingConfig
 from programs.core.prompts import chat_prompt
 from programs.core.records import PathRecord, ProblemRecord, usage
 from programs.core.stopping import Seen, StopPolicy, current_answers
@@ -44,15 +46,49 @@ def meta(prompt: int, cached: int, completion: int, finish: str = "length") -> d
 def test_a_chunked_path_counts_every_token_the_engine_computed_beyond_the_path_itself():
     done = Generated()
     done.add("<think>a", meta(30, 29, 16))  # the path's prompt, forked: all but its last token cached
-    assert done.add_probe("\\boxed{7}.", meta(50, 46, 3), lambda tokens, answer: True) is None
+    assert done.add_probe("7", meta(50, 46, 3), lambda tokens, answer: True) is None
     done.add(" b", meta(46, 45, 16))  # the continuation: one token of its prompt recomputed
-    done.add_probe("\\boxed{8", meta(66, 62, 10), lambda tokens, answer: False)  # came back after a stop
+    done.add_probe("8", meta(66, 62, 10), lambda tokens, answer: False)  # came back after a stop
     done.add("</think> \\boxed{8}", meta(62, 62, 5, "stop"))
     assert done.probes == [(16, "7")]  # the uncounted probe is not listed, but it was paid for
     assert done.probe_tokens == (4 + 3) + 1 + (4 + 10) + 0
     assert done.completion_tokens == 16 + 16 + 5
     assert done.meta() == meta(30, 29, 37, "stop")
     assert done.text == "<think>a b</think> \\boxed{8}" and not done.thinking
+
+
+@pytest.mark.parametrize(
+    ("form", "decoded", "answer"),
+    [
+        (BOXED_PROBE, "12}", "12"),
+        (BOXED_PROBE, "\\frac{1}{2}}", "\\frac{1}{2}"),  # the brace that closes a fraction does not end it
+        (BOXED_PROBE, "\\sqrt{2^{3}}}.", "\\sqrt{2^{3}}"),
+        (BOXED_PROBE, "12", None),  # its budget spent before the box closed
+        (OFFLINE.probe, "-37,", "-37"),
+        (OFFLINE.probe, "\n\nThe result is 7,", "7"),  # it restated the opening first
+        (OFFLINE.probe, "oops \\boxed{5}.", "5"),  # another form: the box it wrote, if any
+        (OFFLINE.probe, " + 4 = 10", None),  # it goes on thinking
+    ],
+)
+def test_a_probe_reads_the_answer_its_form_states(form, decoded, answer):
+    assert form.read(decoded) == answer
+
+
+def test_the_engine_stops_a_probe_where_its_form_says_the_answer_is_complete():
+    # SGLang matches a stop_regex against the tail of the output it has decoded; the forms' patterns are bounded,
+    # so the tail is the whole probe, and their anchor holds from its first token.
+    for form in (BOXED_PROBE, OFFLINE.probe):
+        params = SamplingParams(max_new_tokens=PROBE_TOKENS, stop_regex=form.answer)
+        params.normalize(tokenizer=object())  # a server with a tokenizer; only stop strings would use it
+        assert PROBE_TOKENS < params.stop_regex_max_len < 2**30
+    stops = [re.search(BOXED_PROBE.answer, "\\frac{1}{2}" + tail) for tail in ("", "}")]
+    assert stops[0] is None and stops[1] is not None
+    assert [bool(re.search(OFFLINE.probe.answer, text)) for text in ("-3", "-37,", " +", "\n\nThe")] == [
+        False,
+        True,
+        True,
+        False,  # it may be restating the opening
+    ]
 
 
 def test_a_stopped_path_votes_its_last_probe_that_read_an_answer():
@@ -136,14 +172,12 @@ def test_paths_are_probed_as_the_policy_says_with_the_profiles_prefix():
     sampling = SamplingConfig(512)
 
     def config(stop: str | None, **kwargs) -> RunConfig:
-        return RunConfig(
-            8, sampling, sampling, "tiny", "tiny", stop=stop, probe_prefix="The result is ", **kwargs
-        )
+        return RunConfig(8, sampling, sampling, "tiny", "tiny", stop=stop, probe=OFFLINE.probe, **kwargs)
 
     assert config("posterior:0.25,probe=100").probe_every == 100
     assert config("settled").probe_every is None and config(None).probe_every is None
-    assert "probe_prefix" not in config("settled").to_dict()  # unprobed runs keep their old configuration
-    assert config("agree:3,probe=16").to_dict()["probe_prefix"] == "The result is "
+    assert "probe" not in config("settled").to_dict()  # unprobed runs keep their old configuration
+    assert config("agree:3,probe=16").to_dict()["probe"]["prefix"] == "The result is "
     with pytest.raises(ValueError, match="--keep-confident"):
         config("agree:3,probe=16", keep_confident=0.5)
     with pytest.raises(ValueError, match="--force-answer"):
@@ -158,7 +192,7 @@ BUDGET = 512  # far above any path the offline explorer writes, so a path below 
 
 def probing(every: int) -> Chunking:
     """Probes as the offline profile makes them, every `every` tokens."""
-    return Chunking(every, probe_prefix=OFFLINE.probe_prefix)
+    return Chunking(every, form=OFFLINE.probe)
 
 
 PROBE = probing(1).probe  # what a probe appends to a path
@@ -207,6 +241,12 @@ def test_probes_and_continuations_are_served_from_the_radix_cache(cpu_engine):
         assert meta["cached_tokens"] >= meta["prompt_tokens"] - SEAM, meta
     for meta in probes:
         assert meta["cached_tokens"] >= meta["prompt_tokens"] - probe_suffix - SEAM, meta
+    # A probe stops once it has stated its answer (`-37,`: 3 tokens, 10 if it restates `The result is ` first) or
+    # shown it states none (mid-thought the offline explorer goes on with its arithmetic): it decodes neither the
+    # answer part after it nor more thought.
+    ended = [m for m in probes if m["finish_reason"].get("matched") == OFFLINE.probe.answer]
+    others = [(m["finish_reason"], m["completion_tokens"]) for m in probes if m not in ended]
+    assert len(ended) >= 0.8 * len(probes) and all(m["completion_tokens"] <= 10 for m in ended), others
     spent = sum(uncached(m) for m in chunks) + sum(uncached(m) + m["completion_tokens"] for m in probes)
     assert sum(p.probe_tokens for p in paths) == spent
     assert all(p.probes and p.probes[0][0] == 16 for p in paths if p.completion_tokens > 16)
@@ -290,7 +330,7 @@ def test_live_probes_and_waves_decide_as_replay_does_in_the_observed_order(cpu_e
     explorer = EngineHandle.attach(cpu_engine.explorer)
     sampling = SamplingConfig(BUDGET)
     config = RunConfig(
-        8, sampling, sampling, "tiny", "tiny", synthesize=False, stop=spec, probe_prefix=OFFLINE.probe_prefix
+        8, sampling, sampling, "tiny", "tiny", synthesize=False, stop=spec, probe=OFFLINE.probe
     )
     records: list[ProblemRecord] = []
     Pipeline(config, explorer, None).run(load_problems("synthetic:11:6"), records.append)

@@ -6,17 +6,45 @@ Every record and summary carries `RunConfig.to_dict()`, so a result always says 
 from __future__ import annotations
 
 import argparse
+import re
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from programs.core.confidence import OnlineStop
 from programs.core.flags import dataclass_from_args, option
+from programs.core.grading import extract_boxed
 from programs.core.stopping import STOP_HELP, StopPolicy
 
-# What a probe of a running path writes after the end-of-thinking tag so that a few greedy tokens state the
-# answer: the opening of Qwen3's boxed answer (each profile has its own, `Profile.probe_prefix`).
-PROBE_PREFIX = "The final answer is \\boxed{"
+
+@dataclass(frozen=True)
+class ProbeForm:
+    """How a probe asks a running path for its answer, in the form its model writes answers.
+
+    `prefix` follows the end-of-thinking tag and opens the answer. `answer` is a regex over what the probe then
+    decodes, matched from its start: the engine stops the probe at its first match (SGLang's `stop_regex`), so
+    a probe decodes the answer and nothing after it. Group 1 is the answer; a match without it is a model that
+    does not answer in the form (it goes on thinking), which ends the probe early with no answer. A probe that
+    ends without a match reads the box in prefix and text, if any.
+    """
+
+    prefix: str
+    answer: str
+
+    def read(self, text: str) -> str | None:
+        """The answer a probe that decoded `text` stated."""
+        match = re.match(self.answer, text)
+        if match is not None and match.group(1) is not None:
+            return match.group(1).strip()
+        return extract_boxed(self.prefix + text)
+
+
+# Qwen3 opens its box; the answer ends at the brace that closes it, past braces nested two deep
+# (`\frac{1}{2}}`). Bounded repeats keep the pattern one whose length SGLang can bound.
+BOXED_PROBE = ProbeForm(
+    "The final answer is \\boxed{",
+    r"^((?:[^{}]|\{(?:[^{}]|\{[^{}]{0,64}\}){0,64}\}){0,64})\}",
+)
 
 
 @dataclass(frozen=True)
@@ -69,9 +97,9 @@ class RunConfig:
         "keeps this share of paths like them, and stop any path whose recent tokens fall below it",
         metavar="KEEP",
     )
-    # What a probe writes after the end-of-thinking tag when the --stop policy reads probes (`,probe=T`): the
-    # profile's, set by `from_args`.
-    probe_prefix: str = PROBE_PREFIX
+    # How a probe asks for the answer when the --stop policy reads probes (`,probe=T`): the profile's, set by
+    # `from_args`.
+    probe: ProbeForm = BOXED_PROBE
     force_answer: int | None = option(
         None,
         "give a path that reaches its token budget still thinking the end-of-thinking tag and this many more "
@@ -129,13 +157,13 @@ class RunConfig:
         args: argparse.Namespace,
         *,
         budgets: tuple[int, int],
-        probe_prefix: str = PROBE_PREFIX,
+        probe: ProbeForm = BOXED_PROBE,
         ignore_eos: bool = False,
         **overrides: Any,
     ) -> RunConfig:
         """The run the shared flags describe (`programs.cli`); `budgets` are the profile's (explorer,
         synthesizer) token budgets, used where `--explorer-max-tokens` / `--synthesizer-max-tokens` are not
-        given, `probe_prefix` its models' answer opening, and `overrides` fix what an entry point decides
+        given, `probe` how its models are asked for their answer, and `overrides` fix what an entry point decides
         itself (the models, `synthesize=False`, ...)."""
         explorer_budget, synthesizer_budget = budgets
 
@@ -147,19 +175,19 @@ class RunConfig:
             args,
             explorer=sampling(getattr(args, "explorer_max_tokens", None) or explorer_budget),
             synthesizer=sampling(getattr(args, "synthesizer_max_tokens", None) or synthesizer_budget),
-            probe_prefix=probe_prefix,
+            probe=probe,
             **overrides,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, except adaptive knobs left at their defaults and a probe prefix no policy uses: run
+        """Every field, except adaptive knobs left at their defaults and a probe form no policy uses: run
         folders written before those existed then still resume."""
         data = asdict(self)
         for name in ADAPTIVE_FIELDS:
             if data[name] == RunConfig.__dataclass_fields__[name].default:
                 del data[name]
         if self.probe_every is None:
-            del data["probe_prefix"]
+            del data["probe"]
         return data
 
     def path_seed(self, problem_id: str, path: int) -> int:

@@ -221,14 +221,14 @@ def diversity(
                     by_distinct[d].append(gain)
             figures["gain"][method] = {
                 "by_distinct_answers": {
-                    str(d): {"runs": len(g), "gain": round(100 * mean(g), 2)}
+                    str(d): {"runs": len(g), "gain": round(100 * float(mean(g)), 2)}
                     for d, g in sorted(by_distinct.items())
                 },
                 "entropy_correlation": correlation(np.array([mean(g) for g in gains]), entropy),
             }
         summary[str(n)] = figures
         for i, problem in enumerate(samples):
-            accuracy = {m: 100 * mean(o.correct for o in outcomes[m, n][i]) for m in methods}
+            accuracy = {m: 100 * float(mean(o.correct for o in outcomes[m, n][i])) for m in methods}
             rows.append(
                 {
                     "dataset": problem.dataset,

@@ -22,6 +22,10 @@ Protocol, with the choices the paper leaves open made explicit:
 OUTPUT holds explorations.jsonl (a line per dataset, problem and run), syntheses.jsonl (a line per dataset,
 problem, run and N), summary.json, accuracy_vs_n.png and cost_vs_accuracy.png (cost per problem from
 `benchmarks.cost`; skipped, with a message, when a model has no price: add `--price MODEL=IN,OUT`).
+The arena (`benchmarks.arena`) compares `--methods` (default: all, `sc a2r`) on the same samples: summary.json
+also holds `methods` (per method and N: accuracy with its interval, tokens, cost, time to answer), `paired`
+and `diversity`; arena.jsonl a row per problem and N; accuracy_vs_tokens.png (or `--tokens-plot PNG`) a curve
+per method.
 Rerunning resumes; more runs, problems, datasets or smaller N extend the same folder.
 """
 

@@ -151,9 +151,7 @@ def results(outcomes: Outcomes, problems: Problems, prices: dict[str, Price] | N
             "cost": None
             if prices is None
             else problems.mean(per_problem(runs, lambda o: o.cost(prices).total)),
-            "latency_s": {"p50": float(np.percentile(seconds, 50)), "p95": float(np.percentile(seconds, 95))}
-            if seconds
-            else None,
+            "latency_s": {f"p{q}": float(np.percentile(seconds, q)) for q in (50, 95)} if seconds else None,
         }
     return dict(table)
 
@@ -177,7 +175,7 @@ def comparisons(
     for method in others if BASELINE in methods else ():
         for n in ns:
             compare((method, n), (BASELINE, n), "same N")
-    for a in [*others, *(m for m in methods if m == BASELINE)]:
+    for a in sorted(methods, key=lambda m: m == BASELINE):  # the baseline last: it is B where it can be
         for b in methods:
             if b != a:
                 for n in ns:
@@ -211,21 +209,7 @@ def diversity(
             "gain": {},
         }
         for method in (m for m in methods if m != BASELINE and BASELINE in methods):
-            gains = [
-                [int(mine.correct) - int(base.correct) for mine, base in zip(m_runs, b_runs, strict=True)]
-                for m_runs, b_runs in zip(outcomes[method, n], outcomes[BASELINE, n], strict=True)
-            ]
-            by_distinct: dict[int, list[int]] = defaultdict(list)
-            for problem_distinct, problem_gains in zip(distinct, gains, strict=True):
-                for d, gain in zip(problem_distinct, problem_gains, strict=True):
-                    by_distinct[d].append(gain)
-            figures["gain"][method] = {
-                "by_distinct_answers": {
-                    str(d): {"runs": len(g), "gain": round(100 * float(mean(g)), 2)}
-                    for d, g in sorted(by_distinct.items())
-                },
-                "entropy_correlation": correlation(np.array([mean(g) for g in gains]), entropy),
-            }
+            figures["gain"][method] = gain(outcomes[method, n], outcomes[BASELINE, n], distinct, entropy)
         summary[str(n)] = figures
         for i, problem in enumerate(samples):
             accuracy = {m: 100 * float(mean(o.correct for o in outcomes[m, n][i])) for m in methods}
@@ -241,6 +225,28 @@ def diversity(
                 }
             )
     return summary, rows
+
+
+def gain(
+    mine: list[list[Outcome]], base: list[list[Outcome]], distinct: list[list[int]], entropy: np.ndarray
+) -> dict[str, Any]:
+    """A method's gain over the baseline (right minus right, in points) for each count of distinct answers
+    among the runs' paths, and its correlation over problems with their answer entropy."""
+    gains = [
+        [int(m.correct) - int(b.correct) for m, b in zip(m_runs, b_runs, strict=True)]
+        for m_runs, b_runs in zip(mine, base, strict=True)
+    ]
+    by_distinct: dict[int, list[int]] = defaultdict(list)
+    for problem_distinct, problem_gains in zip(distinct, gains, strict=True):
+        for d, one in zip(problem_distinct, problem_gains, strict=True):
+            by_distinct[d].append(one)
+    return {
+        "by_distinct_answers": {
+            str(d): {"runs": len(g), "gain": round(100 * float(mean(g)), 2)}
+            for d, g in sorted(by_distinct.items())
+        },
+        "entropy_correlation": correlation(np.array([mean(g) for g in gains]), entropy),
+    }
 
 
 def correlation(x: np.ndarray, y: np.ndarray) -> float | None:

@@ -22,6 +22,10 @@ Protocol, with the choices the paper leaves open made explicit:
 OUTPUT holds explorations.jsonl (a line per dataset, problem and run), syntheses.jsonl (a line per dataset,
 problem, run and N), summary.json, accuracy_vs_n.png and cost_vs_accuracy.png (cost per problem from
 `benchmarks.cost`; skipped, with a message, when a model has no price: add `--price MODEL=IN,OUT`).
+The arena (`benchmarks.arena`) compares `--methods` (default: all, `sc a2r`) on the same samples: summary.json
+also holds `methods` (per method and N: accuracy with its interval, tokens, cost, time to answer), `paired`
+and `diversity`; arena.jsonl a row per problem and N; accuracy_vs_tokens.png (or `--tokens-plot PNG`) a curve
+per method.
 Rerunning resumes; more runs, problems, datasets or smaller N extend the same folder.
 """
 
@@ -36,8 +40,28 @@ from typing import Any
 
 from rich.progress import Progress, TimeElapsedColumn
 
-from benchmarks.cost import CURRENCY, Cost, add_price_args, load_prices, mean_cost, price_of, record_cost
-from benchmarks.table1 import ACCURACY_PNG, COST_PNG, ProblemRuns, average, dataset_metrics, plot, table1
+from benchmarks.arena import (
+    METHODS,
+    TOKENS_PNG,
+    ProblemSamples,
+    Sample,
+    arena,
+    arena_tables,
+    dataset_costs,
+    plot_tokens,
+    score,
+)
+from benchmarks.cost import CURRENCY, add_price_args, load_prices, price_of
+from benchmarks.table1 import (
+    ACCURACY_PNG,
+    COST_PNG,
+    ProblemRuns,
+    average,
+    dataset_metrics,
+    model_label,
+    plot,
+    table1,
+)
 from engine.launch import serve
 from programs import cli
 from programs.cli import console
@@ -109,22 +133,18 @@ class ProtocolRecords:
 
         return {dataset: [one(dataset, p) for p in ps] for dataset, ps in self.problems.items()}
 
-    def costs(self, prices: dict[str, Any]) -> dict[str, dict[str, float]]:
-        """Mean cost per problem of Cons@N (its N paths) and A2R@N (those plus the synthesis), per dataset."""
+    def samples(self) -> list[ProblemSamples]:
+        """Every problem's runs as the arena's methods read them."""
 
-        def priced(trial: Trial, n: int) -> Cost:
-            exploration = self.explorations.records[trial.id]
-            view = {**exploration, "paths": exploration["paths"][:n]}
-            return record_cost(
-                {**view, "synthesizer": self.syntheses.records[trial.synthesis_id(n)]["synthesizer"]}, prices
-            )
+        def sample(trial: Trial) -> Sample:
+            syntheses = {n: self.syntheses.records[trial.synthesis_id(n)] for n in self.ns}
+            return Sample(trial.problem.answer, self.explorations.records[trial.id], syntheses)
 
-        rows: dict[str, dict[str, float]] = {dataset: {} for dataset in self.problems}
-        for n in self.ns:
-            for dataset in self.problems:
-                cost = mean_cost([priced(t, n) for t in self.trials() if t.dataset == dataset])
-                rows[dataset].update({f"cons@{n}": cost.explorer, f"a2r@{n}": cost.total})
-        return rows
+        return [
+            ProblemSamples(d, p.id, [sample(Trial(d, p, r)) for r in range(self.runs)])
+            for d, ps in self.problems.items()
+            for p in ps
+        ]
 
 
 class Protocol:
@@ -199,7 +219,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     protocol.add_argument("--runs", type=int, default=16, help="independent runs averaged per problem")
     protocol.add_argument("--limit", type=int, help="only the first LIMIT problems of each dataset")
+    protocol.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=list(METHODS),
+        help="methods the arena compares, on the same samples (benchmarks.arena)",
+    )
     protocol.add_argument("--output", type=Path, default=Path("runs/accuracy"), help="run folder")
+    protocol.add_argument(
+        "--tokens-plot",
+        type=Path,
+        metavar="PNG",
+        help=f"where the arena's plot goes (default: OUTPUT/{TOKENS_PNG})",
+    )
     add_price_args(parser.add_argument_group("prices (for cost_vs_accuracy.png; see benchmarks.cost)"))
     cli.add_engine_args(parser)
     cli.add_run_args(parser, skip=("synthesize",))
@@ -207,6 +240,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.ns) < 1 or len(set(args.ns)) != len(args.ns):
         parser.error(f"--ns must be distinct numbers of at least 1, got {args.ns}")
     cli.check_positive(parser, args, "runs", "limit")
+    if len(set(args.methods)) != len(args.methods):
+        parser.error(f"--methods names a method twice: {args.methods}")
     if args.datasets and len(set(args.datasets)) != len(args.datasets):
         parser.error(f"--datasets names a dataset twice: {args.datasets}")
     if (args.stop or args.keep_confident or args.online_confidence) and len(args.ns) > 1:
@@ -219,22 +254,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def summarize(
-    records: ProtocolRecords, config: RunConfig, prices: dict[str, Any], output: Path
+    records: ProtocolRecords,
+    config: RunConfig,
+    prices: dict[str, Any],
+    output: Path,
+    methods: list[str],
+    tokens_plot: Path,
 ) -> dict[str, Any]:
-    """summary.json's content, and the plots; the cost plot only when both models have a price."""
+    """summary.json's content (Table 1, then the arena of `methods`), arena.jsonl's rows per problem and N,
+    and the plots; costs and the cost plot only when both models have a price."""
     rows = {d: dataset_metrics(problems, records.ns) for d, problems in records.problem_runs().items()}
-    protocol = {"datasets": list(records.problems), "runs": records.runs, "ns": records.ns}
+    protocol = {
+        "datasets": list(records.problems),
+        "runs": records.runs,
+        "ns": records.ns,
+        "methods": methods,
+    }
     summary = {"config": config.to_dict(), "protocol": protocol, "datasets": rows, "average": average(rows)}
+    samples = records.samples()
     try:
         price_of(config.explorer_model, prices), price_of(config.synthesizer_model, prices)
     except ValueError as exc:
         console.print(f"[yellow]{COST_PNG} skipped:[/] {exc}")
         summary["cost"] = {"skipped": str(exc)}
         (output / COST_PNG).unlink(missing_ok=True)  # a plot from an earlier run would not match
+        priced = None
     else:
-        cost = records.costs(prices)
+        cost = dataset_costs(samples, score(samples, ["sc", "a2r"], records.ns), prices)
         summary["cost"] = {"currency": CURRENCY, "datasets": cost, "average": average(cost)}
+        priced = prices
+    figures, per_problem = arena(samples, methods, records.ns, priced)
+    summary |= figures
     plot(summary, output)
+    tokens_plot.parent.mkdir(parents=True, exist_ok=True)
+    plot_tokens(summary, tokens_plot, f"{model_label(summary['config'])} on {', '.join(records.problems)}")
+    (output / "arena.jsonl").write_text("".join(json.dumps(row) + "\n" for row in per_problem))
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -271,9 +325,13 @@ def run(args: argparse.Namespace) -> int:
                     Protocol(pipeline, records).run(lambda: bar.advance(task))
     except (KeyboardInterrupt, RuntimeError, ValueError) as exc:  # RuntimeError: an engine (EngineError)
         return cli.stopped(exc, f"finished records are kept in {args.output}")
-    summary = summarize(records, config, prices, args.output)
-    cli.show(table1(summary))
-    console.print(f"summary: {args.output / 'summary.json'}, plots: {args.output / ACCURACY_PNG}")
+    tokens_plot = args.tokens_plot or args.output / TOKENS_PNG
+    summary = summarize(records, config, prices, args.output, args.methods, tokens_plot)
+    for table in (table1(summary), *arena_tables(summary)):
+        cli.show(table)
+    console.print(
+        f"summary: {args.output / 'summary.json'}, plots: {args.output / ACCURACY_PNG}, {tokens_plot}"
+    )
     return 0
 
 

@@ -209,6 +209,14 @@ def record_cost(
     return Cost(explorer=explorer, synthesizer=synth_cost)
 
 
+def record_tokens(record: dict[str, Any]) -> int:
+    """Prompt and output tokens of every call a record made (its `paths` and `synthesizer`): what
+    `record_cost` charges, unpriced."""
+    calls = [*record["paths"], *([record["synthesizer"]] if record.get("synthesizer") else [])]
+    where = f"record {record.get('id')!r}"
+    return int(sum(t.input + t.output for t in (_tokens(call, where) for call in calls)))
+
+
 def mean_cost(costs: Sequence[Cost]) -> Cost:
     """Mean cost per problem over a run."""
     if not costs:

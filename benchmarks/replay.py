@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.bootstrap import RESAMPLES, Problems, interval
 from benchmarks.score import ScoreInputError
 from benchmarks.traces import Trace
 from programs.core.grading import is_equivalent
 from programs.core.stopping import PROBE_TOKENS, StopPolicy, most_confident, replay
-
-RESAMPLES = 2000  # bootstrap resamples of the problems
 
 
 def vote(answers: Sequence[str | None]) -> tuple[str | None, list[str]]:
@@ -32,12 +31,6 @@ def vote(answers: Sequence[str | None]) -> tuple[str | None, list[str]]:
     top = max(counts.values())
     leaders = [a for a in counts if counts[a] == top]  # in first-seen order
     return leaders[0], leaders
-
-
-def interval(values: np.ndarray) -> list[float]:
-    """The central 95% of bootstrap `values`."""
-    low, high = np.percentile(values, [2.5, 97.5])
-    return [round(float(low), 2), round(float(high), 2)]
 
 
 @dataclass(frozen=True)
@@ -122,8 +115,7 @@ def evaluate(
         )
     table = np.array(rows, dtype=float)
     full_total, spent_total = table[:, 0].sum(), table[:, 1].sum()
-    picks = np.random.default_rng(0).integers(0, len(rows), (resamples, len(rows)))
-    sampled = table[picks]  # resamples x problems x columns
+    sampled = table[Problems.of([""] * len(rows), resamples).draws]  # resamples x problems x columns
     saved = 100.0 * (1 - sampled[..., 1].sum(1) / np.maximum(sampled[..., 0].sum(1), 1))
     summary = {
         "problems": len(rows),

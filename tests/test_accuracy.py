@@ -132,7 +132,7 @@ def test_protocol_end_to_end_reuses_explorations_and_resumes(cpu_engine, tmp_pat
     url, out = cpu_engine.explorer.base_url, tmp_path / "acc"
     args = protocol_args(url, out)
     price = ["--price", f"{model_key(url)}=0.001,0.002"]
-    assert main(args + price) == 0
+    assert main([*args, *price, "--methods", "sc", "a2r"]) == 0
 
     # Explored once per (problem, run) at the largest N: runs x maxN paths per problem, all seeds distinct.
     explorations = read_lines(out / "explorations.jsonl")
@@ -157,7 +157,7 @@ def test_protocol_end_to_end_reuses_explorations_and_resumes(cpu_engine, tmp_pat
             assert f"<reference{i}>{path['answer_part']}</reference{i}>" in prompt
 
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["protocol"] == {"datasets": ["aime24"], "runs": 2, "ns": [1, 2]}
+    assert summary["protocol"] == {"datasets": ["aime24"], "runs": 2, "ns": [1, 2], "methods": ["sc", "a2r"]}
     metrics = {"pass@1", "cons@1", "a2r@1", "cons@2", "pass@2", "a2r@2"}
     for row in (summary["datasets"]["aime24"], summary["average"]):
         assert metrics <= set(row) and all(0 <= row[k] <= 100 for k in metrics)
@@ -167,7 +167,32 @@ def test_protocol_end_to_end_reuses_explorations_and_resumes(cpu_engine, tmp_pat
     assert (out / "accuracy_vs_n.png").stat().st_size > 0 and (
         out / "cost_vs_accuracy.png"
     ).stat().st_size > 0
-    assert "A2R@2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "A2R@2" in printed and "0 in the CI?" in printed
+
+    # The arena: every method and N with its interval, tokens, cost and time to answer, from the records.
+    arena = summary["methods"]
+    for method, n in [(m, n) for m in ("sc", "a2r") for n in ("1", "2")]:
+        row = arena[method][n]
+        assert row["ci"][0] <= row["accuracy"] <= row["ci"][1] and row["cost"] > 0
+        assert row["tokens"] > 0 and 0 < row["latency_s"]["p50"] <= row["latency_s"]["p95"]
+    for n in ("1", "2"):  # the same figures as Table 1's, interval apart
+        assert arena["sc"][n]["accuracy"] == pytest.approx(summary["average"][f"cons@{n}"], abs=0.005)
+        assert arena["a2r"][n]["accuracy"] == pytest.approx(summary["average"][f"a2r@{n}"], abs=0.005)
+        assert arena["a2r"][n]["latency_s"]["p50"] > arena["sc"][n]["latency_s"]["p50"]
+    assert arena["sc"]["1"]["tokens"] < arena["sc"]["2"]["tokens"] < arena["a2r"]["2"]["tokens"]
+    same_n = [p for p in summary["paired"] if p["match"] == "same N"]
+    assert [(p["a"], p["b"]) for p in same_n] == [("a2r@1", "sc@1"), ("a2r@2", "sc@2")]
+    for pair in summary["paired"]:
+        assert sum(pair["wins"].values()) == 2 and pair["contains_zero"] == (
+            pair["ci"][0] <= 0 <= pair["ci"][1]
+        )
+    spread = summary["diversity"]["2"]
+    assert 0 <= spread["distinct_answers"] <= 2 and 0 <= spread["entropy_bits"] <= 1
+    assert 0 <= spread["lexical_overlap"] <= 1 and "a2r" in spread["gain"]
+    assert {"error_correlation", "effective_paths"} <= set(spread)
+    assert len(read_lines(out / "arena.jsonl")) == 2 * 2  # a row per problem and N
+    assert (out / "accuracy_vs_tokens.png").stat().st_size > 0
 
     # Resume after losing three syntheses: only those are redone, explorations are untouched. Without a
     # price the cost plot is skipped, with a message, and an old one is removed.

@@ -7,8 +7,6 @@ huggingface.co/Qwen/Qwen3-{0.6B,4B,8B}), next to the offline kit's tiny tokenize
 Random weights sample ids across Qwen's 151,936-token vocabulary; SGLang's detokenizer turns those the tiny
 tokenizer lacks into empty text (tried on the CPU engine), and every figure here is the engines' own token
 count, so the text does not matter.
-
-The commands run as subprocesses, as a user runs them, and are judged by the JSON they write alone.
 """
 
 from __future__ import annotations

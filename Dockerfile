@@ -12,6 +12,7 @@ COPY programs programs
 COPY engine engine
 COPY rl rl
 COPY benchmarks benchmarks
+COPY doctor doctor
 # sglang (and with it torch 2.14.1) is already in the image at the pinned version, with whatever the image set on
 # purpose (NCCL, kernels): the project goes in --no-deps, so pip does not walk sglang's and torch's pins and
 # "repair" those, and then its own dependencies (pyproject.toml's, less sglang; a test keeps the two lists equal).

@@ -63,7 +63,7 @@ from benchmarks.table1 import (
     table1,
 )
 from engine.launch import serve
-from programs import cli
+from programs import cli, planning
 from programs.cli import console
 from programs.core.config import RunConfig
 from programs.core.jsonl import RecordFile, RecordsError
@@ -299,12 +299,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     with cli.refusing(DatasetError, RecordsError, ValueError):
-        profile, device = cli.profile_for(args)
+        profile, device = planning.profile_for(args)
         datasets = args.datasets or list(profile.datasets)
         problems = {name: load_problems(name, args.limit) for name in datasets}
         # One RunConfig, at the largest N, stamps both files: resuming with other models, sampling or
         # largest N is refused, while runs, problems, datasets and smaller N may change.
-        engines, config = cli.plan_run(args, profile, device, n=args.ns[-1], synthesize=True)
+        engines, config = planning.plan_run(args, profile, device, n=args.ns[-1], synthesize=True)
         prices = load_prices(args.prices, args.price)
         explorations, syntheses = (RecordFile(args.output, config.to_dict(), console, name=n) for n in FILES)
         records = ProtocolRecords(problems, args.runs, args.ns, explorations, syntheses)

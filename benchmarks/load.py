@@ -27,7 +27,7 @@ from rich.table import Table
 
 from engine.launch import EngineError, serve
 from engine.ports import free_port
-from programs import cli
+from programs import cli, planning
 from programs.cli import console
 from programs.core.records import Problem, ProblemRecord, usage
 from programs.datasets import DatasetError, load_problems
@@ -158,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     with cli.refusing(DatasetError, ValueError):
-        profile, device = cli.profile_for(args)
+        profile, device = planning.profile_for(args)
         dataset = args.dataset or profile.datasets[0]
         problems = load_problems(dataset, args.limit)
-        engines, config = cli.plan_run(args, profile, device)
+        engines, config = planning.plan_run(args, profile, device)
     args.output.mkdir(parents=True, exist_ok=True)
     try:
         with serve(engines, args.output / "logs") as running:

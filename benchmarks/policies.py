@@ -30,7 +30,7 @@ from rich.table import Table
 from benchmarks.replay import evaluate
 from benchmarks.traces import read_records
 from engine.launch import serve
-from programs import cli
+from programs import cli, planning
 from programs.cli import console
 from programs.core.config import RunConfig
 from programs.core.jsonl import RecordFile, RecordsError
@@ -192,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     with cli.refusing(DatasetError, RecordsError, ValueError):
-        profile, device = cli.profile_for(args)
+        profile, device = planning.profile_for(args)
         dataset = args.dataset or profile.datasets[0]
         problems = load_problems(dataset, args.limit)
-        engines, base = cli.plan_run(args, profile, device)
+        engines, base = planning.plan_run(args, profile, device)
         configs = {name: replace(base, **policy_overrides(name)) for name in args.policies}
         if any(config.online_confidence is not None for config in configs.values()):
-            engines = cli.streamed_for_online(engines)
+            engines = planning.streamed_for_online(engines)
         output = args.output or cli.default_output(dataset, args.n, kind="policies")
         files = {
             name: RecordFile(output, config.to_dict(), console, name=f"{name.replace(':', '-')}.jsonl")

@@ -27,7 +27,7 @@ from typing import Any
 from rich.table import Table
 
 from engine.launch import EngineError, serve
-from programs import cli
+from programs import cli, planning
 from programs.chunked import Chunking
 from programs.cli import console
 from programs.core.config import SamplingConfig
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     with cli.refusing(DatasetError, OSError, ValueError):
-        engines, profile = cli.explorer_engines(args)
+        engines, profile = planning.explorer_engines(args)
         problems = load_problems(args.dataset or profile.throughput_dataset, args.problems)
         args.output.mkdir(parents=True, exist_ok=True)
     try:

@@ -43,7 +43,7 @@ from benchmarks.conditions import (
 from benchmarks.verdict import THRESHOLDS, Measures, Outcome, verdict
 from engine.launch import EngineError, check_remote, serve
 from engine.layout import EngineConfig, Engines
-from programs import cli
+from programs import cli, planning
 from programs.cli import console
 from programs.core.config import RunConfig
 from programs.core.flags import dataclass_from_args
@@ -129,7 +129,7 @@ def synthesizer_alone(args: argparse.Namespace, device: str) -> tuple[Profile, E
     profile = choose_profile(args.profile, device, bool(named))
     model = args.synthesizer_model
     if not named:
-        offline = cli.build_offline_models(profile, args)
+        offline = planning.build_offline_models(profile, args)
         model = str(offline.synthesizer) if offline else profile.synthesizer_model
     config = dataclass_from_args(
         EngineConfig,
@@ -140,26 +140,31 @@ def synthesizer_alone(args: argparse.Namespace, device: str) -> tuple[Profile, E
         synthesizer_model=None,
         synthesizer_url=None,
     )
-    return profile, cli.plan_here(config, device)
+    return profile, planning.plan_here(config, device)
 
 
 def plan(args: argparse.Namespace) -> tuple[Engines, RunConfig, str]:
     """The engines, the probe's run configuration (N = --paths for exploring) and the references' source."""
     if args.explorations:
-        profile, engines = synthesizer_alone(args, cli.detect_device(args.device))
+        profile, engines = synthesizer_alone(args, planning.detect_device(args.device))
         source = str(args.explorations)
     else:
-        profile, device = cli.profile_for(args)
-        engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
+        profile, device = planning.profile_for(args)
+        engines = planning.plan_engines(args, profile, device, planning.build_offline_models(profile, args))
         source = args.dataset or profile.datasets[0]
     for spec in {id(s): s for s in (engines.explorer, engines.synthesizer)}.values():
         if not spec.launched:
             check_remote(spec)  # before anything is explored: a synthesizer that does not answer is bad input
-    models = cli.role_models(engines)
+    models = planning.role_models(engines)
     if args.explorations:
         models["explorer_model"] = source
     config = RunConfig.from_args(
-        args, budgets=cli.budgets(profile), n=args.paths, shuffle_references=True, synthesize=False, **models
+        args,
+        budgets=planning.budgets(profile),
+        n=args.paths,
+        shuffle_references=True,
+        synthesize=False,
+        **models,
     )
     return engines, config, source
 

@@ -40,12 +40,13 @@ from engine.layout import Engines
 from engine.ports import free_port
 from engine.spec import EngineSpec
 from programs import cli
-from programs.cli import INCREMENTAL_STREAMING, console
+from programs.cli import console
 from programs.core.confidence import STREAM_INTERVAL, TOP_K, OnlineStop, window_for
 from programs.core.config import SamplingConfig
 from programs.engine_handle import EngineHandle
 from programs.explorer import run_explorer
 from programs.offline.model import offline_models
+from programs.planning import INCREMENTAL_STREAMING
 
 PROMPT = "Count from one onwards, one number per line."
 PROMPT_ROOM = 64  # context kept for the prompt (a dozen tokens) beyond the paths' budget

@@ -51,7 +51,7 @@ from benchmarks.sweep import SWEEPS, plot_sweep, sweep_table, sweep_values
 from engine.cpu_use import cpu_seconds, local_server
 from engine.launch import EngineError, serve
 from engine.layout import Engines
-from programs import cli
+from programs import cli, planning
 from programs.cli import console
 from programs.core.config import RunConfig
 from programs.core.grading import start_verifier
@@ -169,7 +169,7 @@ def points(args: argparse.Namespace, engines: Engines, profile: Profile) -> list
     in_flight = args.max_in_flight or profile.throughput_in_flight
 
     def point(name: str, explorer_tokens: int | None = None, cap: int | None = in_flight) -> Point:
-        budgets, reference_tokens = cli.budgets(profile), None
+        budgets, reference_tokens = planning.budgets(profile), None
         if args.fixed_length:
             budgets = fixed_lengths(args, profile, explorer_tokens)
             # A reference keeps the paper's share of its path (1069 of 18597 tokens), whatever its length.
@@ -181,7 +181,7 @@ def points(args: argparse.Namespace, engines: Engines, profile: Profile) -> list
             budgets=budgets,
             probe=profile.probe,
             ignore_eos=args.fixed_length,
-            **cli.role_models(engines),
+            **planning.role_models(engines),
         )
         seconds = args.seconds or profile.throughput_seconds
         return Point(name, config, reference_tokens, cap, args.rounds, args.limit, seconds)
@@ -439,10 +439,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     with cli.refusing(DatasetError, OSError, ValueError):
-        profile, device = cli.profile_for(args)
+        profile, device = planning.profile_for(args)
         args.dataset = args.dataset or profile.throughput_dataset
         pool = load_problems(args.dataset)
-        engines = cli.plan_engines(args, profile, device, cli.build_offline_models(profile, args))
+        engines = planning.plan_engines(args, profile, device, planning.build_offline_models(profile, args))
         todo = points(args, engines, profile)
         output = args.output or cli.default_output(args.dataset, args.n, kind="throughput")
         output.mkdir(parents=True, exist_ok=True)

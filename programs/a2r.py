@@ -23,7 +23,7 @@ from rich.text import Text
 
 from engine.launch import EngineError, serve
 from engine.layout import Engines
-from programs import cli
+from programs import cli, planning
 from programs.cli import console
 from programs.core.config import RunConfig
 from programs.core.jsonl import RecordFile, RecordsError
@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     with cli.refusing(DatasetError, RecordsError, ValueError):
-        profile, device = cli.profile_for(args)
+        profile, device = planning.profile_for(args)
         dataset = None if args.question else args.dataset or profile.datasets[0]
         problems = [question_problem(args.question)] if args.question else load_problems(dataset, args.limit)
-        engines, config = cli.plan_run(args, profile, device)
+        engines, config = planning.plan_run(args, profile, device)
         output = args.output or cli.default_output(dataset, args.n, question=args.question)
         records = RecordFile(output, config.to_dict(), console)
         records.check_problems((p.id, p) for p in problems)

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException
 
 from engine.endpoint import new_batch, request_ids, synthesis_id
 from engine.launch import EngineError, get_json, log_tail, serve
-from programs import cli
+from programs import cli, planning
 from programs.chat_api import (
     CHARS_PER_CONTEXT_TOKEN,
     MODELS,
@@ -461,7 +461,7 @@ def run(args: argparse.Namespace) -> int:
 
 def serve_on(sock: socket.socket, args: argparse.Namespace, key: str | None) -> int:
     with cli.refusing(ValueError):
-        engines, config = cli.plan_run(args, *cli.profile_for(args))
+        engines, config = planning.plan_run(args, *planning.profile_for(args))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logs = args.output / "logs"
     try:

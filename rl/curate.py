@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.launch import EngineError, serve
-from programs import cli
+from programs import cli, planning
 from programs.cli import console
 from programs.core.config import ADAPTIVE_FIELDS, RunConfig
 from programs.core.flags import add_dataclass_args, dataclass_from_args
@@ -176,11 +176,11 @@ def run(args: argparse.Namespace) -> int:
     with cli.refusing(DatasetError, RecordsError, ValueError):
         rule = dataclass_from_args(KeepRule, args)
         problems = load_problems(args.dataset, args.limit)
-        engines, profile = cli.explorer_engines(args)
+        engines, profile = planning.explorer_engines(args)
         model = engines.explorer.model or engines.explorer.base_url
         config = RunConfig.from_args(
             args,
-            budgets=cli.budgets(profile),
+            budgets=planning.budgets(profile),
             n=args.samples,
             explorer_model=model,
             synthesizer_model=model,

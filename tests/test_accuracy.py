@@ -14,7 +14,7 @@ from rich.console import Console
 from benchmarks.accuracy import main, parse_args
 from benchmarks.cost import model_key
 from benchmarks.table1 import ProblemRuns, average, dataset_metrics, table1
-from programs import cli
+from programs import cli, planning
 
 # Two problems, two runs of two paths each, N in {1, 2}.
 PROBLEMS = [
@@ -116,7 +116,7 @@ def test_bad_protocol_flags_are_refused(bad, capsys):
 )
 def test_default_datasets_follow_the_model(argv, datasets):
     args = parse_args(argv)
-    assert (args.datasets or list(cli.profile_for(args)[0].datasets)) == datasets
+    assert (args.datasets or list(planning.profile_for(args)[0].datasets)) == datasets
 
 
 def read_lines(path: Path) -> list[dict]:

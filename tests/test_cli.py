@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.layout import ENGINE_KEY_ENV
-from programs import cli
+from programs import planning
 from programs.a2r import main, parse_args
 from programs.core.records import PathRecord, ProblemRecord, SynthesisRecord
 from programs.datasets import load_problems, question_problem
@@ -121,23 +121,6 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
-@pytest.mark.parametrize(
-    ("argv", "dataset"),
-    [
-        ([], "chain"),  # no GPU, no model: the offline pair, on the task it was trained on
-        (["--explorer-model", "Qwen/Qwen3-4B"], "aime24"),
-        (["--explorer-url", "http://127.0.0.1:1"], "aime24"),
-        (["--device", "cuda"], "aime24"),
-        (["--dataset", "aime25"], "aime25"),
-        (["--question", "What is 2 + 2?"], None),
-    ],
-)
-def test_default_dataset_follows_the_model(argv, dataset):
-    args = parse_args(argv)
-    default = None if args.question else cli.profile_for(args)[0].datasets[0]
-    assert (args.dataset or default) == dataset
-
-
 def test_unknown_dataset(capsys, tmp_path):
     code, out = run_cli(["--dataset", "aime2099", "--output", str(tmp_path)], capsys)
     assert code == 2 and "aime2099" in out and "aime24" in out
@@ -208,35 +191,6 @@ def test_engine_that_fails_to_start_shows_its_log(capsys, tmp_path, port):
     assert not list((tmp_path / "r").glob("records.jsonl"))
 
 
-def model_folder(path: Path, context: int) -> Path:
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps({"max_position_embeddings": context}))
-    return path
-
-
-def test_a_named_models_default_budgets_are_capped_to_its_context(tmp_path, capsys):
-    args = parse_args(["--device", "cpu", "--explorer-model", str(model_folder(tmp_path / "m", 4096))])
-    _, config = cli.plan_run(args, *cli.profile_for(args))
-    assert (config.explorer.max_tokens, config.synthesizer.max_tokens) == (2048, 2048)
-    out = capsys.readouterr().out
-    assert "explorer budget capped to 2048" in out and "--explorer-max-tokens" in out
-
-
-def test_a_budget_given_over_the_context_is_refused_naming_its_flag(tmp_path, capsys):
-    model = model_folder(tmp_path / "m", 4096)
-    argv = ["--device", "cpu", "--explorer-model", str(model), "--synthesizer-max-tokens", "4096",
-            "--output", str(tmp_path / "r")]  # fmt: skip
-    code, out = run_cli(argv, capsys)
-    assert code == 2 and "--synthesizer-max-tokens 4096" in out and "(4096 tokens)" in out
-    assert not (tmp_path / "r" / "logs").exists()  # refused before any engine started
-
-
-def test_a_remote_engines_budgets_fit_the_context_it_reports(cpu_engine):
-    args = parse_args(["--explorer-url", cpu_engine.explorer.base_url])
-    _, config = cli.plan_run(args, *cli.profile_for(args))
-    assert config.explorer.max_tokens == config.synthesizer.max_tokens == 2048  # the offline model's 4096 / 2
-
-
 @pytest.mark.parametrize("dataset", ["a[/b].jsonl", "x[/]y", "chain:x:99999999999"])
 def test_a_dataset_name_is_printed_as_typed_never_as_markup(dataset, capsys, tmp_path):
     code, out = run_cli(["--dataset", dataset, "--output", str(tmp_path / "r")], capsys)
@@ -258,7 +212,7 @@ def test_a_question_and_its_replies_are_printed_as_text_on_every_rerun(capsys, t
     argv = ["--n", "2", "--question", question, "--explorer-url", "http://127.0.0.1:9", "--output",
             str(tmp_path / "run"), "--explorer-max-tokens", "16", "--synthesizer-max-tokens", "16"]  # fmt: skip
     args = parse_args(argv)
-    _, config = cli.plan_run(args, *cli.profile_for(args))
+    _, config = planning.plan_run(args, *planning.profile_for(args))
     meta = {"prompt_tokens": 9, "completion_tokens": 5, "cached_tokens": 8}
     paths = [PathRecord.from_engine(reply, meta, seed=i) for i in range(2)]
     synthesis = SynthesisRecord.from_engine("prompt", reply, meta, [0, 1], [])
@@ -276,7 +230,7 @@ def test_a_full_disk_is_one_error_line_and_the_records_stay(capsys, tmp_path):
     argv = ["--n", "2", "--dataset", "chain:3:1", "--explorer-url", url, "--output", str(tmp_path / "run"),
             "--explorer-max-tokens", "16", "--synthesizer-max-tokens", "16"]  # fmt: skip
     args = parse_args(argv)
-    _, config = cli.plan_run(args, *cli.profile_for(args))
+    _, config = planning.plan_run(args, *planning.profile_for(args))
     meta = {"prompt_tokens": 9, "completion_tokens": 5, "cached_tokens": 8}
     paths = [PathRecord.from_engine("\\boxed{1}", meta, seed=i) for i in range(2)]
     problem = load_problems("chain:3:1", None)[0]

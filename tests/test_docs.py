@@ -50,11 +50,14 @@ def commands(page: Path) -> list[list[str]]:
 
 
 def project_module(words: list[str]) -> str | None:
-    """The project's module a command runs (`python -m rl.curate`, `python rl/train.py`), else None."""
+    """The project's module a command runs (`python -m rl.curate`, `python rl/train.py`; a package's
+    `__main__` for `python -m doctor`), else None."""
     if not words[0].endswith(("python", "python3")) or len(words) < 2:
         return None
     target = words[2] if words[1] == "-m" else words[1].removesuffix(".py").replace("/", ".")
-    return target if target.split(".")[0] in {"programs", "benchmarks", "rl", "engine"} else None
+    if target.split(".")[0] not in {"programs", "benchmarks", "rl", "engine", "doctor"}:
+        return None
+    return f"{target}.__main__" if (REPO / target.replace(".", "/") / "__main__.py").exists() else target
 
 
 def test_there_are_pages_with_links_and_commands():

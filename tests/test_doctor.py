@@ -1,4 +1,4 @@
-"""`python -m engine.doctor`: its environment checks as pure functions on literal machines, the memory
+"""`python -m doctor`: its environment checks as pure functions on literal machines, the memory
 checks on the public plan, its tables, and the command itself on this CPU machine. The smoke test it runs is
 tested in test_smoke.py."""
 
@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import doctor, smoke
-from engine.doctor import Device
+from doctor import checks as doctor
+from doctor import smoke
+from doctor.checks import Device
+from doctor.smoke import FAIL, PASS, SKIP, WARN, Check
 from engine.layout import Engines
 from engine.sizing import GIB, MIN_KV_TOKENS
-from engine.smoke import FAIL, PASS, SKIP, WARN, Check
 from engine.spec import EngineSpec
 
+REPO = Path(__file__).resolve().parent.parent
 H100 = Device("NVIDIA H100 80GB HBM3", (9, 0), 79 * GIB, 80 * GIB)
 
 
@@ -29,7 +31,8 @@ H100 = Device("NVIDIA H100 80GB HBM3", (9, 0), 79 * GIB, 80 * GIB)
 def test_on_a_cpu_machine_it_says_it_needs_a_gpu_lists_its_checks_and_exits_0(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(
-        [sys.executable, "-m", "engine.doctor", "--rl", "--output", str(tmp_path / "d")],
+        [sys.executable, "-m", "doctor", "--rl", "--output", str(tmp_path / "d")],
+        cwd=REPO,  # as a user types it, in the checkout under test
         capture_output=True,
         text=True,
         env=env,

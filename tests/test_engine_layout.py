@@ -21,7 +21,7 @@ from engine.spec import (
     launch_command,
     launch_env,
 )
-from programs import cli
+from programs import planning
 from programs.a2r import parse_args
 from programs.offline.model import OfflineModels
 from programs.profile import OFFLINE, PAPER, choose_profile, default_models
@@ -47,7 +47,7 @@ def test_same_model_is_one_engine():
 
 
 def test_default_gpu_layout_is_a2r_efficient_colocated():
-    engines = cli.plan_engines(parse_args([]), PAPER, "cuda", offline=None)  # no GPU here: gpus=0
+    engines = planning.plan_engines(parse_args([]), PAPER, "cuda", offline=None)  # no GPU here: gpus=0
     assert (engines.explorer.model, engines.synthesizer.model) == ("Qwen/Qwen3-4B", "Qwen/Qwen3-8B")
     assert engines.layout == "co-located" and engines.sequential
     explorer, synthesizer = (flags(launch_command(s)) for s in engines.to_launch)
@@ -60,7 +60,7 @@ def test_default_gpu_layout_is_a2r_efficient_colocated():
 
 def test_default_cpu_layout_is_the_offline_pair_on_two_pinned_engines(tmp_path):
     pair = OfflineModels(tmp_path / "explorer", tmp_path / "synthesizer")
-    engines = cli.plan_engines(parse_args([]), OFFLINE, "cpu", offline=pair)
+    engines = planning.plan_engines(parse_args([]), OFFLINE, "cpu", offline=pair)
     assert engines.layout == "cpu" and len(engines.to_launch) == 2
     assert (engines.explorer.model, engines.synthesizer.model) == (str(pair.explorer), str(pair.synthesizer))
     assert not set(engines.explorer.cpu_cores) & set(engines.synthesizer.cpu_cores)
@@ -68,12 +68,12 @@ def test_default_cpu_layout_is_the_offline_pair_on_two_pinned_engines(tmp_path):
 
 def test_one_model_serves_both_roles_from_the_explorers_engine(tmp_path):
     pair = OfflineModels(tmp_path / "explorer", tmp_path / "synthesizer")
-    engines = cli.plan_engines(parse_args(["--one-model"]), OFFLINE, "cpu", offline=pair)
+    engines = planning.plan_engines(parse_args(["--one-model"]), OFFLINE, "cpu", offline=pair)
     assert engines.layout == "same-model" and engines.synthesizer.model == str(pair.explorer)
-    on_gpu = cli.plan_engines(parse_args(["--one-model"]), PAPER, "cuda", offline=None)
+    on_gpu = planning.plan_engines(parse_args(["--one-model"]), PAPER, "cuda", offline=None)
     assert on_gpu.layout == "same-model" and on_gpu.explorer.model == "Qwen/Qwen3-4B"
     with pytest.raises(ValueError, match="--one-model serves the synthesizer"):
-        cli.plan_engines(
+        planning.plan_engines(
             parse_args(["--one-model", "--synthesizer-model", "x/y"]), PAPER, "cuda", offline=None
         )
 
@@ -168,8 +168,8 @@ def test_the_profile_is_offline_only_without_a_gpu_and_without_a_model(device, n
 def test_a_named_model_on_the_cpu_gets_the_papers_budgets():
     """`--device cpu --explorer-model Qwen/Qwen3-4B` once got the tiny model's 160-token budgets."""
     args = parse_args(["--device", "cpu", "--explorer-model", "Qwen/Qwen3-4B"])
-    profile, device = cli.profile_for(args)
-    assert device == "cpu" and cli.budgets(profile) == (32768, 16384)
+    profile, device = planning.profile_for(args)
+    assert device == "cpu" and planning.budgets(profile) == (32768, 16384)
 
 
 def test_default_models():
@@ -194,27 +194,30 @@ def test_a_given_context_length_is_used_without_asking_the_server():
 
 def test_the_online_confidence_stop_launches_the_explorer_streaming_every_8_tokens(tmp_path):
     pair = OfflineModels(tmp_path / "explorer", tmp_path / "synthesizer")
-    online = cli.plan_engines(parse_args(["--online-confidence", "0.9"]), OFFLINE, "cpu", offline=pair)
+    online = planning.plan_engines(parse_args(["--online-confidence", "0.9"]), OFFLINE, "cpu", offline=pair)
     assert flags(launch_command(online.explorer))["--stream-interval"] == "8"
-    assert cli.INCREMENTAL_STREAMING in launch_command(online.explorer)  # deltas, not all so far per chunk
+    # deltas, not all so far per chunk
+    assert planning.INCREMENTAL_STREAMING in launch_command(online.explorer)
     assert "--stream-interval" not in flags(launch_command(online.synthesizer))
-    one = cli.plan_engines(
+    one = planning.plan_engines(
         parse_args(["--one-model", "--online-confidence", "0.9"]), OFFLINE, "cpu", offline=pair
     )
     assert one.synthesizer is one.explorer and "--stream-interval" in flags(launch_command(one.explorer))
-    plain = cli.plan_engines(parse_args([]), OFFLINE, "cpu", offline=pair)
+    plain = planning.plan_engines(parse_args([]), OFFLINE, "cpu", offline=pair)
     assert "--stream-interval" not in flags(launch_command(plain.explorer))
 
 
 def test_engines_wait_30_minutes_on_a_gpu_10_on_the_cpu_unless_told():
     assert EngineSpec(model="m").ready_timeout == READY_TIMEOUT_S == 1800
     assert EngineSpec(model="m", device="cpu").ready_timeout == CPU_READY_TIMEOUT_S == 600
-    told = cli.plan_engines(parse_args(["--ready-timeout", "3600"]), PAPER, "cuda", offline=None)
+    told = planning.plan_engines(parse_args(["--ready-timeout", "3600"]), PAPER, "cuda", offline=None)
     assert told.explorer.ready_timeout == told.synthesizer.ready_timeout == 3600
 
 
 def test_an_attention_backend_can_be_chosen():
-    engines = cli.plan_engines(parse_args(["--attention-backend", "triton"]), PAPER, "cuda", offline=None)
+    engines = planning.plan_engines(
+        parse_args(["--attention-backend", "triton"]), PAPER, "cuda", offline=None
+    )
     assert {flags(launch_command(s))["--attention-backend"] for s in engines.to_launch} == {"triton"}
 
 

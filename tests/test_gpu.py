@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import doctor, smoke
-from engine.smoke import FAIL, PASS
+from doctor import checks as doctor
+from doctor import smoke
+from doctor.smoke import FAIL, PASS
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from doctor.smoke import load_config
 from engine.gpu import GpuInfo, deterministic_backend, deterministic_refusal, probe_gpu, radix_cache_lost
 from engine.layout import EngineConfig, plan
 from engine.sizing import (
@@ -23,7 +24,6 @@ from engine.sizing import (
     colocated_shares,
     read_shape,
 )
-from engine.smoke import load_config
 from engine.spec import EngineError
 
 # The real config.json values (Qwen/Qwen3-*), as the hub serves them.

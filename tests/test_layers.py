@@ -1,4 +1,5 @@
-"""Imports flow one way, engine <- programs <- benchmarks, rl, and no module imports itself round a cycle.
+"""Imports flow one way, engine <- programs <- benchmarks, rl <- doctor, and no module imports itself round a
+cycle. The doctor runs programs, benchmarks and rl as a user does: it may import any of them, and nothing it.
 
 Read from the source with `ast` (nothing is imported), function-level imports included.
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LAYERS = {"engine": 0, "programs": 1, "benchmarks": 2, "rl": 2}
+LAYERS = {"engine": 0, "programs": 1, "benchmarks": 2, "rl": 2, "doctor": 3}
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -139,6 +140,17 @@ def test_an_upward_import_is_caught(tmp_path, source):
 def test_benchmarks_and_rl_do_not_import_each_other(tmp_path):
     root = write(tmp_path, {"rl/a.py": "import benchmarks.b", "benchmarks/b.py": ""})
     assert upward_imports(import_graph(root)) == ["rl.a imports benchmarks.b"]
+
+
+def test_the_doctor_imports_every_floor_and_nothing_imports_it(tmp_path):
+    files = {"doctor/checks.py": "import rl.a\nfrom benchmarks import b\nimport programs.c\nimport engine.d"}
+    files |= {
+        "rl/a.py": "",
+        "benchmarks/b.py": "",
+        "programs/c.py": "",
+        "engine/d.py": "import doctor.checks",
+    }
+    assert upward_imports(import_graph(write(tmp_path, files))) == ["engine.d imports doctor.checks"]
 
 
 def test_a_cycle_is_caught(tmp_path):

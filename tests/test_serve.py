@@ -31,7 +31,7 @@ from fastapi import FastAPI
 from engine.launch import post
 from engine.layout import ENGINE_KEY_ENV
 from engine.ports import free_port
-from programs import cli
+from programs import planning
 from programs.chat_api import ApiError, ChatRequest
 from programs.core.config import RunConfig, SamplingConfig
 from programs.core.records import UNANIMOUS
@@ -256,7 +256,7 @@ def test_an_engine_that_died_answers_503(cpu_engine):
 @pytest.mark.parametrize(("argv", "port"), [([], 8000), (["--port", "18441"], 18441)])
 def test_launched_engines_never_take_the_servers_port(argv, port):
     args = parse_args(["--n", "4", "--device", "cpu", "--explorer-model", "org/model", *argv])
-    engines = cli.plan_engines(args, PAPER, "cpu", None)
+    engines = planning.plan_engines(args, PAPER, "cpu", None)
     assert port not in {engines.explorer.port, engines.synthesizer.port}
 
 

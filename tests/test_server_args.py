@@ -12,7 +12,7 @@ import pytest
 from engine.launch import serve, server_info
 from engine.layout import EngineConfig, plan
 from engine.spec import PRIORITY_FLAGS, ServerArgsError, check_server_args, launch_command
-from programs import cli
+from programs import planning
 from programs.a2r import parse_args
 from programs.datasets import load_problems
 from programs.engine_handle import EngineHandle
@@ -67,10 +67,10 @@ def test_one_engine_for_both_roles_schedules_synthesis_first_unless_told_not_to(
 
 def test_the_runs_configuration_records_what_each_engine_was_given(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        cli, "build_offline_models", lambda profile, args: OfflineModels(tmp_path / "e", tmp_path / "s")
+        planning, "build_offline_models", lambda profile, args: OfflineModels(tmp_path / "e", tmp_path / "s")
     )
     args = parse_args(["--explorer-server-args", FP8_KV, "--question", "1 + 1?"])
-    engines, config = cli.plan_run(args, OFFLINE, "cpu")
+    engines, config = planning.plan_run(args, OFFLINE, "cpu")
     assert config.extra["server_args"] == {"explorer": FP8_KV.split()}
     assert config.to_dict()["extra"]["server_args"]["explorer"] == FP8_KV.split()
 
@@ -102,7 +102,7 @@ def test_a_wrong_flag_stops_the_command_before_any_engine_starts(tmp_path):
 @pytest.mark.engine
 def test_the_flags_and_synthesis_priority_reach_a_real_engine(tmp_path):
     args = parse_args(["--one-model", "--explorer-server-args", "--log-level-http warning", "--n", "2"])
-    engines, config = cli.plan_run(args, OFFLINE, "cpu")
+    engines, config = planning.plan_run(args, OFFLINE, "cpu")
     with serve(engines, tmp_path / "logs", pin_frontend=False):
         info = server_info(engines.explorer)
         assert info["log_level_http"] == "warning" and info["enable_priority_scheduling"]

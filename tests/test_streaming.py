@@ -18,9 +18,9 @@ from engine.endpoint import ON_PROGRESS_VAR, StreamedReply
 from engine.launch import serve
 from engine.layout import EngineConfig, Engines, plan
 from engine.ports import free_port
-from programs.cli import INCREMENTAL_STREAMING, streamed_for_online
 from programs.core.confidence import STREAM_INTERVAL
 from programs.engine_handle import EngineHandle
+from programs.planning import INCREMENTAL_STREAMING, streamed_for_online
 
 REPO = Path(__file__).resolve().parent.parent
 

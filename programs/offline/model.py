@@ -10,9 +10,9 @@ Both share a byte-level BPE tokenizer learned from the project's own math text a
 Qwen3-style ChatML chat template with the `enable_thinking` switch. The first build trains both (about four
 minutes on two idle cores, with a progress bar), so their answers mean something: the explorer's paths
 disagree and differ in length, and the synthesizer re-derives its answer instead of taking their vote (it
-does not yet weigh the references either: see docs/offline-pair.md). Random weights stay one flag away. A
-cache entry holds the pair and is built by one process at a time (a file lock next to it): the others wait
-and reuse it. Other libraries' output during a build goes to a log next to it, not to the terminal.
+does not yet weigh the references either: see docs/offline-pair.md). Random weights stay one flag away. The
+pair is cached, named by everything that shapes it (`build_key`) and built by one process at a time
+(`programs.offline.cache`).
 
     python -m programs.offline.model [--seed N] [--out DIR] [--untrained] [--role synthesizer]
                                                           # prints the role's model directory (explorer)
@@ -22,17 +22,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -52,8 +47,7 @@ from rich.progress import (
 
 from programs.core import prompts
 from programs.core.jsonl import read_jsonl
-from programs.core.quiet import foreign_output_to
-from programs.offline import chain, training
+from programs.offline import cache, chain, training
 from programs.offline.training import (
     EXPLORER_RECIPE,
     NUMERICS,
@@ -69,7 +63,6 @@ if TYPE_CHECKING:  # heavy imports are deferred until a model is actually built
 
 CORPUS_DIR = DATA_DIR  # the tokenizer also learns the words of the shipped problem sets
 CORPUS_FIELDS = ("problem", "question", "solution", "answer")  # text fields of the shipped datasets
-CACHE_ENV = "A2R_CACHE"
 TOKENIZER_TURNS = 2000  # chain-task turns the tokenizer also learns from
 PROGRESS_EVERY_S = 30.0  # piped, a build says where it is this often
 
@@ -290,54 +283,39 @@ def build_offline_models(
     trained: bool = True,
     terminal: TextIO | None = None,
 ) -> OfflineModels:
-    """Build the pair into `out_dir` (`explorer/`, `synthesizer/`), trained or with random weights,
-    atomically: it is staged next to it and renamed into place, so readers see a complete pair or none. If
-    another process finishes the same build first, its copy stays. A trained model keeps its account in
-    training.json, and the build's progress goes to `terminal` (default: stderr). SIGTERM removes the
-    staging folder before it ends the process (see `_unwind_on_sigterm`)."""
+    """Build the pair into `out_dir` (`explorer/`, `synthesizer/`), trained or with random weights, atomically
+    (`cache.staged`: readers see a complete pair or none). A trained model keeps its account in training.json,
+    and the build's progress goes to `terminal` (default: stderr)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _unwind_on_sigterm():
-        return _build(out_dir, seed, corpus_dir, trained, terminal or sys.stderr)
-
-
-def _build(out_dir: Path, seed: int, corpus_dir: Path, trained: bool, terminal: TextIO) -> OfflineModels:
-    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out_dir), dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the models are meant to be shared like any cache entry
-    staged = OfflineModels.inside(staging)
-    try:
-        tokenizer = build_tokenizer(itertools.chain(corpus_texts(corpus_files(corpus_dir)), chain_texts()))
-        steps = EXPLORER_RECIPE.steps + SYNTHESIZER_RECIPE.steps if trained else 0
-        with BuildProgress(terminal, steps) as progress:
-            if trained:
-                progress.say(f"Training the offline explorer and synthesizer (seed {seed}; about four minutes "
-                    f"on two idle cores, once: they are cached in {out_dir.parent})")  # fmt: skip
-            explorer = init_weights(build_config(tokenizer), seed)
-            if trained:
-                explorer = _train(
-                    explorer, tokenizer, seed, EXPLORER_RECIPE, staged.explorer, progress, "explorer"
-                )
-            save_model(explorer, tokenizer, staged.explorer)
-            synthesizer = grow(explorer, tokenizer, SYNTHESIZER_LAYERS)
-            if trained:
-                synthesizer = _train(
-                    synthesizer,
-                    tokenizer,
-                    seed,
-                    SYNTHESIZER_RECIPE,
-                    staged.synthesizer,
-                    progress,
-                    "synthesizer",
-                )
-            save_model(synthesizer, tokenizer, staged.synthesizer)
-        try:
-            os.rename(staging, out_dir)
-        except OSError:
-            if not complete(out_dir):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already when the rename succeeded
+    with cache.staged(out_dir, complete) as staging:
+        _build(
+            OfflineModels.inside(staging), seed, corpus_dir, trained, terminal or sys.stderr, out_dir.parent
+        )
     return OfflineModels.inside(out_dir)
+
+
+def _build(
+    staged: OfflineModels, seed: int, corpus_dir: Path, trained: bool, terminal: TextIO, cache_dir: Path
+) -> None:
+    """The tokenizer, then each model trained (or not) and saved into `staged`, its progress on `terminal`."""
+    tokenizer = build_tokenizer(itertools.chain(corpus_texts(corpus_files(corpus_dir)), chain_texts()))
+    steps = EXPLORER_RECIPE.steps + SYNTHESIZER_RECIPE.steps if trained else 0
+    with BuildProgress(terminal, steps) as progress:
+        if trained:
+            progress.say(f"Training the offline explorer and synthesizer (seed {seed}; about four minutes "
+                f"on two idle cores, once: they are cached in {cache_dir})")  # fmt: skip
+        explorer = init_weights(build_config(tokenizer), seed)
+        if trained:
+            explorer = _train(
+                explorer, tokenizer, seed, EXPLORER_RECIPE, staged.explorer, progress, "explorer"
+            )
+        save_model(explorer, tokenizer, staged.explorer)
+        synthesizer = grow(explorer, tokenizer, SYNTHESIZER_LAYERS)
+        if trained:
+            synthesizer = _train(
+                synthesizer, tokenizer, seed, SYNTHESIZER_RECIPE, staged.synthesizer, progress, "synthesizer"
+            )
+        save_model(synthesizer, tokenizer, staged.synthesizer)
 
 
 def _train(
@@ -367,67 +345,6 @@ def complete(entry: Path) -> bool:
     return all((folder / "config.json").is_file() for folder in asdict(OfflineModels.inside(entry)).values())
 
 
-def _staging_prefix(out_dir: Path) -> str:
-    """Staging folders of `out_dir` are hidden siblings named `.<name>.XXXXXXXX`."""
-    return f".{out_dir.name}."
-
-
-class _Terminated(BaseException):
-    """SIGTERM arrived during a build: unwinds it like Ctrl-C, but is not caught as an error anywhere."""
-
-
-@contextlib.contextmanager
-def _unwind_on_sigterm() -> Iterator[None]:
-    """Where SIGTERM would end the process outright (on the main thread, with no handler of the program's
-    own), let it first unwind the build, which removes the staging folder, then end the process by SIGTERM
-    as it would have. A program that handles SIGTERM itself (the entry points take it as Ctrl-C) unwinds
-    the build its own way."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    ):
-        yield
-        return
-
-    def unwind(signum: int, frame: object) -> None:
-        raise _Terminated
-
-    signal.signal(signal.SIGTERM, unwind)
-    try:
-        yield
-    except _Terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.raise_signal(signal.SIGTERM)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-@contextlib.contextmanager
-def _build_lock(out_dir: Path) -> Iterator[None]:
-    """Hold `<out_dir>.lock` (flock, freed by the kernel however the holder ends) while building `out_dir`:
-    the other processes that want the same cache entry wait here instead of building it a second time."""
-    with open(out_dir.with_name(f"{out_dir.name}.lock"), "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log_progress(f"Waiting for another process to finish building {out_dir.name}")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _remove_stale_staging(out_dir: Path) -> None:
-    """Remove what builders of `out_dir` that died (SIGKILL, a crash) left staged. Called with the build lock
-    held, so no live builder owns any of them."""
-    for stale in out_dir.parent.glob(f"{_staging_prefix(out_dir)}*"):
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def log_progress(message: str) -> None:
-    """Progress on stderr: stdout may carry a result (the CLI prints the model path there)."""
-    print(message, file=sys.stderr, flush=True)
-
-
 def build_key(seed: int, trained: bool = True, corpus_dir: Path = CORPUS_DIR) -> str:
     """Names a build by everything that shapes it: the sources of this builder, of the training recipes, of the
     chain task and of the prompt rendering, the corpus, library versions, trained or not, and the seed."""
@@ -443,10 +360,6 @@ def build_key(seed: int, trained: bool = True, corpus_dir: Path = CORPUS_DIR) ->
     return f"qwen3-tiny-{kind}-seed{seed}-{digest.hexdigest()[:12]}"
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "a2r").expanduser()
-
-
 def offline_models(seed: int = 0, root: Path | None = None, trained: bool = True) -> OfflineModels:
     """The cached pair for `seed`, built on first use and safe to call from parallel processes: one builds it,
     the others wait for it.
@@ -456,30 +369,24 @@ def offline_models(seed: int = 0, root: Path | None = None, trained: bool = True
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    entry = (root or cache_root()) / build_key(seed, trained)
+    entry = (root or cache.cache_root()) / build_key(seed, trained)
     if complete(entry):
         return OfflineModels.inside(entry)
     if trained and not numerics_set():  # a child started with the training numerics builds it (or waits)
-        cache = {CACHE_ENV: str(root)} if root else {}
+        cache_env = {cache.CACHE_ENV: str(root)} if root else {}
         command = [sys.executable, "-m", "programs.offline.model", "--seed", str(seed)]
-        done = subprocess.run(command, env={**os.environ, **NUMERICS, **cache}, stdout=subprocess.DEVNULL)
+        done = subprocess.run(command, env={**os.environ, **NUMERICS, **cache_env}, stdout=subprocess.DEVNULL)
         if done.returncode != 0 or not complete(entry):
             raise RuntimeError(
-                f"building the offline pair failed (exit {done.returncode}): see {build_log(entry)}"
+                f"building the offline pair failed (exit {done.returncode}): see {cache.build_log(entry)}"
             )
         return OfflineModels.inside(entry)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(entry):
-        if complete(entry):  # built while this process waited for the lock
-            return OfflineModels.inside(entry)
-        _remove_stale_staging(entry)
-        with foreign_output_to(build_log(entry)) as terminal:
-            return build_offline_models(entry, seed, trained=trained, terminal=terminal)
 
+    def build(entry: Path, terminal: TextIO) -> None:
+        build_offline_models(entry, seed, trained=trained, terminal=terminal)
 
-def build_log(entry: Path) -> Path:
-    """Where other libraries' output during the build of `entry` goes: next to it, kept after a failure."""
-    return entry.with_name(f"{entry.name}.log")
+    cache.build_once(entry, complete, build)
+    return OfflineModels.inside(entry)
 
 
 def main(argv: list[str] | None = None) -> None:

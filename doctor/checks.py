@@ -1,16 +1,13 @@
-"""The check a GPU user runs first: this machine against what the pinned SGLang image needs, then a smoke test.
+"""The doctor's checks of this machine against what the pinned SGLang image needs, the smoke test after them,
+and the doctor's verdict (`run_doctor`); `python -m doctor` runs them (doctor/__main__.py).
 
-    python -m engine.doctor          # GPUs, driver, CUDA, flash-attn, memory shares; then A2R and throughput
-    python -m engine.doctor --rl     # ... and one GRPO step on a random 0.6B-sized model
-
-The environment checks are here; the smoke test (the project's own commands on random-weight Qwen3-4B/8B
-engines) is `engine.smoke`. On a machine with no CUDA device it lists what it would check and exits 0.
-`tests/test_gpu.py` runs the same checks under `pytest -m gpu`.
+The smoke test (the project's own commands on random-weight Qwen3-4B/8B engines) is `doctor.smoke`. On a
+machine with no CUDA device the command lists what it would check and exits 0. `tests/test_gpu.py` runs the
+same checks under `pytest -m gpu`.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import json
@@ -18,16 +15,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.table import Table
 
-from engine.gpu import GpuInfo
-from engine.layout import EngineConfig, Engines, plan
-from engine.sizing import GIB, MIN_KV_TOKENS, ModelShape, read_shape
-from engine.smoke import (
+from doctor.smoke import (
     A2R,
     FAIL,
     GPU_MODELS,
@@ -39,12 +32,14 @@ from engine.smoke import (
     WARN,
     Check,
     build_model_folders,
-    console,
     load_config,
     smoke_a2r_and_throughput,
     smoke_commands,
     smoke_grpo,
 )
+from engine.gpu import GpuInfo
+from engine.layout import EngineConfig, Engines, plan
+from engine.sizing import GIB, MIN_KV_TOKENS, ModelShape, read_shape
 
 # NVIDIA's CUDA 13.0 release notes, "CUDA Toolkit and Corresponding Driver Versions" (Linux x86_64,
 # CUDA 13.0 GA: >= 580.65.06): https://docs.nvidia.com/cuda/archive/13.0.0/cuda-toolkit-release-notes/
@@ -323,7 +318,7 @@ def planned_checks(folder: Path, rl: bool, python: str = "python") -> list[tuple
         ),
         (
             "model folders",
-            f"engine/gpu_configs/*.json + the tiny tokenizer: {shlex.join([python, *TOKENIZER_COMMAND])}",
+            f"doctor/gpu_configs/*.json + the tiny tokenizer: {shlex.join([python, *TOKENIZER_COMMAND])}",
         ),
     ]
     rows += [(name, shlex.join(argv)) for name, argv in smoke_commands(folder, rl, python).items()]
@@ -331,7 +326,7 @@ def planned_checks(folder: Path, rl: bool, python: str = "python") -> list[tuple
 
 
 def checks_table(checks: list[Check]) -> Table:
-    table = Table(title="engine.doctor")
+    table = Table(title="doctor")
     for column in ("check", "result", "figures", "what to do"):
         table.add_column(column)
     styles = {PASS: "green", WARN: "yellow", FAIL: "red", SKIP: "dim"}
@@ -341,19 +336,12 @@ def checks_table(checks: list[Check]) -> Table:
 
 
 def plan_table(rows: list[tuple[str, str]]) -> Table:
-    table = Table(title="what `python -m engine.doctor` checks on a GPU machine")
+    table = Table(title="what `python -m doctor` checks on a GPU machine")
     table.add_column("check")
     table.add_column("compares, or runs")
     for name, what in rows:
         table.add_row(name, what)
     return table
-
-
-def show(table: Table) -> None:
-    """Print a table whole even when piped (rich would squeeze it to 80 columns)."""
-    if not console.is_terminal:
-        console.width = max(console.width, 200)
-    console.print(table)
 
 
 def run_doctor(machine: Machine, folder: Path, rl: bool) -> list[Check]:
@@ -370,36 +358,3 @@ def run_doctor(machine: Machine, folder: Path, rl: bool) -> list[Check]:
             smoke_grpo(folder) if flash.status == PASS else Check(smoke[-1], SKIP, "", "needs flash-attn 2")
         )
     return checks
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m engine.doctor", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--rl", action="store_true", help="also run one GRPO step on a random 0.6B-sized model"
-    )
-    parser.add_argument(
-        "--output", type=Path, help="folder for models, runs and logs (default: runs/doctor/<time>)"
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    folder = args.output or Path("runs") / "doctor" / time.strftime("%Y%m%d-%H%M%S")
-    machine = read_machine()  # the driver's GPUs count: torch sees none when the driver is too old for it
-    if not machine.has_gpu:
-        console.print(
-            "[yellow]No CUDA device: `python -m engine.doctor` needs a GPU.[/] On a GPU machine it checks:"
-        )
-        show(plan_table(planned_checks(folder, args.rl)))
-        return 0
-    checks = run_doctor(machine, folder, args.rl)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "doctor.json").write_text(json.dumps([asdict(c) for c in checks], indent=2) + "\n")
-    show(checks_table(checks))
-    console.print(f"results: {folder / 'doctor.json'}")
-    return 1 if any(c.status == FAIL for c in checks) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

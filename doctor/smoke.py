@@ -2,13 +2,11 @@
 
 The commands are the ones a user types (`python -m programs.a2r`, `python -m benchmarks.throughput`,
 `python -m rl.train`), run as subprocesses on Qwen3-4B and Qwen3-8B architectures loaded with
-`--load-format dummy`: their config.json files ship in `engine/gpu_configs/` (the values of
+`--load-format dummy`: their config.json files ship in `doctor/gpu_configs/` (the values of
 huggingface.co/Qwen/Qwen3-{0.6B,4B,8B}), next to the offline kit's tiny tokenizer, so nothing is downloaded.
 Random weights sample ids across Qwen's 151,936-token vocabulary; SGLang's detokenizer turns those the tiny
 tokenizer lacks into empty text (tried on the CPU engine), and every figure here is the engines' own token
 count, so the text does not matter.
-
-This module sits in the engine layer: it runs the higher layers only as subprocesses and reads their JSON.
 """
 
 from __future__ import annotations
@@ -24,11 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from programs.cli import console
+from programs.profile import PAPER
 
 CONFIG_DIR = Path(__file__).resolve().parent / "gpu_configs"
-# The paper profile's default models (programs.profile.PAPER; a test keeps the two equal) -> shipped config.
-GPU_MODELS = {"explorer": ("Qwen/Qwen3-4B", "qwen3-4b"), "synthesizer": ("Qwen/Qwen3-8B", "qwen3-8b")}
+
+
+def config_name(model: str) -> str:
+    """The shipped config.json of a hub model, by file stem: 'Qwen/Qwen3-4B' -> 'qwen3-4b'."""
+    return model.rsplit("/", 1)[-1].lower()
+
+
+# Role -> (the paper profile's default model, its shipped config).
+GPU_MODELS = {
+    role: (model, config_name(model))
+    for role, model in (("explorer", PAPER.explorer_model), ("synthesizer", PAPER.synthesizer_model))
+}
 RL_CONFIG = "qwen3-0.6b"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 TOKENIZER_COMMAND = ("-m", "programs.offline.model", "--role", "explorer", "--untrained")
@@ -53,7 +62,6 @@ STEP_TIMEOUT_S = 1800.0  # engine start (CUDA graphs) twice over, plus the runs
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "FAIL", "skip"
 A2R, THROUGHPUT, GRPO = "A2R, 2 problems", "throughput, fixed length", "GRPO step, 0.6B"  # the smoke rows
-console = Console(soft_wrap=True)
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,7 @@ class Step:
 
 
 def load_config(name: str) -> dict[str, Any]:
-    """A shipped config.json, by its file name in `engine/gpu_configs/` (e.g. 'qwen3-4b')."""
+    """A shipped config.json, by its file name in `doctor/gpu_configs/` (e.g. 'qwen3-4b')."""
     return json.loads((CONFIG_DIR / f"{name}.json").read_text())
 
 
@@ -218,7 +226,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def tiny_tokenizer(python: str = sys.executable) -> Path:
-    """The offline kit's tokenizer folder, from its own command (the engine layer does not import it)."""
+    """The offline kit's tokenizer folder, from the command the doctor's plan shows a user."""
     done = subprocess.run([python, *TOKENIZER_COMMAND], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join([python, *TOKENIZER_COMMAND])} failed:\n{done.stderr[-2000:]}")

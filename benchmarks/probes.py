@@ -178,11 +178,16 @@ def run(args: argparse.Namespace) -> int:
     result = {**summary(rounds, args), "engine": asdict(engines.explorer)}
     (args.output / "probes.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     cli.show(table(result))
-    ratio = result["throughput_ratio"]
+    ratio, per_probe = result["throughput_ratio"], result["tokens_per_probe"]
     console.print(
         f"probed/unprobed path tokens/s: {ratio['median']:.3f} (rounds {ratio['min']:.3f}-{ratio['max']:.3f}): "
         f"probing costs {result['cost_percent']:.1f}% of explorer throughput; "
-        f"{result['tokens_per_probe']:.1f} engine-computed tokens per probe"
+        + (
+            f"{per_probe:.1f} engine-computed tokens per probe"
+            if per_probe is not None
+            else "no probe was made (every path had closed its thought first), so this is what chunking alone "
+            "costs"
+        )
     )
     console.print(f"results: {args.output / 'probes.json'}")
     return 0

@@ -260,16 +260,15 @@ def test_launched_engines_never_take_the_servers_port(argv, port):
     assert port not in {engines.explorer.port, engines.synthesizer.port}
 
 
-def test_a_port_in_use_is_refused_in_one_line_before_anything_starts(tmp_path):
+def test_a_port_in_use_is_refused_in_one_line_before_anything_starts(tmp_path, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        argv = [sys.executable, "-m", "programs.serve", "--n", "4", "--port", str(port),
-                "--output", str(tmp_path)]  # fmt: skip
-        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stdout + done.stderr
-    lines = (done.stdout + done.stderr).strip().splitlines()
+        code = main(["--n", "4", "--port", str(port), "--output", str(tmp_path)])
+    assert code == 2
+    out = capsys.readouterr()
+    lines = (out.out + out.err).strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0], lines
     assert not list(tmp_path.iterdir())  # no engine was started, no log written
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from engine.launch import get_json, new_key, serve
 from engine.layout import ENGINE_KEY_ENV, EngineConfig, Engines, plan
 from engine.ports import free_port
+from programs.engine_handle import EngineHandle
 from programs.offline.model import OfflineModels, offline_models
 
 ENGINE_FIXTURES = frozenset({"cpu_engine", "cpu_pair"})  # the fixtures here that start an SGLang engine
@@ -76,6 +78,18 @@ def cpu_pair(offline_pair: OfflineModels, tmp_path_factory: pytest.TempPathFacto
     # The session runs more than the pair's frontend (model builds, other engines): it keeps all its cores.
     with serve(engines, tmp_path_factory.mktemp("pair-logs"), pin_frontend=False) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def cpu_handle(cpu_engine: Engines) -> EngineHandle:
+    """The session engine attached as a stage (tokenizer, backend, context), serving both roles."""
+    return EngineHandle.attach(cpu_engine.explorer)
+
+
+@pytest.fixture
+def fresh_question() -> Callable[[], str]:
+    """Questions the radix cache has never seen, so cached tokens can only come from the test's own forks."""
+    return lambda: f"Problem {uuid.uuid4().hex}: what is 12 + 30? Put the answer in \\boxed{{}}."
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ from engine.ports import check_port_free, listeners
 from engine.spec import SERVER_MODULE, launch_command, launch_env
 from programs import cli
 from programs.a2r import main
+from programs.a2r import main as a2r_main
 from programs.core.jsonl import RecordFile, RecordsError
+from programs.core.records import ProblemRecord
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -347,3 +349,23 @@ def test_default_run_folders_differ_by_question_and_keep_shipped_names():
     )
     assert cli.default_output("aime24", 4) == Path("runs/aime24-n4")  # old run folders of shipped sets resume
     assert cli.default_output("aime24", 4, kind="throughput") == Path("runs/throughput-aime24-n4")
+
+
+def test_a2r_with_a_stop_and_the_confidence_filter_end_to_end(cpu_engine, tmp_path):
+    run = tmp_path / "run"
+    argv = ["--n", "4", "--dataset", "chain:3:4", "--explorer-url", cpu_engine.explorer.base_url,
+            "--output", str(run), "--stop", "first:3", "--keep-confident", "0.5",
+            "--explorer-max-tokens", "512", "--synthesizer-max-tokens", "160"]  # fmt: skip
+    assert a2r_main(argv) == 0
+    for line in (run / "records.jsonl").read_text().splitlines():
+        record = ProblemRecord.from_json(json.loads(line))
+        assert record.config["stop"] == "first:3" and record.config["keep_confident"] == 0.5
+        assert [p.stopped_by for p in record.paths].count("first:3") == 1
+        assert all(p.confidence is not None for p in record.paths)
+        kept = [i for i, p in enumerate(record.paths) if p.kept]
+        assert len(kept) == 2  # 3 finished, the more confident half (rounded up) of them kept
+        finished = [p for p in record.paths if p.stopped_by is None]
+        dropped = [p.confidence for p in finished if not p.kept]
+        assert len(dropped) == 1 and dropped[0] <= min(p.confidence for p in finished if p.kept)
+        assert sorted(record.synthesizer.reference_order) == kept
+        assert record.synthesizer.prompt.count("<reference") == 2

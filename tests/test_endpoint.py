@@ -15,8 +15,15 @@ from typing import Any
 
 import pytest
 
-from engine.endpoint import PINNED_PROMPTS, PREFILL_TOP_K, DpRanks, PathEndpoint, TokenTrail
-from engine.launch import get_json, keyed, model_info, serve, server_info
+from engine.endpoint import (
+    PINNED_PROMPTS,
+    PREFILL_TOP_K,
+    DpRanks,
+    PathEndpoint,
+    TokenTrail,
+    request_ids,
+)
+from engine.launch import get_json, keyed, model_info, post, serve, server_info
 from engine.layout import ENGINE_KEY_ENV, EngineConfig, plan
 from engine.ports import check_port_free
 from engine.spec import EngineSpec, launch_command, write_key_file
@@ -224,3 +231,40 @@ def test_a_key_given_for_engines_reaches_remote_and_launched_ones(monkeypatch):
 def test_results_that_carry_an_engines_configuration_never_carry_its_key():
     spec = EngineSpec("org/model", api_key="secret-key")
     assert "secret-key" not in json.dumps(spec.to_dict()) and spec.to_dict()["model"] == "org/model"
+
+
+def test_request_ids_never_prefix_one_another():
+    ids = request_ids(120) + request_ids(120)
+    assert len(set(ids)) == len(ids)
+    assert not [(a, b) for a in ids for b in ids if a != b and b.startswith(a)]
+
+
+@pytest.mark.parametrize("rid", ["", "a2r-x-p1", "."])
+def test_abort_refuses_an_id_that_would_stop_other_requests(rid):
+    with pytest.raises(ValueError, match="refusing to abort"):
+        PathEndpoint.abort(None, rid)  # type: ignore[arg-type]  # refused before any request is sent
+
+
+def test_aborting_path_1_does_not_stop_path_10(cpu_engine, explorer_load):
+    url = cpu_engine.explorer.base_url
+    ids, replies = request_ids(11), {}
+
+    def generate(rid: str) -> None:
+        body = {
+            "text": "<think>\n",
+            "rid": rid,
+            "sampling_params": {"max_new_tokens": 300, "ignore_eos": True},
+        }
+        replies[rid] = json.loads(post(url, "/generate", body, key=cpu_engine.explorer.api_key))["meta_info"]
+
+    threads = [threading.Thread(target=generate, args=(ids[i],)) for i in (1, 10)]
+    for thread in threads:
+        thread.start()
+    explorer_load.at_least(2, within_s=60)
+    PathEndpoint(url, api_key=cpu_engine.explorer.api_key).abort(ids[1])
+    for thread in threads:
+        thread.join(120)
+    assert replies[ids[1]]["finish_reason"]["type"] == "abort"
+    assert replies[ids[1]]["completion_tokens"] < 300
+    assert replies[ids[10]]["finish_reason"]["type"] == "length"
+    assert replies[ids[10]]["completion_tokens"] == 300

@@ -1,4 +1,5 @@
-"""Path confidence from the engine's top log-probabilities (DeepConf's lowest group confidence), the window it is read over, and the online stop's refusals. Pure: no engine."""
+"""Path confidence from the engine's top log-probabilities (the lowest group confidence), the window it is read
+over, and what the online stop refuses. Pure: no engine."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The explorer's fork/join on the real CPU engine: forks that share their prompt's prefill, stop policies and the online confidence stop inside fork, and the paths a stop keeps."""
+"""The explorer's fork/join on the real CPU engine: forks share their prompt's prefill, stop policies and the
+online confidence stop end paths inside fork, and live stops are the stops replay makes."""
 
 from __future__ import annotations
 

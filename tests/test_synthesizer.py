@@ -1,5 +1,5 @@
-"""The SGLang programs against a real CPU engine: prefix sharing, the exact synthesizer prompt, trimming,
-and the streaming pipeline."""
+"""The synthesizer on the real CPU engine: the paper's prompt word for word, seeded shuffled references,
+references trimmed from the front to fit the context, and a query that cannot fit refused before sending."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Trace stores and samples files read into traces: equivalent answers made one, a cut-off last line dropped with a note. Pure: no engine."""
+"""Trace stores and samples files read as traces: equivalent answers made one, a cut-off last line dropped with
+a note. Pure: no engine."""
 
 from __future__ import annotations
 

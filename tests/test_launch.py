@@ -127,8 +127,12 @@ def test_servers_are_all_told_to_stop_before_any_is_waited_for(tmp_path):
     while not events.exists() or events.read_text().count("up ") < 2:
         time.sleep(0.05)
     launch.stop_all(processes)
-    kinds = [line.split()[0] for line in events.read_text().splitlines() if not line.startswith("up ")]
-    assert kinds == ["term", "term", "exit", "exit"] and all(p.returncode == 0 for p in processes)
+    seen = [line.split() for line in events.read_text().splitlines() if not line.startswith("up ")]
+    first_exit = next(i for i, (kind, _) in enumerate(seen) if kind == "exit")
+    # `stop` may repeat a server's SIGTERM while it shuts down: what counts is who heard one before any exit.
+    assert {name for kind, name in seen[:first_exit]} == {"explorer", "synthesizer"}
+    assert sorted(name for kind, name in seen if kind == "exit") == ["explorer", "synthesizer"]
+    assert all(p.returncode == 0 for p in processes)
 
 
 def test_an_engine_that_did_not_bind_its_port_is_not_used(cpu_engine, tmp_path):

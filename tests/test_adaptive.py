@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import adaptive
+from benchmarks.frontier import load
+from benchmarks.replay import evaluate
 from benchmarks.traces import read_file
 from programs.core.stopping import (
     StopPolicy,
@@ -274,13 +276,19 @@ def test_a_traces_folder_without_stores_is_refused(tmp_path, capsys):
 
 
 def test_the_table_over_synthetic_stores_names_tuning_and_held_out_stores(tmp_path):
-    for name in ("m-0.6B.json", "m-4B.json.gz"):
-        write_store(tmp_path / name, [("7", [branch(40 + 10 * i, "7", ["7"]) for i in range(64)])] * 2)
+    write_store(tmp_path / "m-0.6B.json", [("7", [branch(40 + 10 * i, "7", ["7"]) for i in range(64)])] * 2)
+    mixed = [branch(30 + 5 * i, "75"[i % 2], ["5"]) for i in range(64)]
+    write_store(tmp_path / "m-4B.json.gz", [("5", mixed), ("7", mixed[::-1])])
     assert adaptive.main(["--traces", str(tmp_path), "--output", str(tmp_path / "out")]) == 0
     table = json.loads((tmp_path / "out" / "adaptive_table.json").read_text())
     assert table["tuning"]["stores"] == ["m-0.6B"] and table["held_out"] == ["m-4B"]
     assert {r["traces"] for r in table["rows"]} == {"m-0.6B", "m-4B", "held-out (m-4B)", "all"}
     assert (tmp_path / "out" / "adaptive_pareto.png").stat().st_size > 0
+    # Each store is replayed once; the "all" row adds up its stores' groups as one replay of them all would.
+    everything = [t for traces in load(tmp_path).values() for t in traces]
+    for row in (r for r in table["rows"] if r["traces"] == "all" and r["n"] == 16):
+        together = evaluate(everything, StopPolicy.parse(row["policy"]), n=16)
+        assert row == {"traces": "all", "n": 16, "policy": row["policy"], **together}
 
 
 def write_records(path: Path, problems: list[tuple[str, list[tuple[str | None, int, float | None]]]]) -> Path:

@@ -3,20 +3,26 @@ explorer serving both roles on one engine, and the asymmetric pair on two."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
+from fastapi import FastAPI
 
 from engine.launch import get_json, new_key, serve
 from engine.layout import ENGINE_KEY_ENV, EngineConfig, Engines, plan
 from engine.ports import free_port
 from programs.engine_handle import EngineHandle
+from programs.http_server import http_server, listen
 from programs.offline.model import OfflineModels, offline_models
 
 ENGINE_FIXTURES = frozenset({"cpu_engine", "cpu_pair"})  # the fixtures here that start an SGLang engine
@@ -125,3 +131,27 @@ class EngineLoad:
 @pytest.fixture(scope="session")
 def explorer_load(cpu_engine: Engines) -> EngineLoad:
     return EngineLoad(cpu_engine.explorer.base_url, cpu_engine.explorer.api_key)
+
+
+@contextlib.contextmanager
+def running(app: FastAPI, **limits: Any) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
+    """`app` served as `programs.serve` serves it, on a free port, in a thread; its URL, server and thread."""
+    sock = listen("127.0.0.1", 0)
+    server = http_server(app, **limits)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def app_server() -> Callable[..., contextlib.AbstractContextManager]:
+    """`running`: an app served as `programs.serve` serves it (`with app_server(app, **limits) as (url, server,
+    thread)`), for the tests of the server and of its HTTP limits."""
+    return running

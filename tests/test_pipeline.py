@@ -1,4 +1,5 @@
-"""The pipeline that explores and synthesizes problems as a stream, on the real CPU engine."""
+"""The pipeline on the real CPU engine: synthesis streams while later problems explore, and unanimous paths skip
+synthesis only when asked."""
 
 from __future__ import annotations
 

@@ -12,18 +12,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from engine.launch import get_json, new_key, serve
 from engine.layout import ENGINE_KEY_ENV, EngineConfig, Engines, plan
 from engine.ports import free_port
-from programs.engine_handle import EngineHandle
-from programs.http_server import http_server, listen
 from programs.offline.model import OfflineModels, offline_models
+
+if TYPE_CHECKING:  # both import SGLang's frontend: seconds a run of pure tests need not spend
+    import uvicorn
+    from fastapi import FastAPI
+
+    from programs.engine_handle import EngineHandle
 
 ENGINE_FIXTURES = frozenset({"cpu_engine", "cpu_pair"})  # the fixtures here that start an SGLang engine
 
@@ -89,6 +91,8 @@ def cpu_pair(offline_pair: OfflineModels, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def cpu_handle(cpu_engine: Engines) -> EngineHandle:
     """The session engine attached as a stage (tokenizer, backend, context), serving both roles."""
+    from programs.engine_handle import EngineHandle
+
     return EngineHandle.attach(cpu_engine.explorer)
 
 
@@ -136,6 +140,8 @@ def explorer_load(cpu_engine: Engines) -> EngineLoad:
 @contextlib.contextmanager
 def running(app: FastAPI, **limits: Any) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
     """`app` served as `programs.serve` serves it, on a free port, in a thread; its URL, server and thread."""
+    from programs.http_server import http_server, listen
+
     sock = listen("127.0.0.1", 0)
     server = http_server(app, **limits)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

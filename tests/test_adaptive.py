@@ -246,19 +246,32 @@ def test_the_commands_of_the_docs_run_as_typed(tmp_path):
     (tmp_path / "shared" / "data").symlink_to(TRACES.parent)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
-    def run(command: str) -> str:
+    def start(command: str) -> subprocess.Popen:
         argv = [sys.executable, *command.split()[1:]]  # "python" is this interpreter
-        done = subprocess.run(argv, cwd=checkout, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return subprocess.Popen(
+            argv, cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def output(process: subprocess.Popen) -> str:
+        out, err = process.communicate()
+        assert process.returncode == 0, err
+        return out
 
     docs = (REPO / "docs" / "adaptive.md").read_text()
     one = "python -m benchmarks.adaptive ../shared/data/traces/Qwen3-4B-aime24.json.gz --n 16 --stop settled --json"
     table = "python -m benchmarks.adaptive --traces ../shared/data/traces --output docs"
     assert one in docs and table in docs
-    result = json.loads(run(one))
-    assert result["groups"] == 240 and result["saved_percent"] > 50
-    run(table)
+    table_run, one_run = (
+        start(table),
+        start(one),
+    )  # side by side: the one-store run ends long before the table
+    try:
+        result = json.loads(output(one_run))
+        assert result["groups"] == 240 and result["saved_percent"] > 50
+        output(table_run)
+    finally:
+        table_run.kill()  # nothing left running when an assertion fails first
+        table_run.wait()
     written = json.loads((checkout / "docs" / "adaptive_table.json").read_text())
     assert written["tuning"]["stores"] == ["Qwen3-0.6B", "Qwen3-1.7B"]
     chosen = written["tuning"]["chosen"]

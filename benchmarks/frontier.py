@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.progress import Progress
 
-from benchmarks.replay import evaluate
+from benchmarks.replay import evaluate, replay_traces, summarize
 from benchmarks.score import ScoreInputError
 from benchmarks.traces import Trace, read_file
 from programs.cli import console
@@ -100,20 +100,27 @@ def write_table(traces_dir: Path, output: Path, probe_tokens: int) -> int:
         return 2
     tuning = tune(stores)
     held_out = [name for name in stores if name not in tuning["stores"]]
-    groups = {name: traces for name, traces in stores.items()}
+    members = {name: [name] for name in stores}  # each row's traces, as the stores they come from
     if held_out and tuning["stores"]:
-        groups["held-out (" + ", ".join(held_out) + ")"] = [t for name in held_out for t in stores[name]]
+        members["held-out (" + ", ".join(held_out) + ")"] = held_out
     if len(stores) > 1:
-        groups["all"] = [t for traces in stores.values() for t in traces]
-    rows = []
+        members["all"] = list(stores)
+    found = {}
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("replaying", total=len(groups) * len(NS) * len(POLICIES))
-        for name, traces in groups.items():
-            for n in NS:
-                for spec in POLICIES:
-                    result = evaluate(traces, StopPolicy.parse(spec), n=n, probe_tokens=probe_tokens)
-                    rows.append({"traces": name, "n": n, "policy": spec, **result})
+        task = bar.add_task("replaying", total=len(stores) * len(NS) * len(POLICIES))
+        for n in NS:
+            for spec in POLICIES:
+                replayed = {}  # each store once: the held-out and "all" rows add up the same groups
+                for name, traces in stores.items():
+                    replayed[name] = replay_traces(
+                        traces, StopPolicy.parse(spec), n=n, probe_tokens=probe_tokens
+                    )
                     bar.advance(task)
+                for row, names in members.items():
+                    traces = [t for name in names for t in stores[name]]
+                    result = summarize(traces, [g for name in names for g in replayed[name]], n, probe_tokens)
+                    found[row, n, spec] = {"traces": row, "n": n, "policy": spec, **result}
+    rows = [found[row, n, spec] for row in members for n in NS for spec in POLICIES]
     output.mkdir(parents=True, exist_ok=True)
     summary = {
         "stores": list(stores),

@@ -89,6 +89,19 @@ def evaluate(
     """What `policy` would have spent and voted on every disjoint group of `n` paths (default: all of a
     problem's paths) against those paths run to their end, averaged per problem, with 95% bootstrap intervals
     over problems. Each probe is charged `probe_tokens`."""
+    replayed = replay_traces(traces, policy, keep_confident, n, probe_tokens)
+    return summarize(traces, replayed, n, probe_tokens, resamples)
+
+
+def replay_traces(
+    traces: Sequence[Trace],
+    policy: StopPolicy | None,
+    keep_confident: float | None = None,
+    n: int | None = None,
+    probe_tokens: int = PROBE_TOKENS,
+) -> list[list[Group]]:
+    """Each problem's groups of `n` paths replayed (`evaluate`), for `summarize` to add up: a table over
+    several sets of the same stores replays each store once."""
     if policy is not None and policy.probe_every is not None:
         for trace in traces:
             if trace.probe_every is None or policy.probe_every % trace.probe_every:
@@ -97,13 +110,28 @@ def evaluate(
                 )
                 raise ScoreInputError(f"{trace.where}: {recorded} tokens, so --stop {policy} cannot replay")
     by_text = policy.with_same(operator.eq) if policy is not None else None
+    return [
+        [
+            replay_group(part, by_text, keep_confident, probe_tokens)
+            for part in trace.grouped().groups(n or len(trace.paths))
+        ]
+        for trace in traces
+    ]
+
+
+def summarize(
+    traces: Sequence[Trace],
+    replayed: Sequence[list[Group]],
+    n: int | None = None,
+    probe_tokens: int = PROBE_TOKENS,
+    resamples: int = RESAMPLES,
+) -> dict[str, Any]:
+    """`evaluate`'s figures from each problem's replayed groups (`replay_traces`, one list per trace)."""
     groups: list[Group] = []
     rows = []  # per problem: full tokens, spent tokens, Cons before, Cons after (fractions)
     left_out = 0
-    for trace in traces:
-        parts = trace.grouped().groups(n or len(trace.paths))
-        left_out += len(trace.paths) - sum(len(part.paths) for part in parts)
-        mine = [replay_group(part, by_text, keep_confident, probe_tokens) for part in parts]
+    for trace, mine in zip(traces, replayed, strict=True):
+        left_out += len(trace.paths) - len(mine) * (n or len(trace.paths))
         groups += mine
         rows.append(
             (

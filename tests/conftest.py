@@ -3,12 +3,16 @@ explorer serving both roles on one engine, and the asymmetric pair on two."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,6 +20,12 @@ from engine.launch import get_json, new_key, serve
 from engine.layout import ENGINE_KEY_ENV, EngineConfig, Engines, plan
 from engine.ports import free_port
 from programs.offline.model import OfflineModels, offline_models
+
+if TYPE_CHECKING:  # both import SGLang's frontend: seconds a run of pure tests need not spend
+    import uvicorn
+    from fastapi import FastAPI
+
+    from programs.engine_handle import EngineHandle
 
 ENGINE_FIXTURES = frozenset({"cpu_engine", "cpu_pair"})  # the fixtures here that start an SGLang engine
 
@@ -78,6 +88,20 @@ def cpu_pair(offline_pair: OfflineModels, tmp_path_factory: pytest.TempPathFacto
         yield running
 
 
+@pytest.fixture(scope="session")
+def cpu_handle(cpu_engine: Engines) -> EngineHandle:
+    """The session engine attached as a stage (tokenizer, backend, context), serving both roles."""
+    from programs.engine_handle import EngineHandle
+
+    return EngineHandle.attach(cpu_engine.explorer)
+
+
+@pytest.fixture
+def fresh_question() -> Callable[[], str]:
+    """Questions the radix cache has never seen, so cached tokens can only come from the test's own forks."""
+    return lambda: f"Problem {uuid.uuid4().hex}: what is 12 + 30? Put the answer in \\boxed{{}}."
+
+
 @dataclass(frozen=True)
 class EngineLoad:
     """What an engine reports it is decoding, read from SGLang's `/v1/loads`. That is a snapshot the scheduler
@@ -111,3 +135,29 @@ class EngineLoad:
 @pytest.fixture(scope="session")
 def explorer_load(cpu_engine: Engines) -> EngineLoad:
     return EngineLoad(cpu_engine.explorer.base_url, cpu_engine.explorer.api_key)
+
+
+@contextlib.contextmanager
+def running(app: FastAPI, **limits: Any) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
+    """`app` served as `programs.serve` serves it, on a free port, in a thread; its URL, server and thread."""
+    from programs.http_server import http_server, listen
+
+    sock = listen("127.0.0.1", 0)
+    server = http_server(app, **limits)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def app_server() -> Callable[..., contextlib.AbstractContextManager]:
+    """`running`: an app served as `programs.serve` serves it (`with app_server(app, **limits) as (url, server,
+    thread)`), for the tests of the server and of its HTTP limits."""
+    return running

@@ -1,222 +1,307 @@
-"""Adaptive exploration on the real CPU engine: aborting one path, stop policies inside fork/join, the
-confidence filter, and replay agreeing with what a live run stopped."""
+"""`python -m benchmarks.adaptive`: a stop policy replayed on records files and trace stores (groups, intervals,
+ties, probes charged as tokens, waves), the table over trace stores, bad input named in one line, and the docs'
+commands run as typed. Pure: no engine. The real Qwen3 traces are read from ../shared/data/traces when present;
+small synthetic stores test the logic without them."""
 
 from __future__ import annotations
 
+import gzip
 import json
-import threading
-from dataclasses import replace
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import adaptive, policies
-from engine.endpoint import SEED_VAR, PathEndpoint, request_ids
-from engine.launch import post
-from programs.a2r import main as a2r_main
-from programs.core.confidence import OnlineStop
-from programs.core.config import RunConfig, SamplingConfig
-from programs.core.prompts import chat_prompt
-from programs.core.records import ProblemRecord
-from programs.core.stopping import StopPolicy, replay
-from programs.datasets import load_problems
-from programs.engine_handle import EngineHandle
-from programs.explorer import Watch, run_explorer
-from programs.pipeline import Pipeline
+from benchmarks import adaptive
+from benchmarks.frontier import load
+from benchmarks.replay import evaluate
+from benchmarks.traces import read_file
+from programs.core.stopping import (
+    StopPolicy,
+)
 
-BUDGET = 2000  # far above any path the offline explorer writes, so a path below it was stopped, not cut
-SNAPSHOT_S = 2.0  # ample for the engine's next load snapshot (see EngineLoad in conftest.py)
-
-
-def test_request_ids_never_prefix_one_another():
-    ids = request_ids(120) + request_ids(120)
-    assert len(set(ids)) == len(ids)
-    assert not [(a, b) for a in ids for b in ids if a != b and b.startswith(a)]
+REPO = Path(__file__).resolve().parents[1]
+# ../shared beside the main checkout; a worktree under wt/ sits one level deeper.
+PLACES = [REPO.parent / "shared" / "data" / "traces", REPO.parents[1] / "shared" / "data" / "traces"]
+TRACES = next((p for p in PLACES if p.is_dir()), PLACES[0])
+needs_traces = pytest.mark.skipif(
+    not (TRACES / "Qwen3-4B-aime24.json.gz").exists(),
+    reason=f"the Qwen3 trace stores are not in {TRACES} (test data the project does not ship)",
+)
 
 
-@pytest.mark.parametrize("rid", ["", "a2r-x-p1", "."])
-def test_abort_refuses_an_id_that_would_stop_other_requests(rid):
-    with pytest.raises(ValueError, match="refusing to abort"):
-        PathEndpoint.abort(None, rid)  # type: ignore[arg-type]  # refused before any request is sent
+def branch(tokens: int, final: str, probes: list[str], every: int = 10) -> list:
+    """One path of a store: probes every `every` tokens ("ERR" for none), its length and final answer."""
+    assert len(probes) * every < tokens
+    return [probes, tokens, final]
 
 
-def test_aborting_path_1_does_not_stop_path_10(cpu_engine, explorer_load):
-    url = cpu_engine.explorer.base_url
-    ids, replies = request_ids(11), {}
-
-    def generate(rid: str) -> None:
-        body = {
-            "text": "<think>\n",
-            "rid": rid,
-            "sampling_params": {"max_new_tokens": 300, "ignore_eos": True},
+def write_store(path: Path, problems: list[tuple[str, list[list]]], every: int = 10) -> Path:
+    """A trace store of (gold, branches) problems, gzip'd when the name ends in .gz."""
+    data = [
+        {
+            "question": "?",
+            "gold_answer": gold,
+            "probe_freq": every,
+            "each_branch": branches,
+            "final_answers_trace": [b[2] for b in branches],
         }
-        replies[rid] = json.loads(post(url, "/generate", body, key=cpu_engine.explorer.api_key))["meta_info"]
-
-    threads = [threading.Thread(target=generate, args=(ids[i],)) for i in (1, 10)]
-    for thread in threads:
-        thread.start()
-    explorer_load.at_least(2, within_s=60)
-    PathEndpoint(url, api_key=cpu_engine.explorer.api_key).abort(ids[1])
-    for thread in threads:
-        thread.join(120)
-    assert replies[ids[1]]["finish_reason"]["type"] == "abort"
-    assert replies[ids[1]]["completion_tokens"] < 300
-    assert replies[ids[10]]["finish_reason"]["type"] == "length"
-    assert replies[ids[10]]["completion_tokens"] == 300
+        for gold, branches in problems
+    ]
+    raw = json.dumps(data).encode()
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
 
 
-class OnePathMayEnd(PathEndpoint):
-    """The engine's own endpoint, with every forked path but seed 0's decoding to its budget, and seed 0's sent
-    once the engine runs the others: exactly one path can end on its own, and the rest are decoding when it
-    does, however loaded the machine. (An abort that reaches SGLang while it is still tokenizing a request is
-    lost, see `Watch.resending_aborts`; here every abort finds its request running.)"""
-
-    def __init__(self, base_url: str, load, others: int, api_key: str | None) -> None:
-        super().__init__(base_url, api_key=api_key)
-        self.load, self.others = load, others
-
-    def _add_images(self, s, data) -> None:
-        super()._add_images(s, data)
-        if data["sampling_params"].get("sampling_seed", 0) != 0:
-            data["sampling_params"]["ignore_eos"] = True
-
-    def generate(self, s, sampling_params):
-        if s.variables[SEED_VAR] == 0:
-            self.load.at_least(self.others, within_s=60)
-        return super().generate(s, sampling_params)
+def replay_json(capsys, *argv: str) -> dict:
+    assert adaptive.main([*argv, "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
 
 
-def test_a_stop_ends_decoding_on_the_engine_and_keeps_what_the_paths_wrote(cpu_engine, explorer_load):
-    handle = EngineHandle.attach(cpu_engine.explorer)
-    prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3?")
-    backend = OnePathMayEnd(handle.url, explorer_load, others=5, api_key=handle.key)
-    paths = run_explorer(
-        backend, prompt, SamplingConfig(BUDGET), list(range(6)), policy=StopPolicy.parse("first:1")
+def refused(capsys, *argv: str) -> str:
+    """The one-line error of a run that must fail with rc 2 and print no results."""
+    assert adaptive.main(list(argv)) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    return err
+
+
+# --- benchmarks.adaptive on trace stores ------------------------------------------------------------------------
+
+
+def two_problems(tmp_path: Path, name: str = "store.json.gz") -> Path:
+    """Two problems of 4 paths: in the first the paths agree early, in the second the vote is a tie."""
+    agree = [
+        branch(40, "7", ["7", "7", "7"]),
+        branch(30, "7", ["ERR", "7"]),
+        branch(100, "7", ["3"] * 9),
+        branch(20, "8", ["8"]),
+    ]
+    tie = [branch(40, "9", []), branch(10, "5", []), branch(20, "5", []), branch(30, "9", [])]
+    return write_store(tmp_path / name, [("7", agree), ("5", tie)])
+
+
+def test_gzip_and_plain_stores_read_alike(tmp_path):
+    plain, packed = two_problems(tmp_path, "a.json"), two_problems(tmp_path, "a.json.gz")
+    assert read_file(plain)[1].paths == read_file(packed)[1].paths
+    assert read_file(plain)[0].paths[1].probes == [(10, None), (20, "7")]  # "ERR" reads as no answer
+
+
+def test_replay_reports_groups_intervals_and_a_change_made_by_a_tie(tmp_path, capsys):
+    store = two_problems(tmp_path)
+    result = replay_json(capsys, str(store), "--n", "2", "--stop", "first:1")
+    assert result["groups"] == 4 and result["problems"] == 2 and result["paths_left_out"] == 0
+    whole = replay_json(capsys, str(store), "--stop", "first:3")
+    # Problem 2: the full vote ties 9 and 5 and 9, seen first, wins; first:3 keeps 5, 5, 9: now right.
+    assert (whole["cons_before"], whole["cons_after"]) == (50.0, 100.0)
+    assert whole["answers_changed"] == 1 and whole["cons_changes_from_ties"] == 1
+    for key in ("cons_before", "cons_after", "saved_percent"):
+        low, high = whole[f"{key}_ci"]
+        assert low <= whole[key] <= high
+
+
+def test_probes_are_charged_as_tokens(tmp_path, capsys):
+    store = two_problems(tmp_path)
+    free = replay_json(capsys, str(store), "--stop", "agree:2,probe=10", "--probe-tokens", "0")
+    charged = replay_json(capsys, str(store), "--stop", "agree:2,probe=10", "--probe-tokens", "5")
+    assert free["probes"] > 0
+    assert charged["explorer_tokens_kept"] - free["explorer_tokens_kept"] == 5 * free["probes"]
+
+
+def test_waves_and_time_to_answer_are_reported(tmp_path, capsys):
+    store = two_problems(tmp_path)
+    waves = replay_json(capsys, str(store), "--stop", "agree:2,wave=2")
+    # Problem 1: paths 0-1 (7, 7) settle at 40 of the full run's 100. Problem 2: no agreement in wave 1 (9, 5)
+    # by 40; wave 2 starts there and its 5 agrees at 40 + 20: 60 of 40.
+    assert waves["waves"] == 1.5
+    assert waves["time_to_answer_percent"] == pytest.approx(100 * (40 / 100 + 60 / 40) / 2)
+
+
+def test_a_probing_policy_needs_probes_at_its_interval(tmp_path, capsys):
+    store = two_problems(tmp_path)
+    assert "probed every 10 tokens" in refused(capsys, str(store), "--stop", "posterior,probe=15")
+
+
+# --- bad input -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tokens", "why"),
+    [
+        ("12", "whole number"),
+        (-5, "from 0 to"),
+        (1e30, "from 0 to"),
+        (float("nan"), "from 0 to"),
+        (1.5, "from 0"),
+    ],
+)
+def test_a_bad_path_length_names_the_file_problem_and_field(tmp_path, capsys, tokens, why):
+    branches = [branch(30, "7", []), [[], tokens, "7"]]
+    store = write_store(tmp_path / "bad.json", [("7", [branch(30, "7", [])] * 2), ("7", branches)])
+    err = refused(capsys, str(store), "--stop", "majority")
+    assert f"{store}: problem 2: each_branch[1] tokens" in err and why in err
+
+
+@pytest.mark.parametrize(
+    ("problem", "names"),
+    [
+        ({"gold_answer": "7", "probe_freq": 10}, "no 'each_branch'"),
+        ({"gold_answer": "7", "probe_freq": 10, "each_branch": [[["7"], 30]]}, "each_branch[0] is not"),
+        ({"gold_answer": "7", "probe_freq": 10, "each_branch": [[[3], 30, "7"]]}, "probe_answers[0]"),
+        ({"gold_answer": None, "probe_freq": 10, "each_branch": [[[], 30, "7"]]}, "gold_answer"),
+        ({"gold_answer": "7", "probe_freq": 0, "each_branch": [[[], 30, "7"]]}, "probe_freq"),
+    ],
+)
+def test_a_store_of_another_shape_is_refused_naming_the_field(tmp_path, capsys, problem, names):
+    store = tmp_path / "bad.json"
+    store.write_text(json.dumps([problem]))
+    err = refused(capsys, str(store), "--stop", "majority")
+    assert f"{store}: problem 1" in err and names in err
+
+
+def test_a_list_that_is_no_store_is_refused(tmp_path, capsys):
+    store = tmp_path / "bad.json"
+    store.write_text("[1, 2]")
+    assert "not a trace store" in refused(capsys, str(store), "--stop", "majority")
+
+
+def test_fewer_paths_than_n_is_refused(tmp_path, capsys):
+    err = refused(capsys, str(two_problems(tmp_path)), "--n", "8", "--stop", "majority")
+    assert "problem 1: 4 paths, fewer than --n 8" in err
+
+
+def write_rows(path: Path, rows: list[dict], cut: str = "") -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + cut)
+    return path
+
+
+def record(tokens: object = 10, paths: object = None) -> dict:
+    paths = paths if paths is not None else [{"answer": "3", "completion_tokens": tokens}] * 2
+    return {"id": "p", "problem": "?", "gold": "3", "paths": paths, "synthesizer": None}
+
+
+@pytest.mark.parametrize(
+    ("row", "names"),
+    [
+        (record(paths="abc"), "'paths' must be a non-empty list"),
+        (record(tokens="12"), "paths[0]: completion_tokens must be a whole number"),
+        (record(tokens=-5), "completion_tokens must be a whole number of tokens from 0"),
+        (record(tokens=10**30), "completion_tokens must be a whole number of tokens from 0"),
+        (record(paths=[{"answer": 3, "completion_tokens": 4}]), "paths[0]: answer must be a string"),
+    ],
+)
+def test_bad_records_are_refused_naming_the_line_and_key(tmp_path, capsys, row, names):
+    records = write_rows(tmp_path / "r.jsonl", [record(), row])
+    err = refused(capsys, str(records), "--stop", "majority")
+    assert f"{records}:2" in err and names in err
+
+
+def test_a_nan_length_is_refused_and_nothing_printed(tmp_path, capsys):
+    records = tmp_path / "r.jsonl"
+    records.write_text(
+        json.dumps(record()).replace('"completion_tokens": 10', '"completion_tokens": NaN') + "\n"
     )
-    assert explorer_load.settled(SNAPSHOT_S) == 0
-    assert paths[0].kept and paths[0].stopped_by is None and paths[0].finish_reason == "stop"
-    for path in paths[1:]:
-        assert not path.kept and path.stopped_by == "first:1" and path.stopped_s >= paths[0].finished_s
-        assert path.finish_reason == "abort" and 0 < path.completion_tokens < BUDGET and path.text  # kept
+    assert "completion_tokens" in refused(capsys, str(records), "--stop", "majority", "--json")
 
 
-def test_a_path_whose_request_reaches_the_engine_after_its_abort_is_stopped_all_the_same(cpu_engine):
-    endpoint = PathEndpoint(cpu_engine.explorer.base_url, api_key=cpu_engine.explorer.api_key)
-    watch = Watch(request_ids(2), StopPolicy.parse("first:1"), endpoint.abort)
-    assert next(watch.launches()) == [0, 1]  # one wave: both paths are out, so both are resent their aborts
-    with watch.resending_aborts(every_s=0.2):
-        watch.on_reply(0)("<think>x</think> \\boxed{3}", {"completion_tokens": 5})
-        assert 1 in watch.stopped  # and its abort is sent, to an engine that has not seen the request yet
-        body = {
-            "text": "<think>\n",
-            "rid": watch.rids[1],
-            "sampling_params": {"max_new_tokens": BUDGET, "ignore_eos": True},
-        }
-        meta = json.loads(post(endpoint.base_url, "/generate", body, key=endpoint.api_key))["meta_info"]
-        watch.on_reply(1)("", meta)
-    assert meta["finish_reason"]["type"] == "abort" and meta["completion_tokens"] < BUDGET
+def test_a_cut_off_last_line_is_dropped_with_a_note_as_resume_drops_it(tmp_path, capsys):
+    records = write_rows(tmp_path / "r.jsonl", [record(), record(tokens=20)], cut='{"id": "q", "pa')
+    result = replay_json(capsys, str(records), "--stop", "majority")
+    assert result["problems"] == 2
+    assert adaptive.main([str(records), "--stop", "majority"]) == 0
+    assert "dropping a cut-off last line" in capsys.readouterr().err
+    records.write_text(records.read_text().replace('"id": "p"', '"id": "p', 1))  # broken, not the last line
+    assert "malformed JSON" in refused(capsys, str(records), "--stop", "majority")
 
 
-class LateSender(PathEndpoint):
-    """The engine's own endpoint, sending every forked path but seed 0's only once seed 0's reply is in, as
-    threads starved on a loaded machine would."""
-
-    def __init__(self, base_url: str, api_key: str | None) -> None:
-        super().__init__(base_url, api_key=api_key)
-        self.first_in = threading.Event()
-
-    def generate(self, s, sampling_params):
-        if s.variables[SEED_VAR] == 0:
-            try:
-                return super().generate(s, sampling_params)
-            finally:
-                self.first_in.set()
-        self.first_in.wait(60)
-        return super().generate(s, sampling_params)
+# --- the real Qwen3 traces ------------------------------------------------------------------------------------
 
 
-def test_a_path_stopped_before_its_request_was_sent_is_never_sent(cpu_engine, explorer_load):
-    handle = EngineHandle.attach(cpu_engine.explorer)
-    prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3?")
-    backend = LateSender(handle.url, handle.key)
-    paths = run_explorer(
-        backend, prompt, SamplingConfig(BUDGET), list(range(4)), policy=StopPolicy.parse("first:1")
+@needs_traces
+def test_replay_on_a_real_store_splits_128_paths_into_disjoint_groups(capsys):
+    store = str(TRACES / "Qwen3-4B-aime24.json.gz")
+    for n, groups in ((16, 8), (64, 2)):
+        result = replay_json(capsys, store, "--n", str(n), "--stop", "majority")
+        assert result["groups"] == 30 * groups
+        assert result["cons_after"] == result["cons_before"] and result["saved_percent"] > 0
+
+
+@needs_traces
+def test_settled_meets_the_goal_on_the_stores_it_was_not_tuned_on(capsys):
+    held_out = [str(TRACES / f"Qwen3-{m}-aime24.json.gz") for m in ("4B", "8B")]
+    for n in (16, 64):
+        result = replay_json(capsys, *held_out, "--n", str(n), "--stop", "settled")
+        assert result["saved_percent"] >= 50
+        assert abs(result["cons_after"] - result["cons_before"]) <= 1
+
+
+@needs_traces
+def test_the_commands_of_the_docs_run_as_typed(tmp_path):
+    """docs/adaptive.md's commands, run from a checkout beside ../shared."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(TRACES.parent)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def start(command: str) -> subprocess.Popen:
+        argv = [sys.executable, *command.split()[1:]]  # "python" is this interpreter
+        return subprocess.Popen(
+            argv, cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def output(process: subprocess.Popen) -> str:
+        out, err = process.communicate()
+        assert process.returncode == 0, err
+        return out
+
+    docs = (REPO / "docs" / "adaptive.md").read_text()
+    one = "python -m benchmarks.adaptive ../shared/data/traces/Qwen3-4B-aime24.json.gz --n 16 --stop settled --json"
+    table = "python -m benchmarks.adaptive --traces ../shared/data/traces --output docs"
+    assert one in docs and table in docs
+    table_run, one_run = (
+        start(table),
+        start(one),
+    )  # side by side: the one-store run ends long before the table
+    try:
+        result = json.loads(output(one_run))
+        assert result["groups"] == 240 and result["saved_percent"] > 50
+        output(table_run)
+    finally:
+        table_run.kill()  # nothing left running when an assertion fails first
+        table_run.wait()
+    written = json.loads((checkout / "docs" / "adaptive_table.json").read_text())
+    assert written["tuning"]["stores"] == ["Qwen3-0.6B", "Qwen3-1.7B"]
+    chosen = written["tuning"]["chosen"]
+    assert StopPolicy.parse("settled") == StopPolicy.parse(
+        f"settled:wave={chosen['wave']},eps={chosen['eps']}"
     )
-    assert paths[0].kept and paths[0].completion_tokens > 0
-    for path in paths[1:]:  # the engine prefilled and decoded nothing for them
-        assert path.stopped_by == "first:1" and path.finish_reason == "abort"
-        assert (path.prompt_tokens, path.completion_tokens, path.text) == (0, 0, "")
-    assert explorer_load.settled(SNAPSHOT_S) == 0
+    assert {(r["n"], r["policy"]) for r in written["rows"] if r["traces"] == "all"} >= {(64, "settled")}
+    assert "| all | 16 | `settled` |" in (checkout / "docs" / "adaptive_table.md").read_text()
+    assert (checkout / "docs" / "adaptive_pareto.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("policy", ["agree:2", "first:3", "majority"])
-def test_live_stops_are_the_stops_replay_makes_in_the_observed_order(cpu_engine, policy):
-    explorer = EngineHandle.attach(cpu_engine.explorer)
-    sampling = SamplingConfig(512)
-    config = RunConfig(6, sampling, sampling, "tiny", "tiny", synthesize=False, stop=policy)
-    records: list[ProblemRecord] = []
-    Pipeline(config, explorer, None).run(load_problems("chain:7:8"), records.append)
-    stops = 0
-    for record in records:
-        kept = [p.kept for p in record.paths]
-        order = sorted(range(6), key=lambda i: (not kept[i], record.paths[i].finished_s))
-        answers = [p.answer for p in record.paths]
-        lengths = [p.completion_tokens for p in record.paths]
-        assert replay(config.stop_policy, answers, lengths, order).kept == kept, record.paths
-        stops += not all(kept)
-    if policy != "majority":  # majority may rightly never fire on paths this varied
-        assert stops > 0
+def test_a_traces_folder_without_stores_is_refused(tmp_path, capsys):
+    assert adaptive.main(["--traces", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert "no trace stores" in capsys.readouterr().out
 
 
-def test_a2r_with_a_stop_and_the_confidence_filter_end_to_end(cpu_engine, tmp_path):
-    run = tmp_path / "run"
-    argv = ["--n", "4", "--dataset", "chain:3:4", "--explorer-url", cpu_engine.explorer.base_url,
-            "--output", str(run), "--stop", "first:3", "--keep-confident", "0.5",
-            "--explorer-max-tokens", "512", "--synthesizer-max-tokens", "160"]  # fmt: skip
-    assert a2r_main(argv) == 0
-    for line in (run / "records.jsonl").read_text().splitlines():
-        record = ProblemRecord.from_json(json.loads(line))
-        assert record.config["stop"] == "first:3" and record.config["keep_confident"] == 0.5
-        assert [p.stopped_by for p in record.paths].count("first:3") == 1
-        assert all(p.confidence is not None for p in record.paths)
-        kept = [i for i, p in enumerate(record.paths) if p.kept]
-        assert len(kept) == 2  # 3 finished, the more confident half (rounded up) of them kept
-        finished = [p for p in record.paths if p.stopped_by is None]
-        dropped = [p.confidence for p in finished if not p.kept]
-        assert len(dropped) == 1 and dropped[0] <= min(p.confidence for p in finished if p.kept)
-        assert sorted(record.synthesizer.reference_order) == kept
-        assert record.synthesizer.prompt.count("<reference") == 2
-
-
-def test_unanimous_paths_skip_synthesis_only_when_asked(cpu_engine):
-    explorer = EngineHandle.attach(cpu_engine.explorer)
-    sampling = SamplingConfig(512)
-    problem = load_problems("chain:1:1")[0]
-    config = RunConfig(4, sampling, sampling, "tiny", "tiny", skip_synthesis_if_unanimous=True)
-    paths = Pipeline(config, explorer, explorer).explore(problem)
-    same = [replace(p, answer="7") for p in paths]
-    skipped = Pipeline(config, explorer, explorer).synthesize(problem, same)
-    assert skipped.finish_reason == "unanimous" and skipped.answer == "7" and skipped.completion_tokens == 0
-    default = RunConfig(4, sampling, sampling, "tiny", "tiny")
-    assert Pipeline(default, explorer, explorer).synthesize(problem, same).completion_tokens > 0
-
-
-def test_policies_benchmark_counts_stopped_paths_and_writes_its_figures(cpu_engine, tmp_path):
-    out = tmp_path / "policies"
-    argv = ["--n", "4", "--dataset", "chain", "--limit", "3", "--policies", "full", "first:2",
-            "--explorer-url", cpu_engine.explorer.base_url, "--output", str(out),
-            "--explorer-max-tokens", "512", "--synthesizer-max-tokens", "160"]  # fmt: skip
-    assert policies.main(argv) == 0
-    rows = json.loads((out / "policies.json").read_text())["policies"]
-    records = [json.loads(line) for line in (out / "first-2.jsonl").read_text().splitlines()]
-    spent = sum(p["completion_tokens"] for r in records for p in r["paths"])
-    assert rows["first:2"]["explorer_tokens_per_problem"] == pytest.approx(spent / 3)
-    assert rows["first:2"]["paths_kept_per_problem"] == 2 and rows["full"]["paths_kept_per_problem"] == 4
-    assert rows["first:2"]["replay"]["saved_percent"] > 0  # replayed on the full run's own paths
-    assert (out / policies.PNG).stat().st_size > 0
-    assert policies.main(argv) == 0  # all done: a rerun resumes everything and keeps the measured rates
-    again = json.loads((out / "policies.json").read_text())["policies"]
-    assert again["first:2"]["explorer_tokens_per_s"] == rows["first:2"]["explorer_tokens_per_s"] > 0
+def test_the_table_over_synthetic_stores_names_tuning_and_held_out_stores(tmp_path):
+    write_store(tmp_path / "m-0.6B.json", [("7", [branch(40 + 10 * i, "7", ["7"]) for i in range(64)])] * 2)
+    mixed = [branch(30 + 5 * i, "75"[i % 2], ["5"]) for i in range(64)]
+    write_store(tmp_path / "m-4B.json.gz", [("5", mixed), ("7", mixed[::-1])])
+    assert adaptive.main(["--traces", str(tmp_path), "--output", str(tmp_path / "out")]) == 0
+    table = json.loads((tmp_path / "out" / "adaptive_table.json").read_text())
+    assert table["tuning"]["stores"] == ["m-0.6B"] and table["held_out"] == ["m-4B"]
+    assert {r["traces"] for r in table["rows"]} == {"m-0.6B", "m-4B", "held-out (m-4B)", "all"}
+    assert (tmp_path / "out" / "adaptive_pareto.png").stat().st_size > 0
+    # Each store is replayed once; the "all" row adds up its stores' groups as one replay of them all would.
+    everything = [t for traces in load(tmp_path).values() for t in traces]
+    for row in (r for r in table["rows"] if r["traces"] == "all" and r["n"] == 16):
+        together = evaluate(everything, StopPolicy.parse(row["policy"]), n=16)
+        assert row == {"traces": "all", "n": 16, "policy": row["policy"], **together}
 
 
 def write_records(path: Path, problems: list[tuple[str, list[tuple[str | None, int, float | None]]]]) -> Path:
@@ -230,11 +315,6 @@ def write_records(path: Path, problems: list[tuple[str, list[tuple[str | None, i
         lines.append({"id": f"p{i}", "problem": "?", "gold": gold, "paths": rows, "synthesizer": None})
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
-
-
-def replay_json(capsys, *argv: str) -> dict:
-    assert adaptive.main([*argv, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
 
 
 def test_replay_reports_savings_and_the_vote_before_and_after(tmp_path, capsys):
@@ -276,63 +356,3 @@ def test_replay_refuses_what_its_input_lacks(tmp_path, capsys):
     assert "full-length" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         adaptive.main([str(records), "--stop", "vote:3"])
-
-
-def top(confidences: list[float]) -> list[list[list]]:
-    """`output_top_logprobs` whose token confidences are `confidences` (one top entry per token)."""
-    return [[[-c, 0, None]] for c in confidences]
-
-
-def test_online_stop_sets_its_threshold_from_the_first_replies_and_stops_a_path_that_drops():
-    aborted: list[str] = []
-    online = OnlineStop(keep=0.5, warmup=2, window=4)
-    watch = Watch(request_ids(4), None, aborted.append, online)
-    watch.on_progress(2)({"output_top_logprobs": top([0.1] * 8)})  # low, but no threshold yet
-    assert not aborted
-    watch.on_reply(0)("", {"output_top_logprobs": top([3.0] * 6)})
-    watch.on_reply(1)("", {"output_top_logprobs": top([1.0] * 6)})
-    assert watch.threshold == pytest.approx(2.0)  # the median of 3.0 and 1.0
-    watch.on_progress(3)({"output_top_logprobs": top([0.1] * 3 + [2.5] * 4)})  # recent window above
-    watch.on_progress(2)({"output_top_logprobs": top([0.1] * 8 + [2.5])})  # recent window below
-    assert aborted == [watch.rids[2]]
-    by, _, after = watch.stopped[2]
-    assert by == "confidence" and after == 9 and 3 not in watch.stopped  # 9: the tokens it had streamed
-
-
-def test_a_paths_last_chunk_does_not_stop_it():
-    """The last chunk carries the finish reason: the path has ended, so a low final window cannot stop it
-    (it would be recorded as stopped although nothing was cut)."""
-    aborted: list[str] = []
-    watch = Watch(request_ids(3), None, aborted.append, OnlineStop(keep=0.5, warmup=2, window=4))
-    watch.on_reply(0)("", {"output_top_logprobs": top([3.0] * 6)})
-    watch.on_reply(1)("", {"output_top_logprobs": top([1.0] * 6)})
-    watch.on_progress(2)({"output_top_logprobs": top([0.1] * 8), "finish_reason": {"type": "length"}})
-    assert not aborted and not watch.stopped
-
-
-def test_online_stop_refuses_what_cannot_stop_a_path():
-    with pytest.raises(ValueError, match="N > 2"):
-        OnlineStop.for_run(0.9, 2, 512)
-    with pytest.raises(ValueError, match=r"\(0, 1\)"):
-        OnlineStop.for_run(1.0, 8, 512)
-
-
-def test_online_confidence_stops_paths_on_the_real_engine(cpu_engine, explorer_load):
-    handle = EngineHandle.attach(cpu_engine.explorer)
-    online = OnlineStop.for_run(0.9, 8, 512)
-    stopped = []
-    for problem in load_problems("chain:5:3"):
-        prompt = chat_prompt(handle.tokenizer, problem.problem)
-        paths = run_explorer(handle.backend, prompt, SamplingConfig(512), list(range(8)), online=online)
-        assert explorer_load.settled(SNAPSHOT_S) == 0
-        finished = sorted(p.finished_s for p in paths if p.kept)
-        for path in paths:
-            assert path.confidence is not None
-            if path.stopped_by is not None:
-                assert path.stopped_by == "confidence" and not path.kept
-                assert path.stopped_s >= finished[online.warmup - 1]  # never before the threshold is set
-                # Decided on a full window, before the end; the engine may decode on until the abort lands.
-                assert online.window <= path.stopped_after < 512
-                assert path.stopped_after <= path.completion_tokens
-                stopped.append(path)
-    assert stopped  # the threshold keeps 90% of paths like the first: over 24 paths some fall below

@@ -1,5 +1,5 @@
 """The two-stage executor's scheduling with plain functions for stages: which errors end what, slots, each
-job's single end, and the order its caller hears things in. Engines are exercised in test_programs and
+job's single end, and the order its caller hears things in. Engines are exercised in test_pipeline and
 test_serve; nothing here starts one."""
 
 from __future__ import annotations

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 import json
 import logging
@@ -13,19 +11,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import openai
 import pytest
 import requests
-import uvicorn
 from fastapi import FastAPI
 
 from engine.launch import post
@@ -36,7 +31,7 @@ from programs.chat_api import ApiError, ChatRequest
 from programs.core.config import RunConfig, SamplingConfig
 from programs.core.records import UNANIMOUS
 from programs.engine_handle import EngineHandle
-from programs.http_server import HEADER_TIMEOUT_S, http_server, listen
+from programs.http_server import HEADER_TIMEOUT_S, http_server
 from programs.profile import PAPER
 from programs.serve import API_KEY_ENV, Service, answer_text, build_app, main, parse_args, server_key
 
@@ -62,32 +57,15 @@ class Served:
         return requests.post(f"{self.url}/v1/chat/completions", data=data, headers=headers, timeout=300)
 
 
-@contextlib.contextmanager
-def running(app: FastAPI, **limits: Any) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
-    """`app` served as `programs.serve` serves it, on a free port, in a thread; its URL, server and thread."""
-    sock = listen("127.0.0.1", 0)
-    server = http_server(app, **limits)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
-    finally:
-        server.should_exit = True
-        thread.join(60)
-        sock.close()
-
-
-def serving(service: Service) -> Iterator[Served]:
-    with running(build_app(service, KEY)) as (url, _, _):
+def serving(service: Service, app_server: Callable) -> Iterator[Served]:
+    with app_server(build_app(service, KEY)) as (url, _, _):
         yield Served(url, service)
 
 
 @pytest.fixture(scope="module")
-def served(cpu_engine) -> Iterator[Served]:
+def served(cpu_engine, app_server) -> Iterator[Served]:
     handle = EngineHandle.attach(cpu_engine.explorer)
-    yield from serving(Service(CONFIG, handle, handle, max_queue=MAX_QUEUE))
+    yield from serving(Service(CONFIG, handle, handle, max_queue=MAX_QUEUE), app_server)
 
 
 def ask(served: Served, model: str = "a2r", **extra: object):
@@ -242,12 +220,12 @@ def test_a_client_that_leaves_mid_stream_has_its_engine_requests_aborted(served,
     assert served.service.active == 0
 
 
-def test_an_engine_that_died_answers_503(cpu_engine):
+def test_an_engine_that_died_answers_503(cpu_engine, app_server):
     handle = EngineHandle.attach(cpu_engine.explorer)
     backend = copy.copy(handle.backend)  # the engine it was attached to, gone since
     backend.base_url = f"http://127.0.0.1:{free_port()}"
     dead = replace(handle, backend=backend)
-    for served in serving(Service(CONFIG, dead, dead)):
+    for served in serving(Service(CONFIG, dead, dead), app_server):
         reply = served.post(GOOD)
         assert reply.status_code == 503 and reply.headers["Retry-After"]
         assert "engines failed" in reply.json()["error"]["message"]
@@ -260,16 +238,15 @@ def test_launched_engines_never_take_the_servers_port(argv, port):
     assert port not in {engines.explorer.port, engines.synthesizer.port}
 
 
-def test_a_port_in_use_is_refused_in_one_line_before_anything_starts(tmp_path):
+def test_a_port_in_use_is_refused_in_one_line_before_anything_starts(tmp_path, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        argv = [sys.executable, "-m", "programs.serve", "--n", "4", "--port", str(port),
-                "--output", str(tmp_path)]  # fmt: skip
-        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stdout + done.stderr
-    lines = (done.stdout + done.stderr).strip().splitlines()
+        code = main(["--n", "4", "--port", str(port), "--output", str(tmp_path)])
+    assert code == 2
+    out = capsys.readouterr()
+    lines = (out.out + out.err).strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0], lines
     assert not list(tmp_path.iterdir())  # no engine was started, no log written
 
@@ -515,69 +492,6 @@ def test_health_is_read_from_the_engines_at_most_once_per_period(cpu_engine):
     assert service.healthy()  # the reading of a moment ago
     service.health_ttl_s = 0
     assert not service.healthy()
-
-
-def slow_app() -> FastAPI:
-    app = FastAPI()
-
-    @app.get("/")
-    async def hello() -> dict[str, str]:
-        return {"hello": "there"}
-
-    @app.get("/slow")
-    async def slow() -> dict[str, str]:
-        await asyncio.sleep(120)
-        return {}
-
-    return app
-
-
-def closed(sock: socket.socket, within_s: float, drip: bytes = b"") -> bool:
-    """Whether the server closes `sock` within `within_s`, while the client sends `drip` now and then."""
-    sock.settimeout(0.3)
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            if sock.recv(1024) == b"":
-                return True
-        except TimeoutError:
-            with contextlib.suppress(OSError):
-                sock.sendall(drip)
-        except ConnectionResetError:
-            return True
-    return False
-
-
-def test_a_client_that_sends_its_headers_slowly_is_cut_off_and_others_are_served():
-    with running(slow_app(), header_timeout_s=1) as (url, _, _):
-        host, port = url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port))) as slow:
-            slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
-            assert requests.get(url, timeout=30).json() == {"hello": "there"}
-            assert closed(slow, within_s=30, drip=b"X")
-
-
-def test_past_the_connection_cap_a_new_connection_is_closed_at_once():
-    with running(slow_app(), max_connections=2, header_timeout_s=60) as (url, _, _):
-        host, port = url.removeprefix("http://").split(":")
-        held = [socket.create_connection((host, int(port))) for _ in range(2)]
-        with socket.create_connection((host, int(port))) as third:
-            assert closed(third, within_s=30)
-        for sock in held:
-            assert not closed(sock, within_s=0.5)
-            sock.close()
-
-
-def test_a_shutdown_waits_for_requests_in_flight_only_as_long_as_the_drain_allows():
-    with running(slow_app(), drain_s=1) as (url, server, thread):
-        pending = ThreadPoolExecutor(1).submit(requests.get, f"{url}/slow", timeout=300)
-        while not server.server_state.tasks:
-            time.sleep(0.05)
-        server.should_exit = True  # what SIGTERM does
-        thread.join(60)
-        assert not thread.is_alive()  # the request would have held it for 120 s
-        with contextlib.suppress(requests.ConnectionError):  # cut: no reply, or an error one
-            assert pending.result(timeout=60).status_code != 200
 
 
 def test_the_key_is_read_from_a_file_or_the_environment(tmp_path, monkeypatch):

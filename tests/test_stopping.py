@@ -1,5 +1,6 @@
-"""Adaptive exploration on hand-built and random cases: stop policies, their replay, confidence and the
-confident-path filter. Pure: no engine."""
+"""Stop policies on hand-built and random cases: parsing, majority, agree and first, the policies that read
+probes and launch waves (posterior, settled), their replay driver, and the confident-path filter. Pure: no
+engine."""
 
 import random
 import re
@@ -7,15 +8,20 @@ from collections.abc import Sequence
 
 import pytest
 
-from programs.core.confidence import (
-    lowest_group_confidence,
-    path_confidence,
-    token_confidences,
-    window_for,
-)
 from programs.core.grading import is_equivalent
 from programs.core.metrics import answer_groups, majority_vote
-from programs.core.stopping import Replayed, Seen, StopPolicy, finish_order, most_confident, replay
+from programs.core.stopping import (
+    STOP_FORMS,
+    Replayed,
+    Seen,
+    StopPolicy,
+    Tally,
+    current_answers,
+    finish_order,
+    leader_stays,
+    most_confident,
+    replay,
+)
 
 # Mostly plain digits (compared in-process); one equivalent pair and two kinds of no-answer.
 ALPHABET: list[str | None] = ["1", "2", "3", "0.5", "1/2", None, ""]
@@ -191,35 +197,124 @@ def test_most_confident_rejects_a_fraction_outside_zero_one(fraction: float) -> 
         most_confident([1.0], [True], fraction)
 
 
-def test_token_confidence_is_the_negated_mean_top_logprob() -> None:
-    top = [[[-1.0, 5, None], [-3.0, 7, None]], None, [[-0.5, 1, None]]]
-    assert token_confidences(top) == pytest.approx(
-        [2.0, 0.5]
-    )  # a position without log-probabilities is skipped
+def test_leader_stays_is_the_beta_probability_that_the_leader_is_ahead():
+    assert leader_stays(0, 0) == 0.5
+    assert leader_stays(2, 0) == 0.875  # P(Beta(3, 1) > 1/2) = 1 - 1/8
+    assert leader_stays(3, 1) == pytest.approx(0.8125)
+    assert leader_stays(5, 5) == 0.5
 
 
-@pytest.mark.parametrize("start", [0, 4, 7])
-def test_lowest_group_confidence_finds_the_worst_window(start: int) -> None:
-    confidences = [2.0] * 10
-    confidences[start : start + 3] = [0.5, 0.5, 0.5]
-    assert lowest_group_confidence(confidences, 3) == pytest.approx(0.5)
-    assert lowest_group_confidence(confidences, 3) < lowest_group_confidence([2.0] * 10, 3)
+def test_posterior_stops_once_the_leader_is_likely_enough():
+    finals = [Seen(i, 10, a, True) for i, a in enumerate(["7", "7", "8", "7", "7"])]
+    loose, strict = StopPolicy.parse("posterior:0.25"), StopPolicy.parse("posterior:0.05")
+    assert not loose.settled(finals[:1], 16)  # 1:0 is 0.75, not above 0.75
+    assert loose.settled(finals[:2], 16)  # 2:0 is 0.875
+    assert not strict.settled(finals[:4], 16)  # 3:1 is 0.81
+    assert loose.settled(finals[:4], 16)
+    assert not strict.settled(finals[:5], 16)  # 4:1 is 0.89
+    assert strict.settled(finals[:5], 5)  # with N=5 no path is left to overtake the leader
 
 
-def test_a_path_shorter_than_the_window_is_one_group() -> None:
-    assert lowest_group_confidence([1.0, 2.0, 6.0], 8) == pytest.approx(3.0)
+def test_a_probe_counts_once_it_was_stable_and_an_unreadable_probe_changes_nothing():
+    tally = Tally(str.__eq__, stable=2)
+    for s in [Seen(0, 10, "7", False), Seen(0, 20, None, False)]:
+        tally.add(s)
+    assert tally.top_two() == (0, 0) and tally.decided == 0
+    tally.add(Seen(0, 30, "7", False))
+    assert tally.top_two() == (1, 0) and tally.decided == 1
+    tally.add(Seen(0, 40, "9", False))  # changed its mind: its vote is withdrawn until "9" repeats
+    assert tally.top_two() == (0, 0) and tally.decided == 0
+    tally.add(Seen(0, 45, None, True))  # ended with no answer: decided, for nobody
+    assert tally.top_two() == (0, 0) and tally.decided == 1
 
 
-def test_an_empty_path_scores_zero() -> None:
-    assert lowest_group_confidence([], 8) == 0.0
+def test_the_vote_after_a_stop_takes_stopped_paths_last_probe_answers():
+    seen = [
+        Seen(0, 10, "3", False),
+        Seen(1, 10, "4", False),
+        Seen(1, 15, "5", True),
+        Seen(0, 20, None, False),
+    ]
+    assert current_answers(seen) == {0: "3", 1: "5"}
 
 
-def test_window_keeps_a_share_of_the_budget_with_a_floor() -> None:
-    assert window_for(32768) == 2048
-    assert window_for(16) == 8
+def test_the_policy_reads_every_observation_when_the_caller_passes_another_list():
+    policy = StopPolicy.parse("agree:2")
+    seen = [Seen(0, 10, "1", True), Seen(1, 10, "2", True)]
+    assert not policy.settled(seen, 4)
+    seen[1] = Seen(1, 10, "1", True)  # the same list, changed in place: not taken for an extension
+    assert policy.settled(seen, 4)
+    assert not policy.settled([Seen(2, 10, "1", True)], 4)  # another list: read from its start
 
 
-def test_path_confidence_reads_the_meta_info() -> None:
-    top = [[[-2.0, 1, None]]] * 4 + [[[-0.5, 1, None]]] * 8
-    assert path_confidence({"output_top_logprobs": top}, 128) == pytest.approx(0.5)  # window 8
-    assert path_confidence({"output_tokens": 12}, 128) is None
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "settled:3",
+        "posterior:1.5",
+        "agree:3,wave=0",
+        "first:2,eps=0.1",
+        "majority,stable=x",
+        "agree:2,stable=0",
+        "agree:2,wave=4,wave=4",
+        "posterior:nan",
+        "majority:",
+    ],
+)
+def test_a_policy_that_does_not_parse_names_the_accepted_forms(spec):
+    with pytest.raises(ValueError, match="use majority, agree:K") as error:
+        StopPolicy.parse(spec)
+    assert repr(spec) in str(error.value) and STOP_FORMS in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "posterior",
+        "posterior:0.1,probe=500,stable=3",
+        "agree:3,wave=4",
+        "settled",
+        "settled:wave=8,eps=0.1",
+        "majority:probe=1000",
+    ],
+)
+def test_policies_round_trip(spec):
+    assert str(StopPolicy.parse(spec)) == spec
+
+
+def test_a_wave_of_n_or_more_launches_every_path_at_once():
+    StopPolicy.parse("settled").check(2)  # the recommended policy works at any N
+    result = replay(StopPolicy.parse("agree:2,wave=8"), ["1", "2", "1"], [10, 20, 30])
+    assert (result.waves, result.spent, result.answer_at) == (1, [10, 20, 30], 30)
+
+
+def test_a_wave_that_settles_launches_no_more():
+    result = replay(StopPolicy.parse("agree:2,wave=2"), ["1"] * 4, [10, 20, 30, 40])
+    assert (result.spent, result.waves, result.answer_at) == ([10, 20, 0, 0], 1, 20)
+    assert result.votes == ["1", "1", None, None]
+
+
+def test_an_unsettled_wave_launches_the_next_where_its_last_path_ended():
+    result = replay(StopPolicy.parse("agree:2,wave=2"), ["1", "2", "1", "3"], [10, 20, 30, 40])
+    # Wave 2 starts at 20: path 2 ends at 50 and settles it; path 3 has decoded 30 of its 40 tokens.
+    assert (result.spent, result.waves, result.answer_at, result.stop_after) == ([10, 20, 30, 30], 2, 50, 50)
+    assert result.kept == [True, True, True, False]
+
+
+def test_a_probe_answer_is_known_when_its_path_reaches_its_token_count():
+    probes = [[(10, "5"), (20, "5")], [(10, None), (20, "5")], [(10, "6")]]
+    result = replay(StopPolicy.parse("agree:2,probe=10"), ["5", "5", "6"], [100, 90, 15], probes=probes)
+    # At 10 only path 0 says 5; path 2 ends at 15 with 6; at 20 path 0's second 5 is one vote, path 1's 5 two.
+    assert (result.stop_after, result.spent, result.probes) == (20, [20, 20, 15], 5)
+    assert result.votes == ["5", "5", "6"]
+
+
+def test_probes_every_other_interval_read_every_other_probe():
+    probes = [[(10, "5"), (20, "5")], [(10, "5"), (20, "5")]]
+    result = replay(StopPolicy.parse("agree:2,probe=20"), ["5", "5"], [100, 100], probes=probes)
+    assert (result.stop_after, result.probes) == (20, 2)
+
+
+def test_an_observed_order_replays_only_what_has_neither_waves_nor_probes():
+    with pytest.raises(ValueError, match="observed finish order"):
+        replay(StopPolicy.parse("agree:2,wave=2"), ["1"] * 4, [1, 2, 3, 4], order=[0, 1, 2, 3])

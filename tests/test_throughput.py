@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from benchmarks.modes import MODES, handoff_s
+from benchmarks.modes import MODES
 from benchmarks.throughput import PROBLEMS_PER_SLOT, RATIOS, SYNTHESIS_SHARE, cpu_meter, main, table, unsteady
 from engine.cpu_use import KINDS
 
@@ -178,18 +178,6 @@ def test_ratios_whose_rounds_leave_five_percent_of_their_median_are_named():
     }
     assert unsteady(result) == ["slow round", "fast"]
     assert unsteady({"ratios": {"one round": ratio(1.0, 1.0)}}) == []
-
-
-def test_handoff_is_the_wait_of_a_freed_slot():
-    # Two slots: problems 0 and 1 start at once; 2 starts 0.1 s after 1 ends, 3 starts 0.3 s after 0 ends.
-    timings = [
-        {"explore_started_at": 0.0, "explored_at": 5.0},
-        {"explore_started_at": 0.0, "explored_at": 3.0},
-        {"explore_started_at": 3.1, "explored_at": 8.0},
-        {"explore_started_at": 5.3, "explored_at": 9.0},
-    ]
-    assert handoff_s(timings, slots=2) == pytest.approx(0.2)  # the median of 0.1 and 0.3
-    assert handoff_s(timings[:2], slots=2) == 0.0  # nothing waited for a slot
 
 
 def test_free_length_run_sizes_itself_for_steady_state(cpu_engine, tmp_path):

@@ -24,7 +24,7 @@ def test_the_gateway_benchmark_reports_its_figures_as_json(tiny_model, tmp_path)
     assert figures["workers_served"] == sum(n > 0 for n in figures["requests_per_worker"].values()) >= 1
     assert (
         0 < figures["cache_hit"] <= 1
-    )  # at least 0.9 is asserted where A2R runs through it (test_gateway.py)
+    )  # at least 0.9 is asserted where A2R runs through it (test_engine_gateway.py)
     assert figures["running_after_stop"] == 0
     assert figures["tokens_per_s"] > 0 and figures["one_worker"]["tokens_per_s"] > 0
     assert figures["speedup"] == figures["tokens_per_s"] / figures["one_worker"]["tokens_per_s"]

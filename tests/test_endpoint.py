@@ -1,59 +1,31 @@
-"""Real CPU engines: two when the models differ (each pinned to its own core), stopped on the way out; and
-what a data-parallel engine is sent, against a stand-in server that records each request."""
+"""What the frontend's endpoint sends (engine.endpoint): request ids no abort can confuse, an abort that stops
+one path alone on the real CPU engine, and what a data-parallel engine is sent, against a stand-in server that
+records each request."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from engine.endpoint import PINNED_PROMPTS, PREFILL_TOP_K, DpRanks, PathEndpoint, TokenTrail
-from engine.launch import get_json, keyed, model_info, serve, server_info
-from engine.layout import ENGINE_KEY_ENV, EngineConfig, plan
-from engine.ports import check_port_free
-from engine.spec import EngineSpec, launch_command, write_key_file
-from programs.core.config import RunConfig, SamplingConfig
-from programs.core.records import Problem
+from engine.endpoint import (
+    PINNED_PROMPTS,
+    PREFILL_TOP_K,
+    DpRanks,
+    PathEndpoint,
+    TokenTrail,
+    request_ids,
+)
+from engine.launch import post, server_info
+from engine.spec import EngineSpec
+from programs.core.config import SamplingConfig
 from programs.engine_handle import EngineHandle
 from programs.explorer import run_explorer
-from programs.offline.model import offline_models
-from programs.pipeline import Pipeline
-
-
-@pytest.mark.engine
-def test_different_models_get_two_engines_that_are_stopped_afterwards(tiny_model, tmp_path, port):
-    other = offline_models(
-        seed=1, trained=False
-    ).synthesizer  # any second model will do: random ones build fast
-    config = EngineConfig(explorer_model=str(tiny_model), synthesizer_model=str(other), port=port)
-    engines = plan(config, device="cpu", cpu_count=2)
-    assert engines.layout == "cpu" and len(engines.to_launch) == 2
-    cores_before = os.sched_getaffinity(0)
-    with serve(engines, tmp_path / "logs") as running:
-        assert os.sched_getaffinity(0) == set(engines.synthesizer.cpu_cores)  # the frontend, off the explorer
-        assert model_info(running.explorer)["model_path"] == str(tiny_model)
-        assert model_info(running.synthesizer)["model_path"] == str(other)
-        sampling = SamplingConfig(max_tokens=16)
-        run = RunConfig(
-            n=2, explorer=sampling, synthesizer=sampling, explorer_model="a", synthesizer_model="b"
-        )
-        records = []
-        stages = EngineHandle.attach_roles(running)
-        assert stages[0] is not stages[1] and stages[0].backend.base_url != stages[1].backend.base_url
-        Pipeline(run, *stages).run([Problem("x", "What is 2 + 2?", "4")], records.append)
-        assert len(records) == 1 and records[0].synthesizer.completion_tokens > 0
-    assert os.sched_getaffinity(0) == cores_before
-    assert {p.name for p in (tmp_path / "logs").iterdir()} == {"explorer.log", "synthesizer.log"}
-    for spec in engines.to_launch:  # nothing listens any more: raises if a server survived
-        check_port_free(spec.host, spec.port)
 
 
 def test_same_model_serves_both_roles_from_one_engine(cpu_engine):
@@ -188,39 +160,38 @@ def test_the_kv_pool_counts_every_replica(tiny_model, server, dp, kv):
     assert handle.in_flight(1000) == kv // 1000
 
 
-def test_launched_engines_refuse_requests_without_their_key(cpu_engine):
-    spec = cpu_engine.explorer
-    assert spec.api_key
-    for route in ("/v1/loads", "/get_server_info", "/flush_cache", "/update_weights_from_disk"):
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(f"{spec.base_url}{route}", timeout=30)
-        assert refused.value.code in (401, 403), route
-    assert get_json(f"{spec.base_url}/v1/loads", key=spec.api_key)["loads"]
-    assert urllib.request.urlopen(f"{spec.base_url}/health", timeout=30).status == 200  # readiness stays open
+def test_request_ids_never_prefix_one_another():
+    ids = request_ids(120) + request_ids(120)
+    assert len(set(ids)) == len(ids)
+    assert not [(a, b) for a in ids for b in ids if a != b and b.startswith(a)]
 
 
-def test_each_run_keys_its_launched_engines_and_no_key_shows_in_their_command(monkeypatch, tmp_path):
-    monkeypatch.delenv(ENGINE_KEY_ENV, raising=False)
-    planned = plan(EngineConfig(explorer_model="org/a", synthesizer_model="org/b"), device="cpu")
-    first, second = keyed(planned), keyed(planned)
-    assert first.explorer.api_key == first.synthesizer.api_key != second.explorer.api_key
-    assert len(first.explorer.api_key) >= 32 and first.explorer.api_key not in repr(first)
-    key_file = write_key_file(first.explorer, tmp_path / "explorer.key.yaml")
-    command = launch_command(first.explorer, key_file=key_file)
-    assert first.explorer.api_key not in " ".join(command) and command[command.index("--config") + 1] == str(
-        key_file
-    )
-    assert key_file.stat().st_mode & 0o777 == 0o600 and first.explorer.api_key in key_file.read_text()
+@pytest.mark.parametrize("rid", ["", "a2r-x-p1", "."])
+def test_abort_refuses_an_id_that_would_stop_other_requests(rid):
+    with pytest.raises(ValueError, match="refusing to abort"):
+        PathEndpoint.abort(None, rid)  # type: ignore[arg-type]  # refused before any request is sent
 
 
-def test_a_key_given_for_engines_reaches_remote_and_launched_ones(monkeypatch):
-    monkeypatch.setenv(ENGINE_KEY_ENV, "from-the-environment")
-    remote = plan(EngineConfig(explorer_url="http://10.0.0.5:30000"), device="cpu")
-    assert keyed(remote).explorer.api_key == "from-the-environment"
-    flagged = plan(EngineConfig(explorer_model="org/a", engine_key="from-the-flag"), device="cpu")
-    assert keyed(flagged).explorer.api_key == "from-the-flag"
+def test_aborting_path_1_does_not_stop_path_10(cpu_engine, explorer_load):
+    url = cpu_engine.explorer.base_url
+    ids, replies = request_ids(11), {}
 
+    def generate(rid: str) -> None:
+        body = {
+            "text": "<think>\n",
+            "rid": rid,
+            "sampling_params": {"max_new_tokens": 300, "ignore_eos": True},
+        }
+        replies[rid] = json.loads(post(url, "/generate", body, key=cpu_engine.explorer.api_key))["meta_info"]
 
-def test_results_that_carry_an_engines_configuration_never_carry_its_key():
-    spec = EngineSpec("org/model", api_key="secret-key")
-    assert "secret-key" not in json.dumps(spec.to_dict()) and spec.to_dict()["model"] == "org/model"
+    threads = [threading.Thread(target=generate, args=(ids[i],)) for i in (1, 10)]
+    for thread in threads:
+        thread.start()
+    explorer_load.at_least(2, within_s=60)
+    PathEndpoint(url, api_key=cpu_engine.explorer.api_key).abort(ids[1])
+    for thread in threads:
+        thread.join(120)
+    assert replies[ids[1]]["finish_reason"]["type"] == "abort"
+    assert replies[ids[1]]["completion_tokens"] < 300
+    assert replies[ids[10]]["finish_reason"]["type"] == "length"
+    assert replies[ids[10]]["completion_tokens"] == 300

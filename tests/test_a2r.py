@@ -1,11 +1,11 @@
-"""Runs that fail safe: an engine proven ours before use, engines that die with their run, one writer per run
-folder, resumes that check what they resume, and one bad problem that fails alone."""
+"""`python -m programs.a2r`'s runs fail safe: engines that die with their run, a signal that ends it in seconds,
+one writer per run folder, resumes that check what they resume, one bad problem that fails alone, every entry
+point ending on SIGTERM, and a stop policy with the confidence filter end to end."""
 
 from __future__ import annotations
 
 import http.server
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,13 +16,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.launch import EngineError, stop_stale, wait_ready
-from engine.layout import EngineConfig, plan
-from engine.ports import check_port_free, listeners
-from engine.spec import SERVER_MODULE, launch_command, launch_env
+from engine.ports import listeners
+from engine.spec import SERVER_MODULE
 from programs import cli
 from programs.a2r import main
 from programs.core.jsonl import RecordFile, RecordsError
+from programs.core.records import ProblemRecord
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,36 +36,6 @@ def write_problems(path: Path, problems: list[tuple[str, str]]) -> Path:
 def run_args(url: str, dataset: Path, output: Path, *extra: str) -> list[str]:
     return ["--n", "2", "--dataset", str(dataset), "--explorer-url", url, "--output", str(output),
             "--explorer-max-tokens", "24", "--synthesizer-max-tokens", "24", *extra]  # fmt: skip
-
-
-def test_an_engine_that_did_not_bind_its_port_is_not_used(cpu_engine, tmp_path):
-    """Two runs on one port: the second engine fails to bind, and the first one's answers must not pass
-    for its own."""
-    taken = cpu_engine.explorer  # a running engine already answers on this port
-    spec = plan(EngineConfig(explorer_model=taken.model, port=taken.port), device="cpu").explorer
-    log = tmp_path / "second.log"
-    with log.open("ab") as sink:
-        process = subprocess.Popen(
-            launch_command(spec), env=launch_env(spec), stdout=sink, stderr=subprocess.STDOUT
-        )
-    try:
-        # It fails to bind and then exits, or is caught while the other engine answers for it: never used.
-        with pytest.raises(EngineError, match=f"port {spec.port} (is answered by another process|.*exited)"):
-            wait_ready(spec, process, log, timeout=300)
-    finally:
-        process.kill()
-        process.wait()
-
-
-def test_without_a_port_engines_get_free_ones():
-    first = plan(EngineConfig(explorer_model="/m/a", synthesizer_model="/m/b"), device="cpu")
-    second = plan(EngineConfig(explorer_model="/m/a", synthesizer_model="/m/b"), device="cpu")
-    ports = {first.explorer.port, first.synthesizer.port}
-    assert len(ports) == 2 and 30000 not in ports and ports != {second.explorer.port, second.synthesizer.port}
-    for port in ports:
-        check_port_free("127.0.0.1", port)
-    given = plan(EngineConfig(explorer_model="/m/a", synthesizer_model="/m/b", port=31000), device="cpu")
-    assert (given.explorer.port, given.synthesizer.port) == (31000, 31001)
 
 
 def engine_processes(port: int) -> list[psutil.Process]:
@@ -220,25 +189,6 @@ def test_a_problem_too_long_for_the_context_fails_alone(cpu_engine, tmp_path, ca
     assert len(lines) == 4 and json.loads(lines[-1])["id"] == "p1"
 
 
-def test_tethered_engine_pid_is_the_server(tmp_path):
-    """The tether execs the server in place, so the process we hold is the one that binds the port."""
-    marker = tmp_path / "pid"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "engine.tether",
-            str(os.getpid()),
-            sys.executable,
-            "-c",
-            f"import os; open({str(marker)!r}, 'w').write(str(os.getpid()))",
-        ],
-        cwd=REPO,
-    )
-    assert process.wait(timeout=60) == 0
-    assert int(marker.read_text()) == process.pid
-
-
 BUDGETS = ["--explorer-max-tokens", "48", "--synthesizer-max-tokens", "48"]
 ENTRY_POINTS = {  # module, its own flags, and a file that shows it is well under way once it is written
     "programs.a2r": (["--n", "2", "--max-in-flight", "1", *BUDGETS], "run/records.jsonl"),
@@ -319,25 +269,6 @@ def test_a_server_without_v1_models_is_one_line(tmp_path, capsys):
     assert "Traceback" not in out
 
 
-def test_a_stale_engine_of_the_run_folder_is_stopped_and_nothing_else_is(tmp_path):
-    def sleeper(*tag: str) -> subprocess.Popen:
-        code = "import time; time.sleep(600)"
-        return subprocess.Popen([sys.executable, "-c", code, *tag], start_new_session=True)
-
-    stale, unrelated = sleeper(SERVER_MODULE), sleeper("something-else")
-    try:
-        for process, name in ((stale, "explorer.pid"), (unrelated, "synthesizer.pid")):
-            (tmp_path / name).write_text(f"{process.pid}\n")
-            stop_stale(tmp_path / name)
-        assert stale.poll() is not None  # stopped (and reaped by the stop, which waits for it)
-        assert unrelated.poll() is None  # a recycled pid of another program is never touched
-        assert not list(tmp_path.glob("*.pid"))
-    finally:
-        for process in (stale, unrelated):
-            process.kill()
-            process.wait()
-
-
 def test_default_run_folders_differ_by_question_and_keep_shipped_names():
     assert cli.default_output(None, 4, question="What is 2 + 2?") == cli.default_output(
         None, 4, question="What is 2 + 2?"
@@ -347,3 +278,23 @@ def test_default_run_folders_differ_by_question_and_keep_shipped_names():
     )
     assert cli.default_output("aime24", 4) == Path("runs/aime24-n4")  # old run folders of shipped sets resume
     assert cli.default_output("aime24", 4, kind="throughput") == Path("runs/throughput-aime24-n4")
+
+
+def test_a2r_with_a_stop_and_the_confidence_filter_end_to_end(cpu_engine, tmp_path):
+    run = tmp_path / "run"
+    argv = ["--n", "4", "--dataset", "chain:3:4", "--explorer-url", cpu_engine.explorer.base_url,
+            "--output", str(run), "--stop", "first:3", "--keep-confident", "0.5",
+            "--explorer-max-tokens", "512", "--synthesizer-max-tokens", "160"]  # fmt: skip
+    assert main(argv) == 0
+    for line in (run / "records.jsonl").read_text().splitlines():
+        record = ProblemRecord.from_json(json.loads(line))
+        assert record.config["stop"] == "first:3" and record.config["keep_confident"] == 0.5
+        assert [p.stopped_by for p in record.paths].count("first:3") == 1
+        assert all(p.confidence is not None for p in record.paths)
+        kept = [i for i, p in enumerate(record.paths) if p.kept]
+        assert len(kept) == 2  # 3 finished, the more confident half (rounded up) of them kept
+        finished = [p for p in record.paths if p.stopped_by is None]
+        dropped = [p.confidence for p in finished if not p.kept]
+        assert len(dropped) == 1 and dropped[0] <= min(p.confidence for p in finished if p.kept)
+        assert sorted(record.synthesizer.reference_order) == kept
+        assert record.synthesizer.prompt.count("<reference") == 2

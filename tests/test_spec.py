@@ -13,7 +13,7 @@ from engine.launch import serve, server_info
 from engine.layout import EngineConfig, plan
 from engine.spec import PRIORITY_FLAGS, ServerArgsError, check_server_args, launch_command
 from programs import planning
-from programs.a2r import parse_args
+from programs.a2r import main, parse_args
 from programs.datasets import load_problems
 from programs.engine_handle import EngineHandle
 from programs.offline.model import OfflineModels
@@ -75,27 +75,18 @@ def test_the_runs_configuration_records_what_each_engine_was_given(tmp_path, mon
     assert config.to_dict()["extra"]["server_args"]["explorer"] == FP8_KV.split()
 
 
-def test_a_wrong_flag_stops_the_command_before_any_engine_starts(tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "programs.a2r",
-            "--question",
-            "1 + 1?",
-            "--output",
-            str(tmp_path / "run"),
-            "--explorer-server-args=--no-such-sglang-flag",
-        ],  # a lone flag as a value needs the = form
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode != 0
-    assert (
-        "--explorer-server-args: SGLang's server does not know --no-such-sglang-flag"
-        in done.stdout + done.stderr
-    )
+def test_a_wrong_flag_stops_the_command_before_any_engine_starts(tmp_path, capsys):
+    # The = form: a lone flag as a value.
+    argv = [
+        "--question",
+        "1 + 1?",
+        "--output",
+        str(tmp_path / "run"),
+        "--explorer-server-args=--no-such-sglang-flag",
+    ]
+    assert main(argv) != 0
+    out = capsys.readouterr()
+    assert "--explorer-server-args: SGLang's server does not know --no-such-sglang-flag" in out.out + out.err
     assert not (tmp_path / "run" / "logs").exists()  # no engine was started
 
 

@@ -1,22 +1,17 @@
-"""Engine planning and launch commands: the GPU layouts cannot run here, so their arguments are checked."""
+"""Engine planning (engine.layout) and the launch commands it gives: the GPU layouts cannot run here, so their
+arguments are checked."""
 
 import os
-import re
-import subprocess
-import sys
-import threading
-import time
 
 import pytest
 
-from engine import launch
-from engine.launch import context_length, startup_phase, wait_ready
+from engine.launch import context_length
 from engine.layout import EngineConfig, plan
+from engine.ports import check_port_free
 from engine.spec import (
     CPU_KERNEL_DIR,
     CPU_READY_TIMEOUT_S,
     READY_TIMEOUT_S,
-    EngineError,
     EngineSpec,
     launch_command,
     launch_env,
@@ -221,38 +216,6 @@ def test_an_attention_backend_can_be_chosen():
     assert {flags(launch_command(s))["--attention-backend"] for s in engines.to_launch} == {"triton"}
 
 
-def test_the_start_up_phase_is_the_furthest_the_servers_log_has_reached(tmp_path):
-    log = tmp_path / "e.log"
-    assert startup_phase(log) == "starting"
-    log.write_text("[2026] server_args=ServerArgs(model_path='m', ...)\n  warnings.warn(\n")
-    assert startup_phase(log) == "starting its scheduler"
-    log.write_text(log.read_text() + "[2026] Load weight begin. avail mem=3.1 GB\nFetching 5 files:  40%|\r")
-    assert startup_phase(log) == "downloading weights"
-    log.write_text(log.read_text() + "[2026] Load weight end. elapsed=0.1 s\n  warnings.warn(\n")
-    assert startup_phase(log) == "allocating its KV cache"
-
-
-def test_waiting_for_an_engine_says_how_long_and_what_it_is_doing(tmp_path, monkeypatch, capsys, port):
-    monkeypatch.setattr(launch, "PROGRESS_EVERY_S", 0.2)
-    log = tmp_path / "e.log"
-    log.write_text("[2026] Load weight begin. avail mem=3.1 GB\n  warnings.warn(\n")
-    process = subprocess.Popen(["sleep", "30"])  # alive, answering nothing
-    try:
-        with pytest.raises(EngineError, match="not ready after 2 s"):
-            wait_ready(EngineSpec(model="org/model", port=port), process, log, timeout=2.0)
-    finally:
-        process.kill()
-        process.wait()
-    reports = [line for line in capsys.readouterr().err.splitlines() if line.startswith("starting")]
-    assert (
-        len(reports) >= 2
-    )  # the health route is polled every 0.5 s, each poll past 0.2 s since the last report
-    for report in reports:
-        assert re.fullmatch(
-            rf"starting org/model on port {port}: loading weights, \d+ s so far \(timeout 2 s\)", report
-        )
-
-
 def test_cpu_layout_splits_the_cores_this_process_may_use():
     engines = plan(EngineConfig(explorer_model="/m/a", synthesizer_model="/m/b"), device="cpu")
     allowed = os.sched_getaffinity(0)
@@ -266,57 +229,12 @@ def test_only_the_cpu_layout_places_the_frontend():
     assert one.frontend_cores == split.frontend_cores == ()
 
 
-def test_pinned_moves_every_thread_and_gives_the_cores_back():
-    before = os.sched_getaffinity(0)
-    if len(before) < 2:
-        pytest.skip("one core: pinning to it changes nothing that could be seen")
-    target = {max(before)}
-    seen: dict[str, set[int]] = {}
-    release = threading.Event()
-
-    def record(name: str) -> None:
-        seen[name] = os.sched_getaffinity(threading.get_native_id())
-        release.wait(10)
-        seen[f"{name} after"] = os.sched_getaffinity(threading.get_native_id())
-
-    older = threading.Thread(target=release.wait, args=(10,))
-    older.start()
-    with launch.pinned(tuple(target)):
-        assert os.sched_getaffinity(0) == target
-        assert os.sched_getaffinity(older.native_id) == target  # alive before the block: moved
-        newer = threading.Thread(target=record, args=("newer",))
-        newer.start()
-        while "newer" not in seen:
-            time.sleep(0.01)
-        assert seen["newer"] == target  # started inside: inherits
-    assert os.sched_getaffinity(older.native_id) == before
-    release.set()
-    newer.join()
-    older.join()
-    assert os.sched_getaffinity(0) == before and seen["newer after"] == before
-
-
-SLOW_TO_STOP = """
-import signal, sys, time
-def stopping(*_):
-    open(sys.argv[1], "a").write(f"term {sys.argv[2]}\\n")
-    time.sleep(2)
-    open(sys.argv[1], "a").write(f"exit {sys.argv[2]}\\n")
-    sys.exit(0)
-signal.signal(signal.SIGTERM, stopping)
-open(sys.argv[1], "a").write(f"up {sys.argv[2]}\\n")
-time.sleep(600)
-"""
-
-
-def test_servers_are_all_told_to_stop_before_any_is_waited_for(tmp_path):
-    events = tmp_path / "events"
-    processes = [
-        subprocess.Popen([sys.executable, "-c", SLOW_TO_STOP, str(events), name], start_new_session=True)
-        for name in ("explorer", "synthesizer")
-    ]
-    while not events.exists() or events.read_text().count("up ") < 2:
-        time.sleep(0.05)
-    launch.stop_all(processes)
-    kinds = [line.split()[0] for line in events.read_text().splitlines() if not line.startswith("up ")]
-    assert kinds == ["term", "term", "exit", "exit"] and all(p.returncode == 0 for p in processes)
+def test_without_a_port_engines_get_free_ones():
+    first = plan(EngineConfig(explorer_model="/m/a", synthesizer_model="/m/b"), device="cpu")
+    second = plan(EngineConfig(explorer_model="/m/a", synthesizer_model="/m/b"), device="cpu")
+    ports = {first.explorer.port, first.synthesizer.port}
+    assert len(ports) == 2 and 30000 not in ports and ports != {second.explorer.port, second.synthesizer.port}
+    for port in ports:
+        check_port_free("127.0.0.1", port)
+    given = plan(EngineConfig(explorer_model="/m/a", synthesizer_model="/m/b", port=31000), device="cpu")
+    assert (given.explorer.port, given.synthesizer.port) == (31000, 31001)

@@ -29,7 +29,7 @@ from engine.gpu import probe_gpu
 from engine.launch import known_context, server_info
 from engine.layout import EngineConfig, Engines, plan
 from programs.core.confidence import STREAM_INTERVAL
-from programs.core.config import RunConfig, SamplingConfig
+from programs.core.config import METHOD_FIELDS, RunConfig, SamplingConfig
 from programs.core.flags import add_dataclass_args, dataclass_from_args
 from programs.offline.model import OfflineModels, offline_models
 from programs.profile import OFFLINE, PROFILES, Profile, choose_profile, default_models
@@ -79,8 +79,10 @@ def add_engine_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
     )
 
 
-def add_run_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """Sampling (both roles), per-role token budgets and the A2R run's own flags, from their dataclasses."""
+def add_run_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), methods: bool = False) -> None:
+    """Sampling (both roles), per-role token budgets and the A2R run's own flags, from their dataclasses;
+    with `methods`, the synthesis methods' too (`--method`, `--syntheses`, `--rounds`, `--subset`), for entry
+    points whose synthesis stage runs them (`Pipeline.run`)."""
     group = parser.add_argument_group("sampling and run")
     add_dataclass_args(group, SamplingConfig, skip=("max_tokens", "ignore_eos"))
     for role in ROLES:
@@ -88,7 +90,8 @@ def add_run_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
             group.add_argument(
                 f"--{role}-max-tokens", type=int, help=f"{role} token budget (default: the profile's)"
             )
-    add_dataclass_args(group, RunConfig, skip=RUN_FLAGS_NOT_ON_THE_COMMAND_LINE + skip)
+    unused = () if methods else METHOD_FIELDS
+    add_dataclass_args(group, RunConfig, skip=RUN_FLAGS_NOT_ON_THE_COMMAND_LINE + skip + unused)
 
 
 def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:

@@ -1,4 +1,4 @@
-"""Recursive aggregation in the manner of RSA (Venkatraman et al., 2025), on A2R's engines and template.
+"""Recursive aggregation in the manner of RSA (recursive self-aggregation), on A2R's engines and template.
 
 The explorer's N answer parts are the first population. Each of T rounds makes a new population of N: member
 i aggregates K members of the last one, drawn at random, with the synthesizer's template and model, and its

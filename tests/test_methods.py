@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from programs.core.config import RunConfig, SamplingConfig
 from programs.core.metrics import majority_vote
 from programs.core.prompts import format_references
 from programs.core.records import PathRecord, Problem, ProblemRecord, SynthesisRecord, usage
+from programs.engine_handle import EngineHandle
+from programs.pipeline import Pipeline
 from programs.rsa import subsets
 
 REPO = Path(__file__).resolve().parent.parent
@@ -223,3 +226,18 @@ def test_a_rerun_resumes_and_another_method_is_refused(runs):
     assert other.returncode == 2 and "another configuration (rounds: 2 -> 1)" in other.stdout, other.stdout
     other = typed(VOTED.replace("--syntheses 3", "--syntheses 2"), folder)
     assert other.returncode == 2 and "another configuration (syntheses: 3 -> 2)" in other.stdout, other.stdout
+
+
+def test_rsa_rounds_run_in_the_synthesis_stage_while_later_problems_explore(cpu_engine):
+    handle = EngineHandle.attach(cpu_engine.explorer)
+    short = SamplingConfig(max_tokens=24)
+    rsa = RunConfig(2, short, short, "tiny", "tiny", method="rsa", rounds=2, subset=1)
+    problems = [
+        Problem(str(i), f"Problem {uuid.uuid4().hex}: what is {i} + 30?", str(i + 30)) for i in range(3)
+    ]
+    done: list[ProblemRecord] = []
+    Pipeline(rsa, handle, handle).run(problems, done.append, slots=(1, 1))  # one problem in each stage
+    timings = {r.id: r.timings for r in done}
+    # Problem 0's rounds began before problem 2 had finished exploring: no stage waits for the dataset.
+    assert timings["0"]["synthesis_started_at"] < timings["2"]["explored_at"]
+    assert all([s.round for s in r.syntheses] == [1, 1, 2, 2] for r in done)

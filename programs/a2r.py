@@ -49,7 +49,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     source.add_argument("--question", help="one question instead of a dataset")
     run.add_argument("--limit", type=int, help="only the first LIMIT problems")
-    run.add_argument("--output", type=Path, help="run folder (default: runs/<dataset>-n<N>)")
+    run.add_argument(
+        "--output",
+        type=Path,
+        help="run folder (default: runs/[<method>-]<dataset>-n<N>, e.g. runs/rsa-t2-k2-chain-n4)",
+    )
     run.add_argument(
         "--retry-failed", action="store_true", help="solve again the problems whose records say they failed"
     )

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-from engine.endpoint import synthesis_id
+from engine.endpoint import synthesis_id, synthesis_ids
 from engine.gateway import WorkerLost
 from programs.chunked import Chunking
 from programs.core.config import RunConfig
@@ -113,24 +113,29 @@ class Pipeline:
             )
         return replace(record, reference_order=[kept[j] for j in record.reference_order])
 
-    def answer(self, problem: Problem, paths: list[PathRecord]) -> list[SynthesisRecord]:
+    def answer(
+        self, problem: Problem, paths: list[PathRecord], batch: str | None = None, stop: tuple[str, ...] = ()
+    ) -> list[SynthesisRecord]:
         """Every synthesizer call the run's method makes over `paths`, for `ProblemRecord.build` to vote
         over: A2R's one synthesis, or its `syntheses` forked from one prompt (seeded as the problem's paths
-        N to N + M - 1), or RSA's rounds (`programs.rsa`)."""
+        N to N + M - 1, their engine requests the syntheses of `batch`, ended at any of the `stop` strings),
+        or RSA's rounds (`programs.rsa`)."""
         assert self.synthesizer is not None
         cfg = self.config
         if cfg.method == "rsa":  # every path is kept: RunConfig refuses what would drop one
             with self.synthesizer_lost():
                 return run_rounds(self.synthesizer, problem, [p.answer_part for p in paths], cfg)
         if cfg.syntheses == 1:
-            return [self.synthesize(problem, paths)]
+            return [self.synthesize(problem, paths, batch=batch, stop=stop)]
         if unanimous := self.unanimous(paths):
             return [unanimous]
         kept = [i for i, p in enumerate(paths) if p.kept]
         seeds = [cfg.path_seed(problem.id, cfg.n + m) for m in range(cfg.syntheses)]
+        parts = [paths[i].answer_part for i in kept]
+        rids = synthesis_ids(cfg.syntheses, batch) if batch else None
         with self.synthesizer_lost():
             samples = run_syntheses(
-                self.synthesizer, problem.problem, [paths[i].answer_part for i in kept], cfg, seeds
+                self.synthesizer, problem.problem, parts, cfg, seeds, rids=rids, stop=stop
             )
         return [replace(s, reference_order=[kept[j] for j in s.reference_order]) for s in samples]
 

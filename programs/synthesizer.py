@@ -32,13 +32,15 @@ def synthesize(s, prompt: str, sampling: dict, seed: int, rid: str | None):
 
 
 @sgl.function
-def synthesize_samples(s, prompt: str, sampling: dict, seeds: list[int]):
+def synthesize_samples(s, prompt: str, sampling: dict, seeds: list[int], rids: list[str] | None):
     s.set_var(PRIORITY_VAR, SYNTHESIS_PRIORITY)
     s += prompt
     s.text()  # the prompt applied, so fork() prefills it once and every sample is served from the cache
     samples = s.fork(len(seeds))
-    for sample, seed in zip(samples, seeds, strict=True):
+    for m, (sample, seed) in enumerate(zip(samples, seeds, strict=True)):
         sample.set_var(SEED_VAR, seed)
+        if rids is not None:
+            sample.set_var(RID_VAR, rids[m])
         sample += sgl.gen("synthesis", **sampling)
     try:
         replies = [
@@ -145,13 +147,22 @@ def run_synthesizer(
 
 
 def run_syntheses(
-    handle: EngineHandle, query: str, answer_parts: list[str], config: RunConfig, seeds: list[int]
+    handle: EngineHandle,
+    query: str,
+    answer_parts: list[str],
+    config: RunConfig,
+    seeds: list[int],
+    *,
+    rids: list[str] | None = None,
+    stop: tuple[str, ...] = (),
 ) -> list[SynthesisRecord]:
-    """One synthesis per seed over the same `answer_parts`, in one prompt (its reference order the first
-    seed's) forked into the samples, so the engine prefills it once: each sample's `cached_tokens` says so."""
+    """One synthesis per seed over the same `answer_parts`, as engine requests `rids`, each ending at any of
+    the `stop` strings: one prompt (its reference order the first seed's) forked into the samples, so the
+    engine prefills it once, as each sample's `cached_tokens` says."""
     prompt, order, trimmed = synthesis_prompt(handle, query, answer_parts, config, seeds[0])
+    gen = {**config.synthesizer.gen_kwargs(), **({"stop": list(stop)} if stop else {})}
     state = synthesize_samples.run(
-        prompt=prompt, sampling=config.synthesizer.gen_kwargs(), seeds=seeds, backend=handle.backend
+        prompt=prompt, sampling=gen, seeds=seeds, rids=rids, backend=handle.backend
     )
     if state.error() is not None:
         raise RuntimeError(f"the synthesizer failed: {state.error()}")

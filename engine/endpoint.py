@@ -75,6 +75,11 @@ def synthesis_id(batch: str) -> str:
     return f"a2r-{batch}-s{RID_END}"
 
 
+def synthesis_ids(count: int, batch: str) -> list[str]:
+    """The ids of `count` syntheses of `batch` sampled together (`--syntheses M`)."""
+    return [f"a2r-{batch}-s{m}{RID_END}" for m in range(count)]
+
+
 class DpRanks:
     """One data-parallel replica per prompt, taken in turn, the same one whenever that prompt comes again."""
 

@@ -3,6 +3,8 @@
     python -m programs.a2r --n 4                                   # GPU: the paper profile's models on aime24
     python -m programs.a2r --n 4 --dataset aime25 --limit 5
     python -m programs.a2r --n 8 --question "What is 17 * 23?"
+    python -m programs.a2r --n 4 --syntheses 3                     # the vote of 3 syntheses (docs/arena.md)
+    python -m programs.a2r --n 4 --method rsa --rounds 2 --subset 2  # recursive aggregation (docs/arena.md)
 
 With no GPU it runs on the CPU with the project's offline pair, a small explorer and a larger synthesizer on
 two engines pinned to their own cores (`--one-model`: the explorer alone), on the arithmetic chains they
@@ -25,7 +27,7 @@ from engine.launch import EngineError, serve
 from engine.layout import Engines
 from programs import cli, planning
 from programs.cli import console
-from programs.core.config import RunConfig
+from programs.core.config import RunConfig, check_method
 from programs.core.jsonl import RecordFile, RecordsError
 from programs.core.records import Problem, ProblemRecord
 from programs.datasets import DatasetError, load_problems, question_problem
@@ -47,7 +49,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     source.add_argument("--question", help="one question instead of a dataset")
     run.add_argument("--limit", type=int, help="only the first LIMIT problems")
-    run.add_argument("--output", type=Path, help="run folder (default: runs/<dataset>-n<N>)")
+    run.add_argument(
+        "--output",
+        type=Path,
+        help="run folder (default: runs/[<method>-]<dataset>-n<N>, e.g. runs/rsa-t2-k2-chain-n4)",
+    )
     run.add_argument(
         "--retry-failed", action="store_true", help="solve again the problems whose records say they failed"
     )
@@ -55,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-in-flight", type=int, help="cap on problems explored at once (default: from KV pool)"
     )
     cli.add_engine_args(parser)
-    cli.add_run_args(parser)
+    cli.add_run_args(parser, methods=True)
     args = parser.parse_args(argv)
     cli.check_positive(parser, args, "n", "max_in_flight")
     if args.question is not None and not args.question.strip():
@@ -69,11 +75,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     with cli.refusing(DatasetError, RecordsError, ValueError):
+        check_method(args.n, args.synthesize, args.method, args.syntheses, args.rounds, args.subset)
         profile, device = planning.profile_for(args)
         dataset = None if args.question else args.dataset or profile.datasets[0]
         problems = [question_problem(args.question)] if args.question else load_problems(dataset, args.limit)
         engines, config = planning.plan_run(args, profile, device)
-        output = args.output or cli.default_output(dataset, args.n, question=args.question)
+        output = args.output or cli.default_output(dataset, args.n, run_kind(config), args.question)
         records = RecordFile(output, config.to_dict(), console)
         records.check_problems((p.id, p) for p in problems)
     todo = [p for p in problems if p.id not in records or (args.retry_failed and records.failed(p.id))]
@@ -110,6 +117,13 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"explorer: {tokens:,.0f} tokens per problem, probes included")
     console.print(escape(f"records: {records.path}\nsummary: {output / 'summary.json'}"))
     return 1 if summary["failed"] else 0
+
+
+def run_kind(config: RunConfig) -> str:
+    """The run folder's prefix for a method other than the paper's one synthesis (`runs/rsa-t2-k2-chain-n4`)."""
+    if config.method == "rsa":
+        return f"rsa-t{config.rounds}-k{config.subset}"
+    return f"a2r-m{config.syntheses}" if config.syntheses > 1 else ""
 
 
 def solve(

@@ -61,6 +61,7 @@ A2R_KNOBS = (
     "keep_confident",
     "online_confidence",
     "force_answer",
+    "syntheses",
     "return_references",
 )
 
@@ -267,6 +268,7 @@ def configure(base: RunConfig, body: dict[str, Any], knobs: dict[str, Any], synt
         "keep_confident": number(knobs, "keep_confident", float, 0, 1, "a2r.keep_confident"),
         "online_confidence": number(knobs, "online_confidence", float, 0, 1, "a2r.online_confidence"),
         "force_answer": number(knobs, "force_answer", int, 1, 1 << 20, "a2r.force_answer"),
+        "syntheses": number(knobs, "syntheses", int, 1, MAX_N, "a2r.syntheses"),
     }
     stop = knobs.get("stop")
     if stop is not None and not isinstance(stop, str):
@@ -335,6 +337,7 @@ def usage(record: ProblemRecord) -> dict[str, Any]:
         "probe_tokens": used.explorer_probe_tokens,  # asking running paths for their answers
     }
     synthesizer = {
+        "calls": used.syntheses,  # a2r.syntheses samples them, each counted
         "prompt_tokens": used.synthesizer_prompt_tokens,
         "completion_tokens": used.synthesizer_completion_tokens,
         "cached_tokens": used.synthesizer_cached_tokens,
@@ -352,7 +355,8 @@ def usage(record: ProblemRecord) -> dict[str, Any]:
 
 
 def references(record: ProblemRecord) -> dict[str, Any]:
-    """What `a2r.return_references` adds: each path's answer and the self-consistency answer."""
+    """What `a2r.return_references` adds: each path's answer, the self-consistency answer and, when
+    `a2r.syntheses` sampled several, each synthesis's answer (the reply is the first that gave their vote)."""
     paths = [
         {
             "answer": p.answer,
@@ -366,7 +370,8 @@ def references(record: ProblemRecord) -> dict[str, Any]:
         }
         for p in record.paths
     ]
-    return {"paths": paths, "self_consistency": record.self_consistency["answer"]}
+    syntheses = {"syntheses": [s.answer for s in record.syntheses]} if record.syntheses else {}
+    return {"paths": paths, "self_consistency": record.self_consistency["answer"], **syntheses}
 
 
 def answer_text(record: ProblemRecord, model: str) -> tuple[str, str | None]:

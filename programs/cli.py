@@ -26,7 +26,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from engine.layout import EngineConfig
-from programs.core.config import RunConfig, SamplingConfig
+from programs.core.config import METHOD_FIELDS, RunConfig, SamplingConfig
 from programs.core.flags import add_dataclass_args
 from programs.profile import PROFILES
 
@@ -78,8 +78,10 @@ def add_engine_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
     )
 
 
-def add_run_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """Sampling (both roles), per-role token budgets and the A2R run's own flags, from their dataclasses."""
+def add_run_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), methods: bool = False) -> None:
+    """Sampling (both roles), per-role token budgets and the A2R run's own flags, from their dataclasses;
+    with `methods`, the synthesis methods' too (`--method`, `--syntheses`, `--rounds`, `--subset`), for entry
+    points whose synthesis stage runs them (`Pipeline.run`)."""
     group = parser.add_argument_group("sampling and run")
     add_dataclass_args(group, SamplingConfig, skip=("max_tokens", "ignore_eos"))
     for role in ROLES:
@@ -87,7 +89,8 @@ def add_run_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
             group.add_argument(
                 f"--{role}-max-tokens", type=int, help=f"{role} token budget (default: the profile's)"
             )
-    add_dataclass_args(group, RunConfig, skip=RUN_FLAGS_NOT_ON_THE_COMMAND_LINE + skip)
+    unused = () if methods else METHOD_FIELDS
+    add_dataclass_args(group, RunConfig, skip=RUN_FLAGS_NOT_ON_THE_COMMAND_LINE + skip + unused)
 
 
 def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:

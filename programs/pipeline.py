@@ -1,17 +1,18 @@
 """A2R over a stream of problems: explore N paths (fork/join), synthesize over their answer parts, record.
 
-Each problem's synthesis starts the moment its own N paths are done, while later problems are still being
-explored (`programs.executor`). The explorer keeps as many problems in flight as its KV pool (the size the
+Each problem's synthesis (or its M syntheses, or its RSA rounds: `Pipeline.answer`) starts the moment its own
+N paths are done, while later problems are still being explored (`programs.executor`). The explorer keeps as many problems in flight as its KV pool (the size the
 engine reports) holds at the expected path length.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
-from engine.endpoint import synthesis_id
+from engine.endpoint import synthesis_id, synthesis_ids
 from engine.gateway import WorkerLost
 from programs.chunked import Chunking
 from programs.core.config import RunConfig
@@ -21,7 +22,8 @@ from programs.core.stopping import most_confident
 from programs.engine_handle import MAX_IN_FLIGHT, EngineHandle, UnservableProblem
 from programs.executor import TwoStageExecutor
 from programs.explorer import run_explorer
-from programs.synthesizer import run_synthesizer
+from programs.rsa import run_rounds
+from programs.synthesizer import run_syntheses, run_synthesizer
 
 EXPECTED_LENGTH_SHARE = 0.6  # paths average ~0.57 of a 32k budget in the paper's Table 4
 
@@ -32,10 +34,13 @@ def stage_slots(
     synthesizer: EngineHandle | None,
     max_in_flight: int | None = None,
 ) -> tuple[int, int]:
-    """Problems explored and synthesized at once: what each engine's KV pool holds at the expected length."""
+    """Problems explored and synthesized at once: what each engine's KV pool holds at the expected length (a
+    problem's synthesis stage holds `synthesis_width` requests at once)."""
     expected = math.ceil(config.n * EXPECTED_LENGTH_SHARE * config.explorer.max_tokens)
     explore = min(explorer.in_flight(expected), max_in_flight or MAX_IN_FLIGHT)
-    return explore, synthesizer.in_flight(config.synthesizer.max_tokens) if synthesizer else 1
+    if synthesizer is None:
+        return explore, 1
+    return explore, synthesizer.in_flight(config.synthesis_width * config.synthesizer.max_tokens)
 
 
 class Pipeline:
@@ -97,19 +102,60 @@ class Pipeline:
         assert self.synthesizer is not None
         cfg = self.config
         kept = [i for i, p in enumerate(paths) if p.kept]
-        votes = answer_groups([paths[i].answer for i in kept])
-        if cfg.skip_synthesis_if_unanimous and len(votes) == 1 and len(votes[0]) == len(kept):
-            return SynthesisRecord.unanimous(votes[0][0], kept)
+        if unanimous := self.unanimous(paths):
+            return unanimous
         seed = cfg.path_seed(problem.id, cfg.n) if seed is None else seed
         parts = [paths[i].answer_part for i in kept]
         rid = synthesis_id(batch) if batch else None
-        try:
+        with self.synthesizer_lost():
             record = run_synthesizer(
                 self.synthesizer, problem.problem, parts, cfg, seed=seed, rid=rid, on_text=on_text, stop=stop
             )
+        return replace(record, reference_order=[kept[j] for j in record.reference_order])
+
+    def answer(
+        self, problem: Problem, paths: list[PathRecord], batch: str | None = None, stop: tuple[str, ...] = ()
+    ) -> list[SynthesisRecord]:
+        """Every synthesizer call the run's method makes over `paths`, for `ProblemRecord.build` to vote
+        over: A2R's one synthesis, or its `syntheses` forked from one prompt (seeded as the problem's paths
+        N to N + M - 1, their engine requests the syntheses of `batch`, ended at any of the `stop` strings),
+        or RSA's rounds (`programs.rsa`)."""
+        assert self.synthesizer is not None
+        cfg = self.config
+        if cfg.method == "rsa":  # every path is kept: RunConfig refuses what would drop one
+            with self.synthesizer_lost():
+                return run_rounds(self.synthesizer, problem, [p.answer_part for p in paths], cfg)
+        if cfg.syntheses == 1:
+            return [self.synthesize(problem, paths, batch=batch, stop=stop)]
+        if unanimous := self.unanimous(paths):
+            return [unanimous]
+        kept = [i for i, p in enumerate(paths) if p.kept]
+        seeds = [cfg.path_seed(problem.id, cfg.n + m) for m in range(cfg.syntheses)]
+        parts = [paths[i].answer_part for i in kept]
+        rids = synthesis_ids(cfg.syntheses, batch) if batch else None
+        with self.synthesizer_lost():
+            samples = run_syntheses(
+                self.synthesizer, problem.problem, parts, cfg, seeds, rids=rids, stop=stop
+            )
+        return [replace(s, reference_order=[kept[j] for j in s.reference_order]) for s in samples]
+
+    def unanimous(self, paths: list[PathRecord]) -> SynthesisRecord | None:
+        """With `skip_synthesis_if_unanimous`, the answer every kept path gave, as a synthesis not made."""
+        kept = [i for i, p in enumerate(paths) if p.kept]
+        votes = answer_groups([paths[i].answer for i in kept])
+        if self.config.skip_synthesis_if_unanimous and len(votes) == 1 and len(votes[0]) == len(kept):
+            return SynthesisRecord.unanimous(votes[0][0], kept)
+        return None
+
+    @contextmanager
+    def synthesizer_lost(self) -> Iterator[None]:
+        """A synthesizer request's failure, as the backend names it (a worker lost behind a gateway fails
+        its problem alone)."""
+        assert self.synthesizer is not None
+        try:
+            yield
         except RuntimeError as exc:
             raise self.synthesizer.backend.lost(exc) from exc
-        return replace(record, reference_order=[kept[j] for j in record.reference_order])
 
     def run(
         self,
@@ -130,7 +176,7 @@ class Pipeline:
         config = self.config.to_dict()
 
         def syntheses(problem: Problem, paths: list[PathRecord]) -> list[Callable[[], SynthesisRecord]]:
-            return [lambda: self.synthesize(problem, paths)] if self.config.synthesize else []
+            return [lambda: self.answer(problem, paths)] if self.config.synthesize else []
 
         def finished(
             problem: Problem, paths: list[PathRecord], done: list, timings: dict[str, float]

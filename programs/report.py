@@ -1,4 +1,4 @@
-"""What a run's records add up to: accuracy (Pass@1, Cons@N, Pass@N, A2R@N), tokens and time, as data.
+"""What a run's records add up to: accuracy (Pass@1, Cons@N, Pass@N, A2R@N or RSA@N), tokens and time, as data.
 
 The summary is computed from records alone, so it can be rebuilt from any run folder.
 """
@@ -11,6 +11,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from programs.core.config import method_of
 from programs.core.metrics import aggregate, score_problem
 from programs.core.records import STAGES, ProblemRecord, usage
 
@@ -26,7 +27,8 @@ def accuracy(records: Sequence[ProblemRecord]) -> dict[str, float | int] | None:
         n = len(record.paths)
         score = score_problem(record.gold, [p.vote for p in record.paths], n)
         if record.synthesizer is not None:
-            score = score.with_metric(f"a2r@{n}", float(bool(record.synthesizer.correct)))
+            name = f"{method_of(record.config)}@{n}"  # the method's final answer: a2r@N, rsa@N
+            score = score.with_metric(name, float(bool(record.synthesizer.correct)))
         scores.append(score)
     return aggregate(scores).as_dict()
 
@@ -58,6 +60,8 @@ def run_summary(records: Sequence[ProblemRecord], config: dict[str, Any]) -> dic
             "answer_part_fallbacks": used.answer_part_fallbacks,
         },
         "synthesizer": {
+            "calls_per_problem": mean(used.syntheses, len(solved)),  # M syntheses, or RSA's T x N
+            "tokens_per_problem": mean(used.synthesizer_completion_tokens, len(solved)),
             "mean_prompt_tokens": mean(used.synthesizer_prompt_tokens, used.syntheses),
             "mean_completion_tokens": mean(used.synthesizer_completion_tokens, used.syntheses),
             "trimmed_prompts": used.trimmed_prompts,
@@ -78,21 +82,32 @@ def progress_line(records: Sequence[ProblemRecord], elapsed: float) -> str:
 
 def run_table(summary: dict[str, Any]) -> Table:
     """A2R against self-consistency on this run, with the explorer's own single-sample and any-of-N rates."""
-    n = summary["config"]["n"]
-    table = Table(title=f"A2R vs self-consistency, N={n}, {summary['problems']} problems")
+    config = summary["config"]
+    n, method = config["n"], method_of(config)
+    table = Table(title=f"{method.upper()} vs self-consistency, N={n}, {summary['problems']} problems")
     table.add_column("method")
     table.add_column("accuracy %", justify="right")
     acc = summary["accuracy"]
     rows = [
         ("Pass@1 (one explorer sample)", "pass@1"),
         (f"Cons@{n} (self-consistency)", f"cons@{n}"),
-        (f"A2R@{n} (synthesizer)", f"a2r@{n}"),
+        (f"{method.upper()}@{n} ({synthesis_label(config)})", f"{method}@{n}"),
         (f"Pass@{n} (explorer upper bound)", f"pass@{n}"),
     ]
     for label, key in rows:
         value = acc.get(key) if acc else None
         table.add_row(label, "-" if value is None else f"{value:.2f}")
     return table
+
+
+def synthesis_label(config: dict[str, Any]) -> str:
+    """How a run's final answer was made, from its configuration (`RunConfig.to_dict()`)."""
+    if method_of(config) == "rsa":
+        return (
+            f"vote of the last of {config['rounds']} rounds, {config['subset']} of {config['n']} aggregated"
+        )
+    syntheses = config.get("syntheses", 1)
+    return f"vote of {syntheses} syntheses" if syntheses > 1 else "synthesizer"
 
 
 def question_table(record: ProblemRecord) -> Table:
@@ -106,7 +121,7 @@ def question_table(record: ProblemRecord) -> Table:
     table.add_row("self-consistency", Text(str(record.self_consistency["answer"])), "")
     if record.synthesizer:
         table.add_row(
-            "A2R (synthesizer)",
+            f"{method_of(record.config).upper()} ({synthesis_label(record.config)})",
             Text(str(record.synthesizer.answer)),
             str(record.synthesizer.completion_tokens),
         )

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from rich.markup import escape
 from starlette.exceptions import HTTPException
 
-from engine.endpoint import new_batch, request_ids, synthesis_id
+from engine.endpoint import new_batch, request_ids, synthesis_id, synthesis_ids
 from engine.launch import EngineError, get_json, log_tail, serve
 from programs import cli, planning
 from programs.chat_api import (
@@ -148,7 +148,8 @@ class Service:
         )
         config = request.config
         pipeline = Pipeline(config, self.explorer, self.synthesizer if config.synthesize else None)
-        on_text = (lambda piece: ticket.post("text", piece)) if request.stream and config.synthesize else None
+        streamed = request.stream and config.synthesize and config.syntheses == 1  # M: only the vote's reply
+        on_text = (lambda piece: ticket.post("text", piece)) if streamed else None
 
         def explore(problem: Problem) -> Any:
             if ticket.cancelled.is_set():
@@ -159,6 +160,8 @@ class Service:
             def synthesize() -> Any:
                 if ticket.cancelled.is_set():
                     raise Cancelled
+                if config.syntheses > 1:
+                    return pipeline.answer(problem, paths, batch=batch, stop=request.stop)
                 return pipeline.synthesize(problem, paths, batch=batch, on_text=on_text, stop=request.stop)
 
             return [synthesize] if config.synthesize else []
@@ -188,7 +191,11 @@ class Service:
         with contextlib.suppress(EngineError, OSError):  # an engine that is gone has nothing to abort
             for rid in request_ids(ticket.request.config.n, ticket.batch):
                 self.explorer.backend.abort(rid)
-            self.synthesizer.backend.abort(synthesis_id(ticket.batch))
+            for rid in [
+                synthesis_id(ticket.batch),
+                *synthesis_ids(ticket.request.config.syntheses, ticket.batch),
+            ]:
+                self.synthesizer.backend.abort(rid)
 
     def failure(self, error: Exception) -> ApiError:
         """What a stage's error means to the client; an engine's failure also logs its log's tail."""
@@ -276,7 +283,8 @@ async def stream(service: Service, ticket: Ticket) -> AsyncIterator[str]:
             elif kind == "done":
                 done, record = True, payload[0]
                 text, reason = answer_text(record, ticket.request.model)
-                if ticket.request.model == "a2r" and record.synthesizer.finish_reason != UNANIMOUS:
+                a2r = ticket.request.model == "a2r"
+                if a2r and record.synthesizer.finish_reason != UNANIMOUS and not record.syntheses:
                     rest = splitter.flush()
                 else:
                     rest = split_thinking(text)

@@ -2,7 +2,8 @@
 
 References that would overflow the synthesizer's context are trimmed from the front, keeping each one's
 end (where its conclusion and boxed answer are), and the trimming is recorded. A prompt the engine would
-reject is never sent.
+reject is never sent. Several syntheses over the same references (`--syntheses M`) are forked from one
+prefill of the prompt, as the explorer's paths are.
 """
 
 from __future__ import annotations
@@ -28,6 +29,28 @@ def synthesize(s, prompt: str, sampling: dict, seed: int, rid: str | None):
         s.set_var(RID_VAR, rid)
     s += prompt
     s += sgl.gen("synthesis", **sampling)
+
+
+@sgl.function
+def synthesize_samples(s, prompt: str, sampling: dict, seeds: list[int], rids: list[str] | None):
+    s.set_var(PRIORITY_VAR, SYNTHESIS_PRIORITY)
+    s += prompt
+    s.text()  # the prompt applied, so fork() prefills it once and every sample is served from the cache
+    samples = s.fork(len(seeds))
+    for m, (sample, seed) in enumerate(zip(samples, seeds, strict=True)):
+        sample.set_var(SEED_VAR, seed)
+        if rids is not None:
+            sample.set_var(RID_VAR, rids[m])
+        sample += sgl.gen("synthesis", **sampling)
+    try:
+        replies = [
+            (sample["synthesis"], sample.get_meta_info("synthesis"), sample.error()) for sample in samples
+        ]
+    finally:
+        samples.join()  # ends the samples' threads
+    if failed := next((error for _, _, error in replies if error is not None), None):
+        raise RuntimeError(f"the synthesizer failed: {failed}")
+    return [(text, meta) for text, meta, _ in replies]
 
 
 def reference_order(n: int, shuffle: bool, seed: int) -> list[int]:
@@ -109,12 +132,8 @@ def run_synthesizer(
     """Synthesize over `answer_parts` (in path order) with the run's synthesizer sampling and template, as
     engine request `rid`, ending at any of the `stop` strings; with `on_text`, streamed to it piece by piece
     as the engine decodes."""
-    sampling = config.synthesizer
-    order = reference_order(len(answer_parts), config.shuffle_references, seed)
-    budget = handle.context_length - sampling.max_tokens - 1
-    references = [answer_parts[i] for i in order]
-    prompt, trimmed = fit_references(handle.tokenizer, query, references, budget, config.thinking)
-    gen = {**sampling.gen_kwargs(), **({"stop": list(stop)} if stop else {})}
+    prompt, order, trimmed = synthesis_prompt(handle, query, answer_parts, config, seed)
+    gen = {**config.synthesizer.gen_kwargs(), **({"stop": list(stop)} if stop else {})}
     args = {"prompt": prompt, "sampling": gen, "seed": seed, "rid": rid}
     state = synthesize.run(**args, backend=handle.backend, stream=on_text is not None)
     if on_text is not None:
@@ -125,3 +144,38 @@ def run_synthesizer(
     return SynthesisRecord.from_engine(
         prompt, state["synthesis"], state.get_meta_info("synthesis"), order, trimmed
     )
+
+
+def run_syntheses(
+    handle: EngineHandle,
+    query: str,
+    answer_parts: list[str],
+    config: RunConfig,
+    seeds: list[int],
+    *,
+    rids: list[str] | None = None,
+    stop: tuple[str, ...] = (),
+) -> list[SynthesisRecord]:
+    """One synthesis per seed over the same `answer_parts`, as engine requests `rids`, each ending at any of
+    the `stop` strings: one prompt (its reference order the first seed's) forked into the samples, so the
+    engine prefills it once, as each sample's `cached_tokens` says."""
+    prompt, order, trimmed = synthesis_prompt(handle, query, answer_parts, config, seeds[0])
+    gen = {**config.synthesizer.gen_kwargs(), **({"stop": list(stop)} if stop else {})}
+    state = synthesize_samples.run(
+        prompt=prompt, sampling=gen, seeds=seeds, rids=rids, backend=handle.backend
+    )
+    if state.error() is not None:
+        raise RuntimeError(f"the synthesizer failed: {state.error()}")
+    return [SynthesisRecord.from_engine(prompt, text, meta, order, trimmed) for text, meta in state.ret_value]
+
+
+def synthesis_prompt(
+    handle: EngineHandle, query: str, answer_parts: list[str], config: RunConfig, seed: int
+) -> tuple[str, list[int], list[int]]:
+    """The synthesizer's prompt over `answer_parts`, the path index of each reference in it (shuffled by
+    `seed` if the run shuffles) and the positions trimmed to fit the context beside the budget."""
+    order = reference_order(len(answer_parts), config.shuffle_references, seed)
+    budget = handle.context_length - config.synthesizer.max_tokens - 1
+    references = [answer_parts[i] for i in order]
+    prompt, trimmed = fit_references(handle.tokenizer, query, references, budget, config.thinking)
+    return prompt, order, trimmed

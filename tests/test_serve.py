@@ -29,6 +29,8 @@ from engine.ports import free_port
 from programs import planning
 from programs.chat_api import ApiError, ChatRequest
 from programs.core.config import RunConfig, SamplingConfig
+from programs.core.grading import extract_boxed
+from programs.core.metrics import majority_vote
 from programs.core.records import UNANIMOUS
 from programs.engine_handle import EngineHandle
 from programs.http_server import HEADER_TIMEOUT_S, http_server
@@ -100,6 +102,17 @@ def test_a2r_answers_with_the_synthesis_and_usage_adds_up_to_the_engines_counts(
     )
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert stages["synthesizer"]["completion_tokens"] > 0 and stages["explorer"]["cached_tokens"] > 0
+
+
+def test_a2r_syntheses_answer_with_the_vote_of_the_samples_and_usage_counts_each(served):
+    reply = ask(served, extra_body={"a2r": {"syntheses": 3, "return_references": True}})
+    answers, used = reply.model_extra["a2r"]["syntheses"], reply.usage.model_dump()["a2r"]["synthesizer"]
+    assert len(answers) == 3 == used["calls"]
+    assert extract_boxed(reply.choices[0].message.content) == majority_vote(answers)
+    # Streamed, the samples cannot be shown as they decode: the voted reply comes whole once they are done.
+    chunks = list(ask(served, stream=True, extra_body={"a2r": {"syntheses": 3}}))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert BOXED.search(content) and "</think>" not in content
 
 
 def test_streaming_sends_thinking_then_content_then_usage(served):
@@ -395,6 +408,8 @@ USER = [{"role": "user", "content": QUESTION}]
         ({"model": "self-consistency", "stop": "x"}, "stop"),
         ({"seed": "7"}, "seed"),
         ({"n": 2}, "n"),
+        ({"a2r": {"syntheses": 0}}, "a2r.syntheses"),
+        ({"model": "self-consistency", "a2r": {"syntheses": 3}}, "a2r"),  # nothing to sample
         (
             {
                 "messages": [

@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import re
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from programs.core.confidence import OnlineStop
-from programs.core.flags import dataclass_from_args, option
+from programs.core.flags import dataclass_from_args, flag, option
 from programs.core.grading import extract_boxed
 from programs.core.stopping import STOP_HELP, StopPolicy
+
+METHODS = ("a2r", "rsa")
 
 
 @dataclass(frozen=True)
@@ -112,11 +114,34 @@ class RunConfig:
         "when every kept path gives the same answer, return it without synthesis. Off by default and best "
         "left off: an aggregator that reads the traces can still recover a right answer all paths missed",
     )
+    # How the synthesizer answers over the paths (programs.pipeline.Pipeline.answer), all off by default: the
+    # paper's one synthesis.
+    method: str = option(
+        "a2r",
+        "a2r: synthesize over the N paths' answer parts; rsa: recursive aggregation, T rounds in which each of "
+        "N members aggregates K members of the last population, answered by the last population's vote",
+        choices=METHODS,
+    )
+    syntheses: int = option(
+        1, "a2r: synthesizer samples over the same references, forked from one prompt, answered by their vote"
+    )
+    rounds: int | None = option(None, "rsa: aggregation rounds T", metavar="T")
+    subset: int | None = option(
+        None, "rsa: members of the last population each aggregation reads, K", metavar="K"
+    )
     extra: dict[str, Any] = field(default_factory=dict)  # anything else that shaped the results
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        check_method(self.n, self.synthesize, self.method, self.syntheses, self.rounds, self.subset)
+        if self.method == "rsa":
+            adaptive = [flag(name) for name in ADAPTIVE_FIELDS if getattr(self, name) != FIELD_DEFAULTS[name]]
+            if adaptive:
+                raise ValueError(
+                    f"--method rsa starts from all N paths; {', '.join(adaptive)} stops or drops some: "
+                    "choose one"
+                )
         if self.stop is not None:
             self.stop_policy.check(self.n)
         if self.keep_confident is not None and not 0 < self.keep_confident <= 1:
@@ -134,6 +159,11 @@ class RunConfig:
             raise ValueError(
                 "--skip-synthesis-if-unanimous needs synthesis; --no-synthesis never synthesizes"
             )
+
+    @property
+    def synthesis_width(self) -> int:
+        """Synthesizer requests a problem has in flight at once: its syntheses, or RSA's N members a round."""
+        return self.n if self.method == "rsa" else self.syntheses
 
     @property
     def stop_policy(self) -> StopPolicy | None:
@@ -180,11 +210,11 @@ class RunConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, except adaptive knobs left at their defaults and a probe form no policy uses: run
-        folders written before those existed then still resume."""
+        """Every field, except adaptive and method knobs left at their defaults and a probe form no policy
+        uses: run folders written before those existed then still resume."""
         data = asdict(self)
-        for name in ADAPTIVE_FIELDS:
-            if data[name] == RunConfig.__dataclass_fields__[name].default:
+        for name in (*ADAPTIVE_FIELDS, *METHOD_FIELDS):
+            if data[name] == FIELD_DEFAULTS[name]:
                 del data[name]
         if self.probe_every is None:
             del data["probe"]
@@ -205,3 +235,39 @@ ADAPTIVE_FIELDS = (
     "force_answer",
     "skip_synthesis_if_unanimous",
 )
+METHOD_FIELDS = ("method", "syntheses", "rounds", "subset")
+FIELD_DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
+
+
+def method_of(config: dict[str, Any]) -> str:
+    """The method a record's or summary's configuration (`RunConfig.to_dict()`) names; a2r when it names none."""
+    return config.get("method", "a2r")
+
+
+def check_method(
+    n: int, synthesize: bool, method: str, syntheses: int, rounds: int | None, subset: int | None
+) -> None:
+    """Refuse a synthesis method's flags that cannot work together (ValueError naming them): called by
+    `RunConfig` and, before anything is built, by `programs.a2r`."""
+    if method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if syntheses < 1:
+        raise ValueError(f"--syntheses must be at least 1, got {syntheses}")
+    if syntheses > 1 and not synthesize:
+        raise ValueError(f"--syntheses {syntheses} samples the synthesizer; --no-synthesis never runs it")
+    if method != "rsa":
+        if rounds is not None or subset is not None:
+            raise ValueError("--rounds and --subset are RSA's: add --method rsa")
+        return
+    if not synthesize:
+        raise ValueError("--method rsa aggregates with the synthesizer; --no-synthesis never runs it")
+    if syntheses > 1:
+        raise ValueError("--syntheses votes A2R's syntheses; RSA votes its last population: drop --syntheses")
+    if rounds is None or subset is None:
+        raise ValueError("--method rsa needs --rounds T and --subset K")
+    if rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {rounds}")
+    if subset < 1:
+        raise ValueError(f"--subset must be at least 1, got {subset}")
+    if subset > n:
+        raise ValueError(f"--subset {subset} is larger than the population it draws from, --n {n} paths")

@@ -16,10 +16,13 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, *, flag: str | None = None, metavar: Any = None) -> Any:
+def option(
+    default: Any, help: str, *, flag: str | None = None, metavar: Any = None, choices: Any = None
+) -> Any:
     """A dataclass field with its one-line help; `flag` names the flag when the field's name would not
-    (a bool field `synthesize` read as `--synthesis/--no-synthesis`), `metavar` its values in `--help`."""
-    metadata = {"help": help, "flag": flag, "metavar": metavar}
+    (a bool field `synthesize` read as `--synthesis/--no-synthesis`), `metavar` its values in `--help`,
+    `choices` the only values it takes."""
+    metadata = {"help": help, "flag": flag, "metavar": metavar, "choices": choices}
     if isinstance(default, (list, dict, set)):
         raise TypeError("give a mutable default through dataclasses.field(default_factory=...)")
     return dataclasses.field(default=default, metadata=metadata)
@@ -67,6 +70,8 @@ def add_dataclass_args(
             )
         else:
             options["type"] = kind
+        if field.metadata.get("choices") is not None:
+            options["choices"] = field.metadata["choices"]
         group.add_argument(flag(field.metadata.get("flag") or field.name), **options)
 
 

@@ -149,10 +149,13 @@ class SynthesisRecord:
     completion_tokens: int
     cached_tokens: int
     finish_reason: str | None
-    reference_order: list[int]  # explorer path index of each reference, in prompt order
+    # Index of each reference, in prompt order, among the explorer's paths (in RSA's round t, among round
+    # t-1's members, the paths for t = 1): for RSA, the subset it aggregated.
+    reference_order: list[int]
     trimmed_references: list[int] = field(default_factory=list)  # prompt positions (1-based) that were cut
     answer: str | None = None
     correct: bool | None = None
+    round: int | None = None  # RSA's round (1 first) it belongs to; None for A2R's syntheses
 
     @classmethod
     def from_engine(
@@ -175,8 +178,17 @@ class SynthesisRecord:
         """The answer every kept path gave, returned without asking the synthesizer."""
         return cls("", "", 0, 0, 0, UNANIMOUS, kept, answer=answer)
 
+    @property
+    def answer_part(self) -> str:
+        """What it wrote after its thinking: RSA's next population reads this, as A2R reads a path's."""
+        return answer_part(self.text).text
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its fields; `round` only for RSA's calls, so A2R's records read as before."""
+        data = asdict(self)
+        if self.round is None:
+            del data["round"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SynthesisRecord:
@@ -190,7 +202,12 @@ PathOrSynthesis = TypeVar("PathOrSynthesis", PathRecord, SynthesisRecord)
 class ProblemRecord:
     """One problem done: its paths, the self-consistency vote over the kept ones, the synthesis (None when
     synthesis was off) and when each stage ran. `labels` carries an entry point's own keys (e.g. the
-    accuracy protocol's dataset and run), written after the others."""
+    accuracy protocol's dataset and run), written after the others.
+
+    A method that makes several synthesizer calls (`--syntheses M`, `--method rsa`) keeps every one in
+    `syntheses`, in order (RSA's round by round), and its answer is their vote (RSA's: its last round's);
+    `synthesizer` is then the first call that gave the voted answer (the first of the vote when none
+    answered), so every reader of the final answer reads it there."""
 
     id: str
     problem: str
@@ -202,6 +219,7 @@ class ProblemRecord:
     timings: dict[str, float]
     labels: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # why this problem failed alone (its prompt did not fit, ...); None when solved
+    syntheses: list[SynthesisRecord] = field(default_factory=list)  # every call, when there are several
 
     @classmethod
     def build(
@@ -209,15 +227,20 @@ class ProblemRecord:
         problem: Problem,
         config: dict[str, Any],
         paths: Sequence[PathRecord],
-        synthesis: SynthesisRecord | None,
+        synthesis: SynthesisRecord | Sequence[SynthesisRecord] | None,
         timings: dict[str, float],
         labels: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> ProblemRecord:
-        """Grade every answer against the problem's gold answer and take the majority vote."""
+        """Grade every answer against the problem's gold answer and take the majority votes: the paths', and
+        the synthesizer's over its calls when `synthesis` is a list of them (one A2R synthesis alone is
+        recorded as a single synthesis)."""
         gold = problem.answer
         graded_paths = [graded(path, gold, problem.id) for path in paths]
         voted = majority_vote([p.vote for p in graded_paths])
+        calls = [synthesis] if isinstance(synthesis, SynthesisRecord) else list(synthesis or [])
+        calls = [graded(call, gold, problem.id) for call in calls]
+        several = len(calls) > 1 or any(call.round is not None for call in calls)
         return cls(
             id=problem.id,
             problem=problem.problem,
@@ -225,10 +248,11 @@ class ProblemRecord:
             config=config,
             paths=graded_paths,
             self_consistency={"answer": voted, "correct": grade(gold, voted, problem.id)},
-            synthesizer=graded(synthesis, gold, problem.id) if synthesis else None,
+            synthesizer=voted_call(calls) if calls else None,
             timings=timings,
             labels=dict(labels or {}),
             error=error,
+            syntheses=calls if several else [],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -241,6 +265,7 @@ class ProblemRecord:
             "self_consistency": self.self_consistency,
             "synthesizer": self.synthesizer.to_json() if self.synthesizer else None,
             "timings": self.timings,
+            **({"syntheses": [s.to_json() for s in self.syntheses]} if self.syntheses else {}),
             **({"error": self.error} if self.error else {}),
             **self.labels,
         }
@@ -260,7 +285,26 @@ class ProblemRecord:
             timings=data["timings"],
             labels={k: v for k, v in data.items() if k not in own},
             error=data.get("error"),
+            syntheses=[SynthesisRecord.from_json(s) for s in data.get("syntheses", [])],
         )
+
+    @property
+    def calls(self) -> list[SynthesisRecord]:
+        """Every synthesizer call the problem made (none when synthesis was off)."""
+        return self.syntheses or ([self.synthesizer] if self.synthesizer else [])
+
+
+def last_population(calls: Sequence[SynthesisRecord]) -> list[SynthesisRecord]:
+    """The calls the final answer is voted over: RSA's last round, or all of A2R's syntheses."""
+    last = max((c.round for c in calls if c.round is not None), default=None)
+    return [c for c in calls if c.round == last]
+
+
+def voted_call(calls: Sequence[SynthesisRecord]) -> SynthesisRecord:
+    """The first call of the last population that gave its majority answer; its first when none answered."""
+    population = last_population(calls)
+    vote = majority_vote([c.answer for c in population])
+    return next((c for c in population if vote is not None and c.answer == vote), population[0])
 
 
 def graded(record: PathOrSynthesis, gold: str, label: str = "") -> PathOrSynthesis:
@@ -274,7 +318,7 @@ class Usage:
 
     problems: int
     paths: int
-    syntheses: int
+    syntheses: int  # synthesizer calls, every one of a method that makes several
     explorer_prompt_tokens: int
     explorer_cached_tokens: int
     explorer_completion_tokens: int
@@ -305,7 +349,7 @@ STAGES = ("explore_s", "synthesize_s", "total_s")
 def usage(records: Sequence[ProblemRecord]) -> Usage:
     """Token totals, prefix-cache reuse and stage times of `records`: the one place they are added up."""
     paths = [p for r in records for p in r.paths]
-    syntheses = [r.synthesizer for r in records if r.synthesizer and r.synthesizer.finish_reason != UNANIMOUS]
+    syntheses = [s for r in records for s in r.calls if s.finish_reason != UNANIMOUS]
     return Usage(
         problems=len(records),
         paths=len(paths),

@@ -6,7 +6,8 @@
 One engine serves the explorer. Every path decodes exactly `--path-tokens` tokens (EOS ignored), so both
 modes do the same path work, and is probed every `--probe-every` tokens while it thinks (with random weights a
 path may close its thought by chance, and is then no longer probed). The two modes, unprobed and probed,
-explore the same problems in interleaved rounds, each from a flushed prefix cache; the probed run's throughput over the unprobed one's,
+explore the same problems in interleaved rounds, each from a flushed prefix cache, each mode first in every
+other round; the probed run's throughput over the unprobed one's,
 counting the paths' own tokens only, is taken within each round and reported as the median and min-max over
 rounds. Token counts are the engine's (`meta_info`): per probe, the prompt tokens it was not served from the
 radix cache plus those it generated, and the uncached prompt of the chunk that continued the path
@@ -106,7 +107,7 @@ def measure(
     try:
         for index in range(args.rounds):
             round_figures = {}
-            for mode in MODES:
+            for mode in MODES if index % 2 == 0 else MODES[::-1]:  # each goes first in every other round
                 explorer.flush_cache()
                 console.print(f"round {index + 1}/{args.rounds}: {mode}, {len(problems)} problems ...")
                 paths, wall_s = explore(explorer, problems, args, chunkings[mode])

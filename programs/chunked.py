@@ -124,11 +124,14 @@ def generate(
     nothing more: the chunk an abort cut, or one held back, ends it (finish reason `abort`)."""
     budget, done = sampling["max_tokens"], Generated()
     path.set_var(TRAIL_VAR, TokenTrail())  # continuations and probes are sent as the tokens decoded
-    probe = None
+    probe = None  # a copy of the path as the last chunk left it, to probe once the next chunk is on its way
     while True:
         size = budget - done.completion_tokens
         path += sgl.gen("chunk", **{**sampling, "max_tokens": min(size, chunking.probe_every or size)})
-        if probe is not None:  # read while the next chunk decodes
+        if (
+            probe is not None
+        ):  # sent after the continuation, which the batch waits for, and read while it decodes
+            ask(probe[0], chunking)
             text, meta = reply(probe[0], "probe")
             probe.join()
             if finish_reason(meta) != "abort":  # else held back: the path was stopped
@@ -148,20 +151,24 @@ def generate(
                 done.forced_answer = True
             return done
         if chunking.probe_every is not None and done.thinking:
-            probe = ask(path, chunking)
+            probe = copy(path)
 
 
-def ask(path: Any, chunking: Chunking) -> Any:
-    """Send a probe of `path`'s current answer: a copy of its stream with the probe appended, decoded greedily
-    until its answer is complete, under a request id the engine chooses, reporting to no hook. Join the copy
-    once its reply is read."""
-    copy = path.fork(1)
+def copy(path: Any) -> Any:
+    """A copy of `path`'s stream as it stands, for a probe: sent under a request id the engine chooses and
+    reporting to no hook. Join it once the probe's reply is read."""
+    forked = path.fork(1)
     for name in (RID_VAR, ON_REPLY_VAR, ON_PROGRESS_VAR):
-        copy[0].set_var(name, None)
-    copy[0] += chunking.probe + sgl.gen(
+        forked[0].set_var(name, None)
+    return forked
+
+
+def ask(state: Any, chunking: Chunking) -> None:
+    """Send the probe of a path's current answer on its copy `state`, decoded greedily until the answer is
+    complete."""
+    state += chunking.probe + sgl.gen(
         "probe", max_tokens=PROBE_TOKENS, temperature=0, stop_regex=chunking.form.answer
     )
-    return copy
 
 
 def reply(state: Any, name: str) -> tuple[str, dict[str, Any]]:

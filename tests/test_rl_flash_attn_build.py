@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch.utils.cpp_extension
 
-from engine import doctor
+from doctor import checks
 from rl import flash_attn_build as build
 from rl import preflight
 
@@ -100,4 +100,4 @@ def test_torch_headers_refuse_the_releases_standard_and_take_the_patched_one(tmp
 
 def test_the_trainer_and_the_doctor_give_the_same_fix():
     assert preflight.FLASH_ATTN_BUILD in preflight.FLASH_ATTN_FIX
-    assert preflight.FLASH_ATTN_BUILD in doctor.check_flash_attn("fa4-only", rl=True).advice
+    assert preflight.FLASH_ATTN_BUILD in checks.check_flash_attn("fa4-only", rl=True).advice

@@ -13,8 +13,18 @@ import pytest
 from transformers import AutoTokenizer
 
 from benchmarks.modes import MODES
-from benchmarks.throughput import PROBLEMS_PER_SLOT, RATIOS, SYNTHESIS_SHARE, cpu_meter, main, table, unsteady
+from benchmarks.throughput import (
+    PROBLEMS_PER_SLOT,
+    RATIOS,
+    SYNTHESIS_SHARE,
+    cpu_meter,
+    main,
+    parse_args,
+    table,
+    unsteady,
+)
 from engine.cpu_use import KINDS
+from programs.core.config import RunConfig
 
 N, EXPLORER_TOKENS, SYNTHESIZER_TOKENS, PROBLEMS, ROUNDS, IN_FLIGHT = 4, 24, 12, 4, 2, 2
 
@@ -239,3 +249,10 @@ def test_inconsistent_flags_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_benchmarks_own_rounds_are_not_rsas():
+    # --rounds here counts rounds of the four modes; the run it measures is the paper's A2R, not RSA.
+    args = parse_args(["--rounds", "2"])
+    config = RunConfig.from_args(args, budgets=(64, 32))
+    assert args.rounds == 2 and (config.method, config.rounds, config.subset) == ("a2r", None, None)

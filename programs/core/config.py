@@ -200,13 +200,20 @@ class RunConfig:
         def sampling(budget: int) -> SamplingConfig:
             return dataclass_from_args(SamplingConfig, args, max_tokens=budget, ignore_eos=ignore_eos)
 
+        # An entry point without the method flags (`cli.add_run_args(methods=False)`) runs the paper's A2R, and
+        # may use their names for flags of its own: the throughput benchmark's --rounds are rounds of its modes.
+        paper = (
+            {}
+            if hasattr(args, "method")
+            else {name: cls.__dataclass_fields__[name].default for name in METHOD_FIELDS}
+        )
         return dataclass_from_args(
             cls,
             args,
             explorer=sampling(getattr(args, "explorer_max_tokens", None) or explorer_budget),
             synthesizer=sampling(getattr(args, "synthesizer_max_tokens", None) or synthesizer_budget),
             probe=probe,
-            **overrides,
+            **{**paper, **overrides},
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -128,9 +128,8 @@ def generate(
     while True:
         size = budget - done.completion_tokens
         path += sgl.gen("chunk", **{**sampling, "max_tokens": min(size, chunking.probe_every or size)})
-        if (
-            probe is not None
-        ):  # sent after the continuation, which the batch waits for, and read while it decodes
+        # The probe goes after the continuation, which the batch waits for, and is read while it decodes.
+        if probe is not None:
             ask(probe[0], chunking)
             text, meta = reply(probe[0], "probe")
             probe.join()

@@ -202,11 +202,7 @@ class RunConfig:
 
         # An entry point without the method flags (`cli.add_run_args(methods=False)`) runs the paper's A2R, and
         # may use their names for flags of its own: the throughput benchmark's --rounds are rounds of its modes.
-        paper = (
-            {}
-            if hasattr(args, "method")
-            else {name: cls.__dataclass_fields__[name].default for name in METHOD_FIELDS}
-        )
+        paper = {} if hasattr(args, "method") else {name: FIELD_DEFAULTS[name] for name in METHOD_FIELDS}
         return dataclass_from_args(
             cls,
             args,

@@ -1,7 +1,7 @@
 """The arena: methods compared on the accuracy protocol's own samples, at matched tokens, with intervals.
 
-A method reads one problem's samples in one run (its exploration and each N's synthesis) and gives an
-`Outcome`: whether its final answer is right, the calls it made (priced by `benchmarks.cost`), and when its
+A method reads one problem's samples in one run (its exploration, each N's synthesis, and each N's calls of
+the methods that make several: M syntheses voted, RSA's rounds) and gives an `Outcome`: whether its final answer is right, the calls it made (priced by `benchmarks.cost`), and when its
 answer was known. A new method is one more entry of `METHODS`. From the outcomes come, per method and N,
 accuracy with its bootstrap interval over problems, tokens, cost and time to answer; the paired comparisons
 (`benchmarks.bootstrap.paired`); and the paths' diversity (`benchmarks.diversity`) against A2R's gain.
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -31,7 +32,7 @@ from benchmarks.diversity import (
 from benchmarks.table1 import save_plot
 from programs.core.grading import is_equivalent
 from programs.core.metrics import majority_vote
-from programs.core.records import PathRecord
+from programs.core.records import PathRecord, SynthesisRecord, last_population
 
 TOKENS_PNG = "accuracy_vs_tokens.png"
 
@@ -43,6 +44,8 @@ class Sample:
     gold: str
     exploration: dict[str, Any]  # its explorations.jsonl line: all max(N) paths
     syntheses: dict[int, dict[str, Any]]  # per N, its syntheses.jsonl line
+    # Per method that makes several synthesizer calls (`AGGREGATING`), per N, its line of `<method>.jsonl`
+    aggregations: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
 
     def paths(self, n: int) -> list[PathRecord]:
         return [PathRecord.from_json(path) for path in self.exploration["paths"][:n]]
@@ -86,16 +89,33 @@ def self_consistency(sample: Sample, n: int) -> Outcome:
     )
 
 
-def a2r(sample: Sample, n: int) -> Outcome:
-    """The synthesizer over the first N answer parts, known when its synthesis ends: started as those N paths
-    end (the protocol itself waits for all max(N)), taking as long as it took in this run."""
-    explored, line = self_consistency(sample, n), sample.syntheses[n]
+def after_paths(sample: Sample, n: int, line: dict[str, Any], correct: bool) -> Outcome:
+    """A method whose synthesizer calls (`line`, as the protocol wrote them) read the first N paths: its calls
+    are the paths' and its own, and its answer is known when they end: started as those N paths end (the
+    protocol itself waits for all max(N)), taking as long as they took in this run."""
+    explored = self_consistency(sample, n)
+    calls = {key: line[key] for key in ("synthesizer", "syntheses") if key in line}
     seconds = explored.seconds
     return Outcome(
-        correct=bool(line["synthesizer"]["correct"]),
-        record={**explored.record, "synthesizer": line["synthesizer"]},
+        correct=correct,
+        record={**explored.record, **calls},
         seconds=None if seconds is None else seconds + line["timings"]["synthesize_s"],
     )
+
+
+def a2r(sample: Sample, n: int) -> Outcome:
+    """The synthesizer over the first N answer parts."""
+    line = sample.syntheses[n]
+    return after_paths(sample, n, line, bool(line["synthesizer"]["correct"]))
+
+
+def voted(method: str, sample: Sample, n: int) -> Outcome:
+    """A method of several synthesizer calls over the first N answer parts, answered by the vote of its last
+    population: all M syntheses, or RSA's last round. Its tokens are every call's, of every round."""
+    line = sample.aggregations[method][n]
+    calls = [SynthesisRecord.from_json(call) for call in line["syntheses"]]
+    answer = majority_vote([call.answer for call in last_population(calls)])
+    return after_paths(sample, n, line, is_equivalent(sample.gold, answer))
 
 
 @dataclass(frozen=True)
@@ -104,7 +124,13 @@ class Method:
     outcome: Callable[[Sample, int], Outcome]
 
 
-METHODS = {"sc": Method("Cons", self_consistency), "a2r": Method("A2R", a2r)}
+METHODS = {
+    "sc": Method("Cons", self_consistency),
+    "a2r": Method("A2R", a2r),
+    "a2r-vote": Method("A2R-vote", partial(voted, "a2r-vote")),  # --syntheses M
+    "rsa": Method("RSA", partial(voted, "rsa")),  # --rounds T --subset K
+}
+AGGREGATING = ("a2r-vote", "rsa")  # methods making several synthesizer calls, run by the protocol apart
 BASELINE = "sc"  # every other method is compared with it at the same N
 
 Key = tuple[str, int]  # (method, N)
@@ -326,4 +352,4 @@ def plot_tokens(summary: dict[str, Any], path: Path, title: str) -> None:
         )
         for m, per_n in summary["methods"].items()
     }
-    save_plot(path, title, "tokens per problem (explorer + synthesis, prompt + output)", series, ns)
+    save_plot(path, title, "tokens per problem (explorer + synthesizer calls, prompt + output)", series, ns)

@@ -179,7 +179,8 @@ def record_cost(
     explorer_model: str | None = None,
     synthesizer_model: str | None = None,
 ) -> Cost:
-    """Cost of one problem of a run from its own token counts (`paths` and `synthesizer`).
+    """Cost of one problem of a run from its own token counts (`paths`, and `synthesizer` or, for a method
+    that makes several synthesizer calls, every one of its `syntheses`).
 
     Models come from the record's `config` unless given (to price a run at another model's prices); a config
     without a synthesizer model means the symmetric case, where the explorer model also synthesizes. A record
@@ -205,14 +206,23 @@ def record_cost(
         return Cost(explorer=explorer, synthesizer=0.0)
     if not isinstance(synthesizer, dict):
         raise ValueError(f"{where}: 'synthesizer' must be an object or null, got {synthesizer!r:.80}")
-    synth_cost = call_cost(price_of(synthesizer_model, prices), _tokens(synthesizer, f"{where} synthesizer"))
+    price = price_of(synthesizer_model, prices)
+    synth_cost = sum(
+        call_cost(price, _tokens(call, f"{where} synthesizer")) for call in synthesizer_calls(record)
+    )
     return Cost(explorer=explorer, synthesizer=synth_cost)
 
 
+def synthesizer_calls(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every synthesizer call a record made: each of its `syntheses` when the method made several (M
+    syntheses voted, RSA's rounds), else its one `synthesizer` (none when it is null)."""
+    return record.get("syntheses") or ([record["synthesizer"]] if record.get("synthesizer") else [])
+
+
 def record_tokens(record: dict[str, Any]) -> int:
-    """Prompt and output tokens of every call a record made (its `paths` and `synthesizer`): what
+    """Prompt and output tokens of every call a record made (its `paths` and synthesizer calls): what
     `record_cost` charges, unpriced."""
-    calls = [*record["paths"], *([record["synthesizer"]] if record.get("synthesizer") else [])]
+    calls = [*record["paths"], *synthesizer_calls(record)]
     where = f"record {record.get('id')!r}"
     return int(sum(t.input + t.output for t in (_tokens(call, where) for call in calls)))
 

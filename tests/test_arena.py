@@ -8,8 +8,17 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.accuracy import parse_args
-from benchmarks.arena import ProblemSamples, Sample, a2r, arena, arena_tables, self_consistency
+from benchmarks.accuracy import ProtocolRecords, parse_args
+from benchmarks.arena import (
+    METHODS,
+    ProblemSamples,
+    Sample,
+    a2r,
+    arena,
+    arena_tables,
+    plot_tokens,
+    self_consistency,
+)
 from benchmarks.bootstrap import Problems, paired
 from benchmarks.cost import load_prices
 from benchmarks.diversity import (
@@ -19,6 +28,8 @@ from benchmarks.diversity import (
     error_correlation,
     lexical_overlap,
 )
+from programs.core.jsonl import RecordFile
+from programs.core.records import Problem, SynthesisRecord
 
 # --- intervals -----------------------------------------------------------------------------------------
 
@@ -155,14 +166,33 @@ def path(answer: str | None, gold: str, finished_s: float) -> dict:
     }  # fmt: skip
 
 
-def sample(gold: str, answers: list[str | None], a2r_right: dict[int, bool]) -> Sample:
+def sample(
+    gold: str,
+    answers: list[str | None],
+    a2r_right: dict[int, bool],
+    aggregations: dict[str, dict[int, dict]] | None = None,
+) -> Sample:
     """A run of one problem: paths ending 1 s apart in order, each synthesis 150 tokens and 0.5 s."""
     paths = [path(a, gold, 1.0 + i) for i, a in enumerate(answers)]
     synthesis = {
         n: {"prompt_tokens": 100, "completion_tokens": 50, "correct": right} for n, right in a2r_right.items()
     }
     lines = {n: {"synthesizer": s, "timings": {"synthesize_s": 0.5}} for n, s in synthesis.items()}
-    return Sample(gold, {"id": "p", "config": CONFIG, "paths": paths}, lines)
+    return Sample(gold, {"id": "p", "config": CONFIG, "paths": paths}, lines, aggregations or {})
+
+
+def calls(gold: str, rounds: list[list[str | None]], seconds: float, rsa: bool = True) -> dict:
+    """A protocol line of a method of several calls: each round's answers (one population of M syntheses
+    when not `rsa`), each call 150 tokens, all of them `seconds`. Its `synthesizer` claims the right answer
+    whatever the vote, so a method that read it instead of voting would be seen."""
+
+    def call(answer: str | None, round: int | None) -> dict:
+        made = SynthesisRecord("p", "t", 100, 50, 0, "stop", [0], answer=answer, round=round)
+        return made.to_json() | {"correct": answer == gold}
+
+    made = [call(a, t if rsa else None) for t, answers in enumerate(rounds, start=1) for a in answers]
+    right = call(gold, None)
+    return {"synthesizer": right, "syntheses": made, "timings": {"synthesize_s": seconds}}
 
 
 def test_each_method_reads_its_answer_tokens_and_time_from_the_records():
@@ -241,3 +271,116 @@ def test_an_unknown_method_is_refused_naming_the_accepted_ones(capsys):
         parse_args(["--methods", "sc", "best-of-n"])
     assert "'best-of-n'" in (err := capsys.readouterr().err) and "'sc', 'a2r'" in err
     assert parse_args([]).methods == ["sc", "a2r"]
+
+
+def test_rsa_answers_by_its_last_rounds_vote_and_pays_for_every_round():
+    # Round 1 votes the right answer 1, round 2 the wrong 2: over all calls 1 would win (seen first).
+    rsa = calls("1", [["1", "1"], ["2", "2"]], seconds=3.0)
+    run = sample("1", ["1", "3"], {2: True}, {"rsa": {2: rsa}})
+    outcome = METHODS["rsa"].outcome(run, 2)
+    assert not outcome.correct
+    assert outcome.tokens == 2 * 100 + 4 * 150  # its 2 paths, then 2 rounds of 2 aggregations
+    assert outcome.seconds == 2.0 + 3.0  # its paths' end, then all its rounds
+    prices = load_prices()
+    assert outcome.cost(prices).synthesizer == pytest.approx(4 * (100 * 0.0005 + 50 * 0.005) / 1000)
+    # A last round that votes 1 is right, whatever came before.
+    run = sample("1", ["1", "3"], {2: True}, {"rsa": {2: calls("1", [["2", "2"], ["1", "1"]], 3.0)}})
+    assert METHODS["rsa"].outcome(run, 2).correct
+
+
+def test_a2r_vote_answers_by_the_vote_of_its_m_syntheses():
+    vote = calls("1", [["2", "1", "2"]], seconds=1.5, rsa=False)
+    run = sample("1", ["1", "1"], {2: True}, {"a2r-vote": {2: vote}})
+    outcome = METHODS["a2r-vote"].outcome(run, 2)
+    assert not outcome.correct and outcome.tokens == 200 + 3 * 150 and outcome.seconds == 3.5
+
+
+def rsa_problems() -> list[ProblemSamples]:
+    """Two problems, one run, N in {2, 4}: RSA's last round right on p1 only, where the paths vote wrong."""
+
+    def rsa(gold: str, answer: str) -> dict[int, dict]:
+        return {n: calls(gold, [[answer] * n] * 2, seconds=2.0) for n in (2, 4)}
+
+    return [
+        ProblemSamples("d", "p1", [sample("1", ["2", "2", "2", "1"], {2: False, 4: False}, {"rsa": rsa("1", "1")})]),
+        ProblemSamples("d", "p2", [sample("3", ["4", "4", "4", "4"], {2: False, 4: False}, {"rsa": rsa("3", "5")})]),
+    ]  # fmt: skip
+
+
+def test_rsa_joins_the_summary_the_paired_comparisons_and_the_plot(tmp_path):
+    figures, rows = arena(rsa_problems(), ["sc", "a2r", "rsa"], [2, 4], load_prices())
+    rsa = figures["methods"]["rsa"]
+    assert (rsa["2"]["accuracy"], rsa["4"]["accuracy"]) == (50.0, 50.0)
+    assert (rsa["2"]["tokens"], rsa["4"]["tokens"]) == (200 + 4 * 150, 400 + 8 * 150)
+    assert rsa["4"]["latency_s"] == {"p50": 6.0, "p95": 6.0}
+    pairs = {(p["a"], p["b"], p["match"]): p for p in figures["paired"]}
+    assert pairs["rsa@4", "sc@4", "same N"]["wins"] == {"a": 1, "b": 0, "ties": 1}
+    # At matched tokens: RSA@2 (800 tokens) against Cons@4 (400), the nearer of Cons's two costs, and
+    # against A2R@4 (550), listed once as A2R@4's nearest RSA.
+    assert pairs["rsa@2", "sc@4", "nearest tokens"]["difference"] == 50.0
+    assert pairs["a2r@4", "rsa@2", "nearest tokens"]["tokens"] == {"a": 550.0, "b": 800.0}
+    assert ("rsa@2", "a2r@4", "nearest tokens") not in pairs
+    assert {r["n"]: r["accuracy"]["rsa"] for r in rows if r["problem_id"] == "p1"} == {2: 100.0, 4: 100.0}
+    summary = {"protocol": {"ns": [2, 4]}, **figures}
+    plot_tokens(summary, tmp_path / "plot.png", "fixture")
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    methods, _ = arena_tables(summary)
+    assert ["RSA@2", "RSA@4"] == [c for c in methods.columns[0].cells if c.startswith("RSA")]
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["--rounds", "2", "--subset", "2"], "--rounds and --subset are RSA's: add rsa to --methods"),
+        (["--methods", "sc", "rsa", "--rounds", "2"], "--methods rsa needs --rounds T and --subset K"),
+        (["--methods", "rsa", "--subset", "2"], "--methods rsa needs --rounds T and --subset K"),
+        (["--methods", "rsa", "--rounds", "0", "--subset", "2"], "--rounds must be at least 1, got 0"),
+        (
+            ["--ns", "2", "4", "--methods", "rsa", "--rounds", "1", "--subset", "3"],
+            "--subset 3 is larger than the smallest population it draws from, --ns 2 paths",
+        ),
+        (
+            ["--ns", "4", "--methods", "rsa", "--rounds", "1", "--subset", "2", "--keep-confident", "0.5"],
+            "rsa starts from all N paths; --keep-confident stops or drops some",
+        ),
+        (["--syntheses", "3"], "--syntheses is a2r-vote's: add a2r-vote to --methods"),
+        (["--methods", "a2r-vote"], "--methods a2r-vote needs --syntheses M"),
+        (
+            ["--methods", "a2r-vote", "--syntheses", "1"],
+            "--syntheses must be at least 2 (one synthesis is a2r)",
+        ),
+    ],
+)
+def test_method_parameters_that_cannot_work_are_refused_in_one_line(argv, reason, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert reason in last
+
+
+def test_the_issues_command_parses():
+    args = parse_args(["--ns", "4", "8", "--methods", "sc", "a2r", "rsa", "--rounds", "2", "--subset", "2"])
+    assert (args.methods, args.rounds, args.subset, args.syntheses) == (["sc", "a2r", "rsa"], 2, 2, None)
+    args = parse_args(["--methods", "sc", "a2r-vote", "--syntheses", "3"])
+    assert (args.methods, args.syntheses) == (["sc", "a2r-vote"], 3)
+
+
+def test_the_protocol_resumes_each_methods_calls_from_its_own_file(tmp_path):
+    """Which (method, N) a trial still needs is read from each method's file: a line lost from rsa.jsonl is
+    redone alone, and every method's line reaches the arena's samples."""
+    problem = Problem("p1", "What is 1 + 1?", "2")
+    files = {name: RecordFile(tmp_path, {"n": 4}, name=name) for name in ("e.jsonl", "s.jsonl", "rsa.jsonl")}
+    records = ProtocolRecords(
+        {"d": [problem]}, 1, [2, 4], files["e.jsonl"], files["s.jsonl"], {"rsa": files["rsa.jsonl"]}
+    )
+    (trial,) = records.trials()
+    assert records.missing_calls(trial) == [("a2r", 2), ("a2r", 4), ("rsa", 2), ("rsa", 4)]
+    files["e.jsonl"].append({"id": trial.id, "config": {"n": 4}, "paths": []})
+    for n in (2, 4):
+        files["s.jsonl"].append({"id": trial.synthesis_id(n), "config": {"n": 4}, "n": n})
+    files["rsa.jsonl"].append({"id": trial.synthesis_id(4), "config": {"n": 4}, "n": 4})
+    assert records.missing_calls(trial) == [("rsa", 2)] and records.missing() == (0, 1)
+    files["rsa.jsonl"].append({"id": trial.synthesis_id(2), "config": {"n": 4}, "n": 2})
+    (one,) = records.samples()[0].runs
+    assert {n: line["n"] for n, line in one.aggregations["rsa"].items()} == {2: 2, 4: 4}
+    assert records.missing() == (0, 0)

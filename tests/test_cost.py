@@ -18,6 +18,7 @@ from benchmarks.cost import (
     model_key,
     price_of,
     record_cost,
+    record_tokens,
 )
 from programs.core.records import PathRecord, ProblemRecord
 
@@ -305,3 +306,16 @@ def test_cli_errors(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--records", "r.jsonl", "--n", "4"])
     assert exit_.value.code == 2 and "--records takes its token counts" in capsys.readouterr().err
+
+
+def test_a_record_of_several_synthesizer_calls_costs_every_one():
+    # M syntheses voted, or RSA's rounds: `synthesizer` is the call the vote chose, `syntheses` all of them.
+    calls = [
+        {"prompt_tokens": 500, "completion_tokens": 400},
+        {"prompt_tokens": 300, "completion_tokens": 200},
+    ]
+    record = dict(RECORDS[0], synthesizer=calls[0], syntheses=calls)
+    cost = record_cost(record, DEFAULT_PRICES)
+    assert cost.explorer == pytest.approx(record_cost(RECORDS[0], DEFAULT_PRICES).explorer)
+    assert cost.synthesizer == pytest.approx((800 * 0.0005 + 600 * 0.005) / 1000)
+    assert record_tokens(record) == record_tokens(RECORDS[0]) + 300 + 200

@@ -81,7 +81,7 @@ from programs.pipeline import Pipeline, stage_slots
 from programs.profile import PAPER
 
 FILES = ("explorations.jsonl", "syntheses.jsonl")  # records of ProtocolRecords.explorations and .syntheses
-DEFAULT_METHODS = ["sc", "a2r"]  # the arena's methods that need no parameters of their own
+DEFAULT_METHODS = [m for m in METHODS if m not in AGGREGATING]  # those that need no parameters of their own
 
 
 def aggregation_file(method: str) -> str:
@@ -405,7 +405,8 @@ def run(args: argparse.Namespace) -> int:
     explore, synth = records.missing()
     console.print(
         f"{sum(map(len, problems.values()))} problems x {args.runs} runs, N in {args.ns}: {explore} explorations "
-        f"and {synth} synthesis jobs ({' '.join(['a2r', *methods])}, one per N) to do in {args.output}; engines ({engines.layout}): explorer "
+        f"and {synth} synthesis jobs ({' '.join(['a2r', *methods])}, one per N) to do in {args.output}; "
+        f"engines ({engines.layout}): explorer "
         f"{config.explorer_model}, synthesizer {config.synthesizer_model}"
     )
     try:

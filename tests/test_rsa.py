@@ -241,3 +241,64 @@ def test_rsa_rounds_run_in_the_synthesis_stage_while_later_problems_explore(cpu_
     # Problem 0's rounds began before problem 2 had finished exploring: no stage waits for the dataset.
     assert timings["0"]["synthesis_started_at"] < timings["2"]["explored_at"]
     assert all([s.round for s in r.syntheses] == [1, 1, 2, 2] for r in done)
+
+
+# docs/arena.md's arena command: the accuracy protocol runs both methods over its own explorations.
+ARENA = (
+    "python -m benchmarks.accuracy --ns 4 --limit 2 --runs 1 --methods sc a2r a2r-vote rsa --syntheses 2 "
+    "--rounds 2 --subset 2 --output runs/arena"
+)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.engine
+def test_the_arena_runs_both_methods_on_the_protocols_explorations_and_resumes(offline_pair, tmp_path):
+    done = typed(ARENA, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = tmp_path / "runs" / "arena"
+    explorations = {e["id"]: e for e in lines(run / "explorations.jsonl")}
+    rsa, vote = lines(run / "rsa.jsonl"), lines(run / "a2r-vote.jsonl")
+    assert len(explorations) == len(rsa) == len(vote) == 2
+    for line in rsa:  # RSA over the exploration's 4 paths, replayed from its records
+        assert (line["config"]["rounds"], line["config"]["subset"]) == (2, 2)
+        calls = [SynthesisRecord.from_json(call) for call in line["syntheses"]]
+        drawn = subsets(line["config"]["seed"], f"{line['id']}/rsa", 4, 2, 2)
+        assert [[c.reference_order for c in calls if c.round == t] for t in (1, 2)] == drawn
+        population = [path["answer_part"] for path in explorations[line["id"].rsplit("/", 1)[0]]["paths"]]
+        for call in calls[:4]:
+            assert format_references([population[j] for j in call.reference_order]) in call.prompt
+        assert line["synthesizer"]["answer"] == majority_vote([c.answer for c in calls[4:]])
+    assert all(len(line["syntheses"]) == 2 and line["config"]["syntheses"] == 2 for line in vote)
+
+    summary = json.loads((run / "summary.json").read_text())
+    protocol = summary["protocol"]
+    assert {k: protocol[k] for k in ("methods", "syntheses", "rounds", "subset")} == {
+        "methods": ["sc", "a2r", "a2r-vote", "rsa"], "syntheses": 2, "rounds": 2, "subset": 2,
+    }  # fmt: skip
+    methods = summary["methods"]
+    for method in ("a2r-vote", "rsa"):
+        row = methods[method]["4"]
+        assert row["ci"][0] <= row["accuracy"] <= row["ci"][1] and row["latency_s"]["p50"] > 0
+    # RSA's tokens: the paths', then every call of every round, as the engine counted them.
+    calls = [c["prompt_tokens"] + c["completion_tokens"] for line in rsa for c in line["syntheses"]]
+    assert methods["rsa"]["4"]["tokens"] == pytest.approx(
+        methods["sc"]["4"]["tokens"] + sum(calls) / 2, abs=0.1
+    )
+    pairs = {(p["a"], p["b"], p["match"]) for p in summary["paired"]}
+    assert {("rsa@4", "sc@4", "same N"), ("a2r-vote@4", "sc@4", "same N")} <= pairs
+    assert any("rsa@4" in (a, b) and "a2r" in a + b for a, b, match in pairs if match == "nearest tokens")
+    assert "RSA@4" in done.stdout and "A2R-vote@4" in done.stdout
+
+    # A rerun finds every call on disk: nothing is redone, no engine started.
+    before = {
+        f: (run / f).read_bytes()
+        for f in ("explorations.jsonl", "syntheses.jsonl", "rsa.jsonl", "a2r-vote.jsonl")
+    }
+    again = typed(ARENA, tmp_path)
+    assert again.returncode == 0 and "0 explorations and 0 synthesis jobs" in again.stdout, again.stdout
+    assert {f: (run / f).read_bytes() for f in before} == before
+    other = typed(ARENA.replace("--rounds 2", "--rounds 1"), tmp_path)
+    assert other.returncode == 2 and "another configuration (rounds: 2 -> 1)" in other.stdout, other.stdout

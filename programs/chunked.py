@@ -43,6 +43,9 @@ class Chunking:
     probe_every: int | None = None  # tokens between probes of its current answer; None: no probes
     force_answer: int | None = None  # answer budget of a path cut at its thinking budget; None: not forced
     form: ProbeForm = BOXED_PROBE  # how a probe asks for the answer, in the form the model writes it
+    # False: the path is still cut every `probe_every` tokens, but nothing asks it; what `benchmarks.probes`
+    # sets the probes' own cost against, apart from the cost of the cuts
+    ask: bool = True
 
     @property
     def probe(self) -> str:
@@ -149,7 +152,7 @@ def generate(
                 done.add(CLOSE_THINKING + text, meta)
                 done.forced_answer = True
             return done
-        if chunking.probe_every is not None and done.thinking:
+        if chunking.probe_every is not None and chunking.ask and done.thinking:
             probe = copy(path)
 
 

@@ -11,13 +11,14 @@ import shlex
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 from benchmarks import probes
-from engine.endpoint import SEED_VAR, PathEndpoint, request_ids
+from engine.endpoint import SEED_VAR, PathEndpoint, TokenTrail, request_ids
 from programs.chunked import CLOSE_THINKING, PROBE_TOKENS, Chunking, Generated, uncached
 from programs.core.config import BOXED_PROBE, RunConfig, SamplingConfig
 from programs.core.prompts import chat_prompt
@@ -252,6 +253,19 @@ def test_probes_and_continuations_are_served_from_the_radix_cache(cpu_engine):
     assert all(p.probes and p.probes[0][0] == 16 for p in paths if p.completion_tokens > 16)
 
 
+def test_a_path_cut_without_asking_continues_from_the_cache_and_sends_no_probe(cpu_engine):
+    handle = EngineHandle.attach(cpu_engine.explorer)
+    backend = Recording(handle.url, api_key=handle.key)
+    prompt = chat_prompt(handle.tokenizer, "What is (9 - 7 + 4) * 5 - 4 - 3 + 8 - 2?")
+    sampling = SamplingConfig(64, ignore_eos=True)
+    paths = run_explorer(backend, prompt, sampling, list(range(2)), chunking=replace(probing(16), ask=False))
+    assert not any(probe for _, _, probe in backend.log) and not any(p.probes for p in paths)
+    chunks = [meta for text, meta in backend.replies if text != prompt]
+    assert len(chunks) == 2 * (64 // 16 - 1)  # every path cut at 16, 32 and 48 tokens, and continued
+    assert all(meta["cached_tokens"] >= meta["prompt_tokens"] - SEAM for meta in chunks)
+    assert all(p.completion_tokens == 64 and 0 < p.probe_tokens <= 3 * SEAM for p in paths)
+
+
 def test_a_path_whose_text_does_not_tokenize_back_still_continues_from_the_cache(cpu_engine):
     # At temperature 2 the explorer writes token runs that its tokenizer merges differently when it reads the
     # decoded text again: sent as text, a continuation would miss the cache from the first such merge on.
@@ -397,3 +411,59 @@ def test_the_probe_benchmark_refuses_an_interval_that_makes_no_probe(capsys):
     with pytest.raises(SystemExit):
         probes.parse_args(["--path-tokens", "512", "--probe-every", "512"])
     assert "--probe-every 512 makes no probe in paths of 512 tokens" in capsys.readouterr().err
+
+
+def timed(trail: TokenTrail, kind: str, received: float, first_token: float, prefill: float, end: float):
+    """A chunked path's request as the benchmark records it, with the engine's timestamps (seconds)."""
+    timestamps = {"request_received_ts": received, "request_finished_ts": end}
+    timestamps |= {
+        "forward_entry_time": received + first_token - prefill,
+        "prefill_finished_time": received + first_token,
+    }
+    return probes.Reply(
+        trail, kind, {**timestamps, "first_token_latency": first_token, "decode_throughput": 100.0}
+    )
+
+
+def test_the_probe_benchmark_times_each_cut_from_the_engines_timestamps():
+    a, b = TokenTrail(), TokenTrail()
+    replies = [  # path a: two cuts; path b: one; a probe of a's, which is no cut
+        timed(a, "first", 0.0, 0.010, 0.005, 5.0),
+        timed(b, "first", 0.0, 0.010, 0.005, 5.0),
+        timed(a, "probe", 5.03, 0.100, 0.090, 5.2),
+        timed(b, "continuation", 5.04, 0.080, 0.060, 10.0),
+        timed(a, "continuation", 5.02, 0.100, 0.070, 10.0),
+        timed(a, "continuation", 10.05, 0.090, 0.065, 10.5),
+    ]
+    cut = probes.cuts(replies)
+    assert cut["cuts"] == 3
+    assert cut["wait_ms"] == pytest.approx(40)  # 20, 40 and 50 ms from a chunk's end to the next's arrival
+    assert cut["first_token_ms"] == pytest.approx(90) and cut["prefill_ms"] == pytest.approx(65)
+    assert cut["decode_step_ms"] == pytest.approx(10)
+    untimed = [probes.Reply(r.trail, r.kind, {"completion_tokens": 1}) for r in replies]
+    assert probes.cuts(untimed) is None  # an engine started without --enable-metrics
+
+
+@pytest.mark.engine
+def test_the_probe_benchmark_sets_cuts_and_probes_against_the_paths_alone(offline_pair, tmp_path):
+    output = tmp_path / "probes"
+    argv = ["--load-format", "dummy", "--n", "2", "--path-tokens", "64", "--probe-every", "24"]
+    argv += ["--problems", "1", "--rounds", "3", "--output", str(output)]
+    assert probes.main(argv) == 0
+    result = json.loads((output / "probes.json").read_text())
+    assert [sorted(r) for r in result["rounds"]] == [sorted(probes.MODES)] * 3
+    for name, (mode, against) in probes.RATIOS.items():
+        per_round = [r[mode]["path_tokens_per_s"] / r[against]["path_tokens_per_s"] for r in result["rounds"]]
+        assert result["ratios"][name]["rounds"] == pytest.approx(per_round)
+    first = [r["unprobed"]["wall_s"] for r in result["rounds"]]
+    assert len(set(first)) == 3  # three timed runs of each mode, not one reported thrice
+    chunked = [r["chunked"] for r in result["rounds"]]
+    assert all(f["probes"] == 0 and f["path_tokens"] == 2 * 64 for f in chunked)
+    assert sum(r["probed"]["probes"] for r in result["rounds"]) > 0  # random weights keep thinking
+    for mode in ("chunked", "probed"):  # the engine's timestamps reached the benchmark: 2 cuts per path
+        cut = result["cuts"][mode]
+        assert (
+            cut["cuts"] == 3 * 2 * 2 and cut["wait_ms"] > 0 and cut["first_token_ms"] >= cut["prefill_ms"] > 0
+        )
+    assert result["cuts"].get("unprobed") is None
+    assert "--enable-metrics" in result["engine"]["extra_args"]

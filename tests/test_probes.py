@@ -452,7 +452,7 @@ def test_the_probe_benchmark_sets_cuts_and_probes_against_the_paths_alone(offlin
     assert probes.main(argv) == 0
     result = json.loads((output / "probes.json").read_text())
     assert [sorted(r) for r in result["rounds"]] == [sorted(probes.MODES)] * 3
-    for name, (mode, against) in probes.RATIOS.items():
+    for name, (mode, against, _) in probes.RATIOS.items():
         per_round = [r[mode]["path_tokens_per_s"] / r[against]["path_tokens_per_s"] for r in result["rounds"]]
         assert result["ratios"][name]["rounds"] == pytest.approx(per_round)
     first = [r["unprobed"]["wall_s"] for r in result["rounds"]]

@@ -3,15 +3,44 @@ listens on one once it answers (so an engine is proven to be ours before it is u
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
 import psutil
 
 from engine.spec import EngineError
 
+# An engine binds its port only once its model is loaded, tens of seconds after the port is picked. Meanwhile
+# the kernel hands out ports of its ephemeral range to every bind(0) and outgoing connection, the engine's
+# own scheduler among them (seen here: a scheduler listening on the port picked for its server's HTTP), and
+# SGLang picks the port its distributed store binds later in 22000-29999. So a launched engine's port is
+# picked below both.
+PICKED_PORTS = range(12000, 22000)
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+ATTEMPTS = 64
+_pick = random.SystemRandom()  # not the seedable module generator: two seeded processes would pick alike
+
+
+def ephemeral_low() -> int:
+    """The lowest port the kernel hands out by itself (Linux's default where it does not say)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (the OS's choice)."""
+    """A port nothing listens on now that nothing else will be handed before the engine binds it: in
+    `PICKED_PORTS` below the ephemeral range, else (a machine whose ephemeral range covers it) the OS's choice."""
+    candidates = range(PICKED_PORTS.start, min(PICKED_PORTS.stop, ephemeral_low()))
+    for port in _pick.sample(candidates, min(ATTEMPTS, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

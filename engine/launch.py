@@ -170,6 +170,8 @@ def wait_ready(spec: EngineSpec, process: subprocess.Popen, log: Path, timeout: 
                 "was ready; "
                 f"last lines of {log}:\n{log_tail(log)}"
             )
+        if others := listeners(spec.port) - {process.pid}:
+            raise EngineError(port_taken(spec, others, log))
         with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
             with urllib.request.urlopen(f"{spec.base_url}/health", timeout=5) as response:
                 if response.status == 200:
@@ -184,13 +186,26 @@ def wait_ready(spec: EngineSpec, process: subprocess.Popen, log: Path, timeout: 
 def check_ours(spec: EngineSpec, process: subprocess.Popen, log: Path) -> None:
     """Refuse a server that answers on our port but is not the process we started: another run's engine
     would otherwise serve this run under our model's name."""
-    pids = listeners(spec.port)
-    if process.pid not in pids:
-        others = ", ".join(map(str, sorted(pids))) or "unknown"
-        raise EngineError(
-            f"port {spec.port} is answered by another process (pid {others}), not the engine started for "
-            f"{spec.model}, which did not bind it; last lines of {log}:\n{log_tail(log)}"
-        )
+    if process.pid not in (pids := listeners(spec.port)):
+        raise EngineError(port_taken(spec, pids, log))
+
+
+def port_taken(spec: EngineSpec, pids: set[int], log: Path) -> str:
+    """Why an engine cannot serve on its port: other processes listen there (any socket: a server that would
+    answer in its stead, or one that took the port before the engine could bind it, which it never will)."""
+    held = ", ".join(f"pid {pid} ({process_name(pid)})" for pid in sorted(pids)) or "a process not shown"
+    return (
+        f"port {spec.port} is held by another process ({held}), not the engine started for {spec.model}, which "
+        f"cannot bind it: pick another --port, or run again (a port left to the run is picked anew); "
+        f"last lines of {log}:\n{log_tail(log)}"
+    )
+
+
+def process_name(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return "gone"
 
 
 def check_remote(spec: EngineSpec) -> None:

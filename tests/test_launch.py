@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +29,7 @@ from engine.launch import (
     wait_ready,
 )
 from engine.layout import ENGINE_KEY_ENV, EngineConfig, plan
-from engine.ports import check_port_free
+from engine.ports import check_port_free, free_port
 from engine.spec import (
     SERVER_MODULE,
     EngineSpec,
@@ -147,11 +148,33 @@ def test_an_engine_that_did_not_bind_its_port_is_not_used(cpu_engine, tmp_path):
         )
     try:
         # It fails to bind and then exits, or is caught while the other engine answers for it: never used.
-        with pytest.raises(EngineError, match=f"port {spec.port} (is answered by another process|.*exited)"):
+        with pytest.raises(EngineError, match=f"port {spec.port} (is held by another process|.*exited)"):
             wait_ready(spec, process, log, timeout=300)
     finally:
         process.kill()
         process.wait()
+
+
+def test_an_engine_whose_port_another_socket_took_is_refused_at_once(tmp_path):
+    """Any socket on the engine's port, one that answers no HTTP too (seen: the engine's own scheduler, on a
+    port the kernel handed it before the server bound it), means the engine will never bind it: it is refused
+    on the spot, naming who holds the port, not after the start-up timeout."""
+    spec = EngineSpec(model="tiny", device="cpu", port=free_port())
+    log = tmp_path / "engine.log"
+    log.write_text("")
+    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        with socket.socket() as holder:
+            holder.bind((spec.host, spec.port))
+            holder.listen()
+            start = time.monotonic()
+            held = rf"port {spec.port} is held by another process \(pid {os.getpid()} \("
+            with pytest.raises(EngineError, match=held):
+                wait_ready(spec, engine, log, timeout=60)
+            assert time.monotonic() - start < 5
+    finally:
+        engine.kill()
+        engine.wait()
 
 
 def test_a_stale_engine_of_the_run_folder_is_stopped_and_nothing_else_is(tmp_path):

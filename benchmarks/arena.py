@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -32,7 +32,7 @@ from benchmarks.diversity import (
 from benchmarks.table1 import save_plot
 from programs.core.grading import is_equivalent
 from programs.core.metrics import majority_vote
-from programs.core.records import PathRecord, SynthesisRecord, last_population
+from programs.core.records import PathRecord, SynthesisRecord, voted_call
 
 TOKENS_PNG = "accuracy_vs_tokens.png"
 
@@ -47,8 +47,13 @@ class Sample:
     # Per method that makes several synthesizer calls (`AGGREGATING`), per N, its line of `<method>.jsonl`
     aggregations: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
 
+    @cached_property
+    def all_paths(self) -> list[PathRecord]:
+        """Its max(N) paths, parsed once: every method and N reads them."""
+        return [PathRecord.from_json(path) for path in self.exploration["paths"]]
+
     def paths(self, n: int) -> list[PathRecord]:
-        return [PathRecord.from_json(path) for path in self.exploration["paths"][:n]]
+        return self.all_paths[:n]
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,8 @@ class Outcome:
     """One method's answer to one problem in one run at one N."""
 
     correct: bool
-    record: dict[
-        str, Any
-    ]  # the calls it made, as `benchmarks.cost` reads a record: config, paths, synthesizer
+    # the calls it made, as `benchmarks.cost` reads a record: config, paths, synthesizer
+    record: dict[str, Any]
     seconds: float | None  # when its final answer was known, since its exploration began; None: not recorded
 
     @property
@@ -114,8 +118,7 @@ def voted(method: str, sample: Sample, n: int) -> Outcome:
     population: all M syntheses, or RSA's last round. Its tokens are every call's, of every round."""
     line = sample.aggregations[method][n]
     calls = [SynthesisRecord.from_json(call) for call in line["syntheses"]]
-    answer = majority_vote([call.answer for call in last_population(calls)])
-    return after_paths(sample, n, line, is_equivalent(sample.gold, answer))
+    return after_paths(sample, n, line, is_equivalent(sample.gold, voted_call(calls).answer))
 
 
 @dataclass(frozen=True)

@@ -138,11 +138,16 @@ class ProtocolRecords:
     def synthesis(self, trial: Trial, n: int) -> SynthesisRecord:
         return SynthesisRecord.from_json(self.syntheses.records[trial.synthesis_id(n)]["synthesizer"])
 
+    @property
+    def call_files(self) -> dict[str, RecordFile]:
+        """Each method's file of synthesizer calls, a line per (trial, N): `a2r`'s, then each method of
+        several's."""
+        return {"a2r": self.syntheses, **self.aggregations}
+
     def missing_calls(self, trial: Trial) -> list[tuple[str, int]]:
-        """The (method, N) whose synthesizer calls over the trial's paths are still to make: `a2r`'s, then
-        each method of several's."""
-        files = {"a2r": self.syntheses, **self.aggregations}
-        return [(m, n) for m, file in files.items() for n in self.ns if trial.synthesis_id(n) not in file]
+        """The (method, N) whose synthesizer calls over the trial's paths are still to make."""
+        files = self.call_files.items()
+        return [(m, n) for m, file in files for n in self.ns if trial.synthesis_id(n) not in file]
 
     def missing(self) -> tuple[int, int]:
         """Explorations and synthesis jobs (a method's calls at one N) still to do."""
@@ -246,7 +251,7 @@ class Protocol:
                 **({} if method == "a2r" else {"syntheses": [call.to_json() for call in calls]}),
                 "timings": {"synthesize_s": seconds},  # all the method's calls at this N, from their start
             }
-            (records.syntheses if method == "a2r" else records.aggregations[method]).append(line)
+            records.call_files[method].append(line)
             on_record()
 
         explorer, synthesizer = self.pipeline.explorer, self.pipeline.synthesizer

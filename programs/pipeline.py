@@ -114,19 +114,24 @@ class Pipeline:
         return replace(record, reference_order=[kept[j] for j in record.reference_order])
 
     def answer(
-        self, problem: Problem, paths: list[PathRecord], batch: str | None = None, stop: tuple[str, ...] = ()
+        self,
+        problem: Problem,
+        paths: list[PathRecord],
+        batch: str | None = None,
+        on_text: Callable[[str], None] | None = None,
+        stop: tuple[str, ...] = (),
     ) -> list[SynthesisRecord]:
         """Every synthesizer call the run's method makes over `paths`, for `ProblemRecord.build` to vote
-        over: A2R's one synthesis, or its `syntheses` forked from one prompt (seeded as the problem's paths
-        N to N + M - 1, their engine requests the syntheses of `batch`, ended at any of the `stop` strings),
-        or RSA's rounds (`programs.rsa`)."""
+        over: A2R's one synthesis (streamed to `on_text` if given, as `synthesize` does), or its `syntheses`
+        forked from one prompt (seeded as the problem's paths N to N + M - 1, their engine requests the
+        syntheses of `batch`, ended at any of the `stop` strings), or RSA's rounds (`programs.rsa`)."""
         assert self.synthesizer is not None
         cfg = self.config
         if cfg.method == "rsa":  # every path is kept: RunConfig refuses what would drop one
             with self.synthesizer_lost():
                 return run_rounds(self.synthesizer, problem, [p.answer_part for p in paths], cfg)
         if cfg.syntheses == 1:
-            return [self.synthesize(problem, paths, batch=batch, stop=stop)]
+            return [self.synthesize(problem, paths, batch=batch, on_text=on_text, stop=stop)]
         if unanimous := self.unanimous(paths):
             return [unanimous]
         kept = [i for i, p in enumerate(paths) if p.kept]

@@ -160,9 +160,7 @@ class Service:
             def synthesize() -> Any:
                 if ticket.cancelled.is_set():
                     raise Cancelled
-                if config.syntheses > 1:
-                    return pipeline.answer(problem, paths, batch=batch, stop=request.stop)
-                return pipeline.synthesize(problem, paths, batch=batch, on_text=on_text, stop=request.stop)
+                return pipeline.answer(problem, paths, batch=batch, on_text=on_text, stop=request.stop)
 
             return [synthesize] if config.synthesize else []
 

@@ -70,8 +70,7 @@ from benchmarks.table1 import (
 from engine.launch import serve
 from programs import cli, planning
 from programs.cli import console
-from programs.core.config import ADAPTIVE_FIELDS, RunConfig
-from programs.core.flags import flag
+from programs.core.config import RunConfig, adaptive_flags
 from programs.core.jsonl import RecordFile, RecordsError
 from programs.core.records import Problem, ProblemRecord, SynthesisRecord, graded, voted_call
 from programs.datasets import DatasetError, load_problems
@@ -332,7 +331,7 @@ def method_flags_problem(args: argparse.Namespace) -> str | None:
             f"--subset {args.subset} is larger than the smallest population it draws from, "
             f"--ns {min(args.ns)} paths"
         )
-    if rsa and (adaptive := [flag(name) for name in ADAPTIVE_FIELDS if getattr(args, name, None)]):
+    if rsa and (adaptive := adaptive_flags(args)):
         return f"rsa starts from all N paths; {', '.join(adaptive)} stops or drops some: choose one"
     if args.syntheses is not None and not vote:
         return "--syntheses is a2r-vote's: add a2r-vote to --methods"

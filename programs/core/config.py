@@ -134,14 +134,15 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
-        check_method(self.n, self.synthesize, self.method, self.syntheses, self.rounds, self.subset)
-        if self.method == "rsa":
-            adaptive = [flag(name) for name in ADAPTIVE_FIELDS if getattr(self, name) != FIELD_DEFAULTS[name]]
-            if adaptive:
-                raise ValueError(
-                    f"--method rsa starts from all N paths; {', '.join(adaptive)} stops or drops some: "
-                    "choose one"
-                )
+        check_method(
+            self.n,
+            self.synthesize,
+            self.method,
+            self.syntheses,
+            self.rounds,
+            self.subset,
+            adaptive_flags(self),
+        )
         if self.stop is not None:
             self.stop_policy.check(self.n)
         if self.keep_confident is not None and not 0 < self.keep_confident <= 1:
@@ -247,11 +248,24 @@ def method_of(config: dict[str, Any]) -> str:
     return config.get("method", "a2r")
 
 
+def adaptive_flags(values: Any) -> list[str]:
+    """The flags of `ADAPTIVE_FIELDS` that `values` (a `RunConfig`, or parsed flags, which may lack some)
+    sets: each stops or drops paths, or cuts them, where RSA starts from all N whole."""
+    unset = FIELD_DEFAULTS
+    return [flag(name) for name in ADAPTIVE_FIELDS if getattr(values, name, unset[name]) != unset[name]]
+
+
 def check_method(
-    n: int, synthesize: bool, method: str, syntheses: int, rounds: int | None, subset: int | None
+    n: int,
+    synthesize: bool,
+    method: str,
+    syntheses: int,
+    rounds: int | None,
+    subset: int | None,
+    adaptive: list[str],
 ) -> None:
-    """Refuse a synthesis method's flags that cannot work together (ValueError naming them): called by
-    `RunConfig` and, before anything is built, by `programs.a2r`."""
+    """Refuse a synthesis method's flags that cannot work together, `adaptive` the run's `adaptive_flags`
+    (ValueError naming them): called by `RunConfig` and, before anything is built, by `programs.a2r`."""
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if syntheses < 1:
@@ -274,3 +288,7 @@ def check_method(
         raise ValueError(f"--subset must be at least 1, got {subset}")
     if subset > n:
         raise ValueError(f"--subset {subset} is larger than the population it draws from, --n {n} paths")
+    if adaptive:
+        raise ValueError(
+            f"--method rsa starts from all N paths; {', '.join(adaptive)} stops or drops some: choose one"
+        )

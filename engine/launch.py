@@ -228,27 +228,26 @@ def check_remote(spec: EngineSpec) -> None:
 
 def stop(process: subprocess.Popen, grace_s: float = 10.0) -> None:
     """Terminate the server's whole process group (SGLang forks scheduler and detokenizer workers)."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    stop_all([process], grace_s)
 
 
 def stop_all(processes: list[subprocess.Popen], grace_s: float = 10.0) -> None:
-    """`stop` every server at once: each is told to stop before any is waited for, so shutting down takes
-    the slowest one's time rather than the sum (an SGLang server takes several seconds)."""
-    for process in processes:
-        if process.poll() is None:
+    """Stop every server at once: each group hears one SIGTERM before any is waited for, so shutting down
+    takes the slowest one's time rather than the sum (an SGLang server takes several seconds). The signal
+    is never repeated: a second SIGTERM would land inside a server's own shutdown. Whoever outlives the
+    shared grace period is killed."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in running:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-    for process in processes:
-        stop(process, grace_s)
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def key_file(log: Path) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -110,30 +112,47 @@ SLOW_TO_STOP = """
 import signal, sys, time
 def stopping(*_):
     open(sys.argv[1], "a").write(f"term {sys.argv[2]}\\n")
+    if sys.argv[3] == "deaf":
+        return
     time.sleep(2)
     open(sys.argv[1], "a").write(f"exit {sys.argv[2]}\\n")
     sys.exit(0)
 signal.signal(signal.SIGTERM, stopping)
 open(sys.argv[1], "a").write(f"up {sys.argv[2]}\\n")
-time.sleep(600)
+while True:
+    time.sleep(600)
 """
 
 
-def test_servers_are_all_told_to_stop_before_any_is_waited_for(tmp_path):
-    events = tmp_path / "events"
+def slow_servers(events: Path, **hearing: str) -> list[subprocess.Popen]:
+    """One process per name, each writing to `events` when it is up, hears SIGTERM and exits; a "deaf" one
+    notes the SIGTERM and goes on running."""
     processes = [
-        subprocess.Popen([sys.executable, "-c", SLOW_TO_STOP, str(events), name], start_new_session=True)
-        for name in ("explorer", "synthesizer")
+        subprocess.Popen([sys.executable, "-c", SLOW_TO_STOP, str(events), name, how], start_new_session=True)
+        for name, how in hearing.items()
     ]
-    while not events.exists() or events.read_text().count("up ") < 2:
+    while not events.exists() or events.read_text().count("up ") < len(processes):
         time.sleep(0.05)
+    return processes
+
+
+def test_servers_are_all_told_to_stop_once_before_any_is_waited_for(tmp_path):
+    events = tmp_path / "events"
+    processes = slow_servers(events, explorer="stops", synthesizer="stops")
     launch.stop_all(processes)
     seen = [line.split() for line in events.read_text().splitlines() if not line.startswith("up ")]
-    first_exit = next(i for i, (kind, _) in enumerate(seen) if kind == "exit")
-    # `stop` may repeat a server's SIGTERM while it shuts down: what counts is who heard one before any exit.
-    assert {name for kind, name in seen[:first_exit]} == {"explorer", "synthesizer"}
-    assert sorted(name for kind, name in seen if kind == "exit") == ["explorer", "synthesizer"]
+    assert sorted(seen[:2]) == [["term", "explorer"], ["term", "synthesizer"]]  # both heard before any exit
+    assert sorted(seen[2:]) == [["exit", "explorer"], ["exit", "synthesizer"]]  # and neither heard it twice
     assert all(p.returncode == 0 for p in processes)
+
+
+def test_a_server_that_ignores_sigterm_is_killed_when_the_grace_period_ends(tmp_path):
+    events = tmp_path / "events"
+    processes = slow_servers(events, explorer="deaf", synthesizer="stops")
+    launch.stop_all(processes, grace_s=3.0)
+    assert processes[0].returncode == -signal.SIGKILL
+    assert processes[1].returncode == 0
+    assert events.read_text().count("term explorer") == 1
 
 
 def test_an_engine_that_did_not_bind_its_port_is_not_used(cpu_engine, tmp_path):

@@ -71,12 +71,8 @@ def request_ids(n: int, batch: str | None = None) -> list[str]:
     return [f"a2r-{batch}-p{i}{RID_END}" for i in range(n)]
 
 
-def synthesis_id(batch: str) -> str:
-    return f"a2r-{batch}-s{RID_END}"
-
-
 def synthesis_ids(count: int, batch: str) -> list[str]:
-    """The ids of `count` syntheses of `batch` sampled together (`--syntheses M`)."""
+    """The ids of the `count` syntheses of `batch` (one, or M sampled together with `--syntheses M`)."""
     return [f"a2r-{batch}-s{m}{RID_END}" for m in range(count)]
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-from engine.endpoint import synthesis_id, synthesis_ids
+from engine.endpoint import synthesis_ids
 from engine.gateway import WorkerLost
 from programs.chunked import Chunking
 from programs.core.config import RunConfig
@@ -106,7 +106,7 @@ class Pipeline:
             return unanimous
         seed = cfg.path_seed(problem.id, cfg.n) if seed is None else seed
         parts = [paths[i].answer_part for i in kept]
-        rid = synthesis_id(batch) if batch else None
+        rid = synthesis_ids(1, batch)[0] if batch else None
         with self.synthesizer_lost():
             record = run_synthesizer(
                 self.synthesizer, problem.problem, parts, cfg, seed=seed, rid=rid, on_text=on_text, stop=stop

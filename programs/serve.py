@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from rich.markup import escape
 from starlette.exceptions import HTTPException
 
-from engine.endpoint import new_batch, request_ids, synthesis_id, synthesis_ids
+from engine.endpoint import new_batch, request_ids, synthesis_ids
 from engine.launch import EngineError, get_json, log_tail, serve
 from programs import cli, planning
 from programs.chat_api import (
@@ -189,10 +189,7 @@ class Service:
         with contextlib.suppress(EngineError, OSError):  # an engine that is gone has nothing to abort
             for rid in request_ids(ticket.request.config.n, ticket.batch):
                 self.explorer.backend.abort(rid)
-            for rid in [
-                synthesis_id(ticket.batch),
-                *synthesis_ids(ticket.request.config.syntheses, ticket.batch),
-            ]:
+            for rid in synthesis_ids(ticket.request.config.syntheses, ticket.batch):
                 self.synthesizer.backend.abort(rid)
 
     def failure(self, error: Exception) -> ApiError:

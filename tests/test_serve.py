@@ -233,6 +233,34 @@ def test_a_client_that_leaves_mid_stream_has_its_engine_requests_aborted(served,
     assert served.service.active == 0
 
 
+@pytest.mark.parametrize("syntheses", [1, 3])
+def test_a_client_that_leaves_during_synthesis_has_its_syntheses_aborted(
+    cpu_engine, app_server, explorer_load, syntheses
+):
+    # One short path, then syntheses that ignore EOS (the tiny synthesizer ends its own within a second): left
+    # alone they would decode 3000 tokens each long after the client is gone. Explorer and synthesizer are one
+    # engine here.
+    handle = EngineHandle.attach(cpu_engine.explorer)
+    config = replace(CONFIG, synthesizer=SamplingConfig(3000, ignore_eos=True))
+    body = {**GOOD, "stream": True, "a2r": {"n": 1, "explorer_max_tokens": 64, "syntheses": syntheses}}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    for served in serving(Service(config, handle, handle), app_server):
+        with requests.post(
+            f"{served.url}/v1/chat/completions", json=body, headers=headers, stream=True
+        ) as reply:
+            lines = (line for line in reply.iter_lines() if line.startswith(b"data: "))
+            next(lines)  # the role chunk
+            if syntheses == 1:
+                next(lines)  # the synthesis's first streamed text
+            else:  # M syntheses stream nothing until all end: the engine shows them decoding side by side
+                assert explorer_load.at_least(syntheses, within_s=60) >= syntheses
+        assert explorer_load.settled(15) == 0
+        deadline = time.monotonic() + 15
+        while served.service.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert served.service.active == 0
+
+
 def test_an_engine_that_died_answers_503(cpu_engine, app_server):
     handle = EngineHandle.attach(cpu_engine.explorer)
     backend = copy.copy(handle.backend)  # the engine it was attached to, gone since

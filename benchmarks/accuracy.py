@@ -47,6 +47,7 @@ from rich.progress import Progress, TimeElapsedColumn
 from benchmarks.arena import (
     AGGREGATING,
     METHODS,
+    TABLE1,
     TOKENS_PNG,
     ProblemSamples,
     Sample,
@@ -364,6 +365,7 @@ def summarize(
     }
     summary = {"config": config.to_dict(), "protocol": protocol, "datasets": rows, "average": average(rows)}
     samples = records.samples()
+    outcomes = score(samples, list(dict.fromkeys([*TABLE1, *methods])), records.ns)
     try:
         price_of(config.explorer_model, prices), price_of(config.synthesizer_model, prices)
     except ValueError as exc:
@@ -372,10 +374,10 @@ def summarize(
         (output / COST_PNG).unlink(missing_ok=True)  # a plot from an earlier run would not match
         priced = None
     else:
-        cost = dataset_costs(samples, score(samples, ["sc", "a2r"], records.ns), prices)
+        cost = dataset_costs(samples, {k: v for k, v in outcomes.items() if k[0] in TABLE1}, prices)
         summary["cost"] = {"currency": CURRENCY, "datasets": cost, "average": average(cost)}
         priced = prices
-    figures, per_problem = arena(samples, methods, records.ns, priced)
+    figures, per_problem = arena(samples, {k: v for k, v in outcomes.items() if k[0] in methods}, priced)
     summary |= figures
     plot(summary, output)
     tokens_plot.parent.mkdir(parents=True, exist_ok=True)

@@ -135,6 +135,7 @@ METHODS = {
 }
 AGGREGATING = ("a2r-vote", "rsa")  # methods making several synthesizer calls, run by the protocol apart
 BASELINE = "sc"  # every other method is compared with it at the same N
+TABLE1 = ("sc", "a2r")  # the paper's Table 1, Cons@N and A2R@N: the methods summary.json's `cost` prices
 
 Key = tuple[str, int]  # (method, N)
 Outcomes = dict[Key, list[list[Outcome]]]  # per problem, per run
@@ -167,16 +168,34 @@ def dataset_costs(
     return {dataset: {key: mean(v) for key, v in row.items()} for dataset, row in costs.items()}
 
 
-def results(outcomes: Outcomes, problems: Problems, prices: dict[str, Price] | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PerProblem:
+    """Each method@N's right-or-wrong and tokens per problem (means over runs), computed once for the table
+    and the paired comparisons."""
+
+    correct: dict[Key, np.ndarray]
+    tokens: dict[Key, float]  # mean over problems, each problem weighted as `Problems.mean` weighs it
+
+    @classmethod
+    def of(cls, outcomes: Outcomes, problems: Problems) -> PerProblem:
+        return cls(
+            {key: per_problem(runs, lambda o: o.correct) for key, runs in outcomes.items()},
+            {key: problems.mean(per_problem(runs, lambda o: o.tokens)) for key, runs in outcomes.items()},
+        )
+
+
+def results(
+    outcomes: Outcomes, figures: PerProblem, problems: Problems, prices: dict[str, Price] | None
+) -> dict[str, Any]:
     """Per method and N: accuracy (%) and its interval, tokens and cost per problem, time to answer."""
     table: dict[str, Any] = defaultdict(dict)
     for (method, n), runs in outcomes.items():
-        accuracy, ci = problems.summary(per_problem(runs, lambda o: o.correct))
+        accuracy, ci = problems.summary(figures.correct[method, n])
         seconds = [o.seconds for done in runs for o in done if o.seconds is not None]
         table[method][str(n)] = {
             "accuracy": round(accuracy, 2),
             "ci": ci,
-            "tokens": round(problems.mean(per_problem(runs, lambda o: o.tokens)), 1),
+            "tokens": round(figures.tokens[method, n], 1),
             "cost": None
             if prices is None
             else problems.mean(per_problem(runs, lambda o: o.cost(prices).total)),
@@ -186,12 +205,11 @@ def results(outcomes: Outcomes, problems: Problems, prices: dict[str, Price] | N
 
 
 def comparisons(
-    outcomes: Outcomes, methods: Sequence[str], ns: Sequence[int], problems: Problems
+    figures: PerProblem, methods: Sequence[str], ns: Sequence[int], problems: Problems
 ) -> list[dict[str, Any]]:
     """Each method against the baseline at the same N, then each against each other at the N of the other
     nearest in mean tokens per problem; a pair of method@N compared once."""
-    correct = {key: per_problem(runs, lambda o: o.correct) for key, runs in outcomes.items()}
-    tokens = {key: problems.mean(per_problem(runs, lambda o: o.tokens)) for key, runs in outcomes.items()}
+    correct, tokens = figures.correct, figures.tokens
     found, seen = [], set()
 
     def compare(a: Key, b: Key, match: str) -> None:
@@ -286,18 +304,17 @@ def correlation(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def arena(
-    samples: Sequence[ProblemSamples],
-    methods: Sequence[str],
-    ns: Sequence[int],
-    prices: dict[str, Price] | None,
+    samples: Sequence[ProblemSamples], outcomes: Outcomes, prices: dict[str, Price] | None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """summary.json's `methods`, `paired` and `diversity`, and the rows per problem and N."""
+    """summary.json's `methods`, `paired` and `diversity`, and the rows per problem and N, for the methods
+    and N `outcomes` (from `score`) holds."""
+    methods, ns = list(dict.fromkeys(m for m, _ in outcomes)), list(dict.fromkeys(n for _, n in outcomes))
     problems = Problems.of([s.dataset for s in samples])
-    outcomes = score(samples, methods, ns)
+    per_problem = PerProblem.of(outcomes, problems)
     spread, rows = diversity(samples, outcomes, methods, ns, problems)
     figures = {
-        "methods": results(outcomes, problems, prices),
-        "paired": comparisons(outcomes, methods, ns, problems),
+        "methods": results(outcomes, per_problem, problems, prices),
+        "paired": comparisons(per_problem, methods, ns, problems),
         "diversity": spread,
     }
     return figures, rows

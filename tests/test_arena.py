@@ -17,6 +17,7 @@ from benchmarks.arena import (
     arena,
     arena_tables,
     plot_tokens,
+    score,
     self_consistency,
 )
 from benchmarks.bootstrap import Problems, paired
@@ -226,7 +227,8 @@ def problems() -> list[ProblemSamples]:
 
 
 def test_the_arena_summary_holds_every_method_and_n():
-    figures, rows = arena(problems(), ["sc", "a2r"], [2, 4], load_prices())
+    samples = problems()
+    figures, rows = arena(samples, score(samples, ["sc", "a2r"], [2, 4]), load_prices())
     sc, a2r_ = figures["methods"]["sc"], figures["methods"]["a2r"]
     assert (sc["2"]["accuracy"], sc["4"]["accuracy"]) == (66.67, 33.33)
     assert a2r_["4"]["accuracy"] == 66.67
@@ -256,7 +258,8 @@ def test_the_table_says_whether_zero_is_in_the_interval():
         sample("1", ["1", "1", "2", "2"], {2: True, 4: True}),
         sample("1", ["1", "2", "2", "2"], {2: True, 4: True}),
     ]
-    figures, _ = arena([ProblemSamples("d", f"p{i}", runs) for i in range(3)], ["sc", "a2r"], [2, 4], None)
+    samples = [ProblemSamples("d", f"p{i}", runs) for i in range(3)]
+    figures, _ = arena(samples, score(samples, ["sc", "a2r"], [2, 4]), None)
     _, pairs = arena_tables(figures)
     assert pairs.columns[-1].header == "0 in the CI?"
     rows = zip(pairs.columns[0].cells, pairs.columns[1].cells, pairs.columns[-1].cells, strict=True)
@@ -308,7 +311,8 @@ def rsa_problems() -> list[ProblemSamples]:
 
 
 def test_rsa_joins_the_summary_the_paired_comparisons_and_the_plot(tmp_path):
-    figures, rows = arena(rsa_problems(), ["sc", "a2r", "rsa"], [2, 4], load_prices())
+    samples = rsa_problems()
+    figures, rows = arena(samples, score(samples, ["sc", "a2r", "rsa"], [2, 4]), load_prices())
     rsa = figures["methods"]["rsa"]
     assert (rsa["2"]["accuracy"], rsa["4"]["accuracy"]) == (50.0, 50.0)
     assert (rsa["2"]["tokens"], rsa["4"]["tokens"]) == (200 + 4 * 150, 400 + 8 * 150)

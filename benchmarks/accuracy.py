@@ -61,7 +61,6 @@ from benchmarks.cost import CURRENCY, add_price_args, load_prices, price_of
 from benchmarks.table1 import (
     ACCURACY_PNG,
     COST_PNG,
-    ProblemRuns,
     average,
     dataset_metrics,
     model_label,
@@ -135,9 +134,6 @@ class ProtocolRecords:
     def exploration(self, trial: Trial) -> ProblemRecord:
         return ProblemRecord.from_json(self.explorations.records[trial.id])
 
-    def synthesis(self, trial: Trial, n: int) -> SynthesisRecord:
-        return SynthesisRecord.from_json(self.syntheses.records[trial.synthesis_id(n)]["synthesizer"])
-
     @property
     def call_files(self) -> dict[str, RecordFile]:
         """Each method's file of synthesizer calls, a line per (trial, N): `a2r`'s, then each method of
@@ -155,17 +151,6 @@ class ProtocolRecords:
         return sum(t.id not in self.explorations for t in trials), sum(
             len(self.missing_calls(t)) for t in trials
         )
-
-    def problem_runs(self) -> dict[str, list[ProblemRuns]]:
-        def one(dataset: str, problem: Problem) -> ProblemRuns:
-            trials = [Trial(dataset, problem, r) for r in range(self.runs)]
-            return ProblemRuns(
-                gold=problem.answer,
-                answers=[[path.vote for path in self.exploration(t).paths] for t in trials],
-                a2r={n: [bool(self.synthesis(t, n).correct) for t in trials] for n in self.ns},
-            )
-
-        return {dataset: [one(dataset, p) for p in ps] for dataset, ps in self.problems.items()}
 
     def samples(self) -> list[ProblemSamples]:
         """Every problem's runs as the arena's methods read them."""
@@ -355,7 +340,11 @@ def summarize(
     """summary.json's content (Table 1, then the arena of `methods`, whose `parameters` the protocol entry
     names), arena.jsonl's rows per problem and N, and the plots; costs and the cost plot only when both
     models have a price."""
-    rows = {d: dataset_metrics(problems, records.ns) for d, problems in records.problem_runs().items()}
+    samples = records.samples()
+    rows = {
+        d: dataset_metrics([s.table1(records.ns) for s in samples if s.dataset == d], records.ns)
+        for d in records.problems
+    }
     protocol = {
         "datasets": list(records.problems),
         "runs": records.runs,
@@ -364,7 +353,6 @@ def summarize(
         **(parameters or {}),
     }
     summary = {"config": config.to_dict(), "protocol": protocol, "datasets": rows, "average": average(rows)}
-    samples = records.samples()
     outcomes = score(samples, list(dict.fromkeys([*TABLE1, *methods])), records.ns)
     try:
         price_of(config.explorer_model, prices), price_of(config.synthesizer_model, prices)

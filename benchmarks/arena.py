@@ -29,7 +29,7 @@ from benchmarks.diversity import (
     error_correlation,
     lexical_overlap,
 )
-from benchmarks.table1 import save_plot
+from benchmarks.table1 import ProblemRuns, save_plot
 from programs.core.grading import is_equivalent
 from programs.core.metrics import majority_vote
 from programs.core.records import PathRecord, SynthesisRecord, voted_call
@@ -63,6 +63,14 @@ class ProblemSamples:
     dataset: str
     problem_id: str
     runs: list[Sample]
+
+    def table1(self, ns: Sequence[int]) -> ProblemRuns:
+        """The problem as Table 1's metrics read it: each run's votes, and A2R's correctness at each N."""
+        return ProblemRuns(
+            gold=self.runs[0].gold,
+            answers=[[path.vote for path in run.all_paths] for run in self.runs],
+            a2r={n: [bool(run.syntheses[n]["synthesizer"]["correct"]) for run in self.runs] for n in ns},
+        )
 
 
 @dataclass(frozen=True)

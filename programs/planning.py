@@ -74,6 +74,15 @@ def plan_engines(
     args: argparse.Namespace, profile: Profile, device: str, offline: OfflineModels | None
 ) -> Engines:
     """The engines the flags ask for, with the profile's (or the offline kit's) models wherever none is named."""
+    engines = plan_here(engine_config(args, profile, device, offline), device)
+    return streamed_for_online(engines) if getattr(args, "online_confidence", None) is not None else engines
+
+
+def engine_config(
+    args: argparse.Namespace, profile: Profile, device: str, offline: OfflineModels | None
+) -> EngineConfig:
+    """The engine flags, each role's model filled in where none is named (none when the explorer runs at
+    --explorer-url)."""
     config = dataclass_from_args(EngineConfig, args, device=device)
     one_model = getattr(args, "one_model", False)
     if one_model and (config.synthesizer_model or config.synthesizer_url):
@@ -87,8 +96,7 @@ def plan_engines(
             explorer, synthesizer = default_models(profile, device, config.explorer_model)
         config.explorer_model = explorer
         config.synthesizer_model = config.synthesizer_model or (explorer if one_model else synthesizer)
-    engines = plan_here(config, device)
-    return streamed_for_online(engines) if getattr(args, "online_confidence", None) is not None else engines
+    return config
 
 
 def streamed_for_online(engines: Engines) -> Engines:
@@ -120,11 +128,8 @@ def streamed_for_online(engines: Engines) -> Engines:
 def explorer_engines(args: argparse.Namespace) -> tuple[Engines, Profile]:
     """One engine serving the explorer model alone (the profile's explorer; the tiny model offline)."""
     profile, device = profile_for(args)
-    planned = plan_engines(args, profile, device, build_offline_models(profile, args))
-    model = planned.explorer.model or None  # None: a running server at --explorer-url
-    config = dataclass_from_args(
-        EngineConfig, args, device=device, explorer_model=model, synthesizer_model=model
-    )
+    config = engine_config(args, profile, device, build_offline_models(profile, args))
+    config.synthesizer_model = config.explorer_model
     return plan_here(config, device), profile
 
 

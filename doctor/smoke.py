@@ -240,8 +240,8 @@ def build_model_folders(folder: Path) -> dict[str, Path]:
 
 
 def smoke_a2r_and_throughput(folder: Path) -> list[Check]:
-    """Both roles co-located on one GPU with dummy Qwen3-4B/8B: an A2R run, then a fixed-length throughput run."""
-    build_model_folders(folder)
+    """Both roles co-located on one GPU with dummy Qwen3-4B/8B: an A2R run, then a fixed-length throughput run,
+    on the model folders `build_model_folders(folder)` made (the environment checks read them first)."""
     commands, env = smoke_commands(folder, rl=False), single_gpu_env(dict(os.environ))
     step = run_step(commands[A2R], folder / "logs" / "a2r.log", env)
     checks = [a2r_check(step, read_json(folder / "a2r" / "summary.json"))]

@@ -48,6 +48,7 @@ def test_free_memory_holds_the_planned_shares_of_the_default_models(machine, tmp
 
 
 def test_co_located_dummy_qwen3_engines_run_a2r_and_throughput(tmp_path: Path):
+    smoke.build_model_folders(tmp_path)
     a2r, throughput = smoke.smoke_a2r_and_throughput(tmp_path)
     assert a2r.status == PASS, f"{a2r.figures}: {a2r.advice}"
     assert throughput.status == PASS, f"{throughput.figures}: {throughput.advice}"

@@ -167,9 +167,10 @@ def name(key: Key) -> str:
 def dataset_costs(
     problems: Sequence[ProblemSamples], outcomes: Outcomes, prices: dict[str, Price]
 ) -> dict[str, dict[str, float]]:
-    """Mean cost per problem of each method@N (as Table 1 names it: `cons@4`), per dataset."""
+    """Mean cost per problem of each method@N (as Table 1 names it: `cons@4`), per dataset, N by N as Table 1
+    orders its columns."""
     costs: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (method, n), runs in outcomes.items():
+    for (method, n), runs in sorted(outcomes.items(), key=lambda item: item[0][1]):
         for problem, done in zip(problems, runs, strict=True):
             key = f"{METHODS[method].label.lower()}@{n}"
             costs[problem.dataset][key] += [outcome.cost(prices).total for outcome in done]

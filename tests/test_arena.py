@@ -16,6 +16,7 @@ from benchmarks.arena import (
     a2r,
     arena,
     arena_tables,
+    dataset_costs,
     plot_tokens,
     score,
     self_consistency,
@@ -249,6 +250,17 @@ def test_the_arena_summary_holds_every_method_and_n():
     }
     assert four["gain"]["a2r"]["entropy_correlation"] == pytest.approx(1.0)
     assert {(r["problem_id"], r["n"]) for r in rows} == {(p, n) for p in ("p1", "p2", "p3") for n in (2, 4)}
+
+
+def test_table1s_costs_are_the_arenas_per_problem_costs_in_table1s_column_order():
+    samples, prices = problems(), load_prices()
+    outcomes = score(samples, ["sc", "a2r"], [2, 4])
+    costs = dataset_costs(samples, outcomes, prices)["d"]
+    assert list(costs) == ["cons@2", "a2r@2", "cons@4", "a2r@4"]
+    figures, _ = arena(samples, outcomes, prices)
+    for method, label in (("sc", "cons"), ("a2r", "a2r")):
+        for n in (2, 4):
+            assert costs[f"{label}@{n}"] == pytest.approx(figures["methods"][method][str(n)]["cost"])
 
 
 def test_the_table_says_whether_zero_is_in_the_interval():

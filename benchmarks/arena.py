@@ -90,27 +90,29 @@ class Outcome:
         return record_cost(self.record, prices)
 
 
+def explored(sample: Sample, n: int) -> tuple[dict[str, Any], float | None]:
+    """The first N paths as a record with no synthesizer call, and when the last of them ended."""
+    finished = [path.finished_s for path in sample.paths(n)]
+    record = {**sample.exploration, "paths": sample.exploration["paths"][:n], "synthesizer": None}
+    return record, None if None in finished else max(finished)
+
+
 def self_consistency(sample: Sample, n: int) -> Outcome:
     """The majority vote of the first N paths, known when the last of them ends."""
-    paths = sample.paths(n)
-    finished = [path.finished_s for path in paths]
-    return Outcome(
-        correct=is_equivalent(sample.gold, majority_vote([path.vote for path in paths])),
-        record={**sample.exploration, "paths": sample.exploration["paths"][:n], "synthesizer": None},
-        seconds=None if None in finished else max(finished),
-    )
+    record, seconds = explored(sample, n)
+    votes = [path.vote for path in sample.paths(n)]
+    return Outcome(is_equivalent(sample.gold, majority_vote(votes)), record, seconds)
 
 
 def after_paths(sample: Sample, n: int, line: dict[str, Any], correct: bool) -> Outcome:
     """A method whose synthesizer calls (`line`, as the protocol wrote them) read the first N paths: its calls
     are the paths' and its own, and its answer is known when they end: started as those N paths end (the
     protocol itself waits for all max(N)), taking as long as they took in this run."""
-    explored = self_consistency(sample, n)
+    record, seconds = explored(sample, n)
     calls = {key: line[key] for key in ("synthesizer", "syntheses") if key in line}
-    seconds = explored.seconds
     return Outcome(
         correct=correct,
-        record={**explored.record, **calls},
+        record={**record, **calls},
         seconds=None if seconds is None else seconds + line["timings"]["synthesize_s"],
     )
 

@@ -27,7 +27,7 @@ from engine.launch import EngineError, serve
 from engine.layout import Engines
 from programs import cli, planning
 from programs.cli import console
-from programs.core.config import RunConfig, adaptive_flags, check_method
+from programs.core.config import RunConfig, check_method
 from programs.core.jsonl import RecordFile, RecordsError
 from programs.core.records import Problem, ProblemRecord
 from programs.datasets import DatasetError, load_problems, question_problem
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     with cli.refusing(DatasetError, RecordsError, ValueError):
-        methods = (args.method, args.syntheses, args.rounds, args.subset)
-        check_method(args.n, args.synthesize, *methods, adaptive_flags(args))
+        check_method(args)
         profile, device = planning.profile_for(args)
         dataset = None if args.question else args.dataset or profile.datasets[0]
         problems = [question_problem(args.question)] if args.question else load_problems(dataset, args.limit)

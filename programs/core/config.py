@@ -134,15 +134,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
-        check_method(
-            self.n,
-            self.synthesize,
-            self.method,
-            self.syntheses,
-            self.rounds,
-            self.subset,
-            adaptive_flags(self),
-        )
+        check_method(self)
         if self.stop is not None:
             self.stop_policy.check(self.n)
         if self.keep_confident is not None and not 0 < self.keep_confident <= 1:
@@ -251,21 +243,18 @@ def method_of(config: dict[str, Any]) -> str:
 def adaptive_flags(values: Any) -> list[str]:
     """The flags of `ADAPTIVE_FIELDS` that `values` (a `RunConfig`, or parsed flags, which may lack some)
     sets: each stops or drops paths, or cuts them, where RSA starts from all N whole."""
-    unset = FIELD_DEFAULTS
-    return [flag(name) for name in ADAPTIVE_FIELDS if getattr(values, name, unset[name]) != unset[name]]
+    return [
+        flag(name)
+        for name in ADAPTIVE_FIELDS
+        if getattr(values, name, FIELD_DEFAULTS[name]) != FIELD_DEFAULTS[name]
+    ]
 
 
-def check_method(
-    n: int,
-    synthesize: bool,
-    method: str,
-    syntheses: int,
-    rounds: int | None,
-    subset: int | None,
-    adaptive: list[str],
-) -> None:
-    """Refuse a synthesis method's flags that cannot work together, `adaptive` the run's `adaptive_flags`
-    (ValueError naming them): called by `RunConfig` and, before anything is built, by `programs.a2r`."""
+def check_method(values: Any) -> None:
+    """Refuse a synthesis method's flags that cannot work together (ValueError naming them), as `values` (a
+    `RunConfig`, or `programs.a2r`'s parsed flags, checked before anything is built) sets them."""
+    n, synthesize, method = values.n, values.synthesize, values.method
+    syntheses, rounds, subset = values.syntheses, values.rounds, values.subset
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if syntheses < 1:
@@ -288,7 +277,7 @@ def check_method(
         raise ValueError(f"--subset must be at least 1, got {subset}")
     if subset > n:
         raise ValueError(f"--subset {subset} is larger than the population it draws from, --n {n} paths")
-    if adaptive:
+    if adaptive := adaptive_flags(values):
         raise ValueError(
             f"--method rsa starts from all N paths; {', '.join(adaptive)} stops or drops some: choose one"
         )

@@ -196,17 +196,17 @@ class PerProblem:
 
 
 def results(
-    outcomes: Outcomes, figures: PerProblem, problems: Problems, prices: dict[str, Price] | None
+    outcomes: Outcomes, by_problem: PerProblem, problems: Problems, prices: dict[str, Price] | None
 ) -> dict[str, Any]:
     """Per method and N: accuracy (%) and its interval, tokens and cost per problem, time to answer."""
     table: dict[str, Any] = defaultdict(dict)
     for (method, n), runs in outcomes.items():
-        accuracy, ci = problems.summary(figures.correct[method, n])
+        accuracy, ci = problems.summary(by_problem.correct[method, n])
         seconds = [o.seconds for done in runs for o in done if o.seconds is not None]
         table[method][str(n)] = {
             "accuracy": round(accuracy, 2),
             "ci": ci,
-            "tokens": round(figures.tokens[method, n], 1),
+            "tokens": round(by_problem.tokens[method, n], 1),
             "cost": None
             if prices is None
             else problems.mean(per_problem(runs, lambda o: o.cost(prices).total)),
@@ -216,11 +216,11 @@ def results(
 
 
 def comparisons(
-    figures: PerProblem, methods: Sequence[str], ns: Sequence[int], problems: Problems
+    by_problem: PerProblem, methods: Sequence[str], ns: Sequence[int], problems: Problems
 ) -> list[dict[str, Any]]:
     """Each method against the baseline at the same N, then each against each other at the N of the other
     nearest in mean tokens per problem; a pair of method@N compared once."""
-    correct, tokens = figures.correct, figures.tokens
+    correct, tokens = by_problem.correct, by_problem.tokens
     found, seen = [], set()
 
     def compare(a: Key, b: Key, match: str) -> None:
@@ -321,11 +321,11 @@ def arena(
     and N `outcomes` (from `score`) holds."""
     methods, ns = list(dict.fromkeys(m for m, _ in outcomes)), list(dict.fromkeys(n for _, n in outcomes))
     problems = Problems.of([s.dataset for s in samples])
-    per_problem = PerProblem.of(outcomes, problems)
+    by_problem = PerProblem.of(outcomes, problems)
     spread, rows = diversity(samples, outcomes, methods, ns, problems)
     figures = {
-        "methods": results(outcomes, per_problem, problems, prices),
-        "paired": comparisons(per_problem, methods, ns, problems),
+        "methods": results(outcomes, by_problem, problems, prices),
+        "paired": comparisons(by_problem, methods, ns, problems),
         "diversity": spread,
     }
     return figures, rows

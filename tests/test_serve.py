@@ -58,6 +58,14 @@ class Served:
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         return requests.post(f"{self.url}/v1/chat/completions", data=data, headers=headers, timeout=300)
 
+    def active(self, within_s: float) -> int:
+        """The requests the service holds once none is left, or as they stand after `within_s`: a cancelled
+        request's slot is freed only once its cancelled stage has unwound."""
+        deadline = time.monotonic() + within_s
+        while self.service.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.service.active
+
 
 def serving(service: Service, app_server: Callable) -> Iterator[Served]:
     with app_server(build_app(service, KEY)) as (url, _, _):
@@ -227,10 +235,7 @@ def test_a_client_that_leaves_mid_stream_has_its_engine_requests_aborted(served,
         # count asserted is the one waited for: a second reading could miss a request that was passing through.
         assert explorer_load.at_least(2, within_s=60) >= 2  # fork's prefix commit alone is one request
     assert explorer_load.settled(15) == 0  # the server notices the client left, then aborts
-    deadline = time.monotonic() + 15  # the request's slot is freed once its cancelled synthesis has unwound
-    while served.service.active and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert served.service.active == 0
+    assert served.active(within_s=15) == 0
 
 
 @pytest.mark.parametrize("syntheses", [1, 3])
@@ -255,10 +260,7 @@ def test_a_client_that_leaves_during_synthesis_has_its_syntheses_aborted(
             else:  # M syntheses stream nothing until all end: the engine shows them decoding side by side
                 assert explorer_load.at_least(syntheses, within_s=60) >= syntheses
         assert explorer_load.settled(15) == 0
-        deadline = time.monotonic() + 15
-        while served.service.active and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert served.service.active == 0
+        assert served.active(within_s=15) == 0
 
 
 def test_an_engine_that_died_answers_503(cpu_engine, app_server):
